@@ -1,0 +1,225 @@
+"""Diverse beam search (Vijayakumar et al., 2016), batched over many items, for encoder-decoder models.
+
+transformers 5 removed group/diverse beam search (ENVIRONMENT.md), and IDGenRec's Algorithm 1 calls it for
+every item, so this module owns it. The beams of one item are split into G groups of B beams. At every step
+the groups are advanced in order; group g's log-probabilities are lowered by λ times the number of times each
+token was chosen *at this step* by the groups before it (Hamming diversity). Inside a group this is exactly
+transformers' (vectorised) beam search: top-2B continuations, finished hypotheses scored by
+sum-logprob / length**length_penalty, and its early-stopping heuristic (`early_stopping=False`). With G = 1
+(or λ = 0) the result equals `model.generate(num_beams=B)` — the correctness anchor of the tests.
+
+Shapes: N items (the batch), G groups, B beams per group, V vocabulary, T = max_new_tokens. One decoder
+forward per step serves all N·G·B rows through the KV cache; the only Python loop inside a step is over the
+G groups, which is inherent to DBS (group g depends on the choices of groups < g). Items whose groups have
+all stopped improving are dropped from the batch (their result can no longer change), so a batch costs
+what its live items cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+NEG = -1.0e9  # transformers' "impossible" score; kept identical so that masked beams order the same way
+
+
+@dataclass
+class DiverseBeamConfig:
+    """One diverse-beam-search call. Defaults are IDGenRec's: 10 groups of 1 beam, IDs under 10 tokens."""
+
+    num_groups: int = 10
+    beams_per_group: int = 1
+    diversity_penalty: float = 1.0
+    min_new_tokens: int = 1
+    max_new_tokens: int = 9
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_groups < 1 or self.beams_per_group < 1:
+            raise ValueError(
+                f"num_groups and beams_per_group must be >= 1, got {self.num_groups}, {self.beams_per_group}"
+            )
+        if self.diversity_penalty < 0:
+            raise ValueError(f"diversity_penalty must be >= 0, got {self.diversity_penalty}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
+            raise ValueError(
+                f"need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1, "
+                f"got {self.min_new_tokens}, {self.max_new_tokens}"
+            )
+
+
+@dataclass
+class BeamOutput:
+    """Per item, G·B finished hypotheses sorted by score (best first; ties keep group order).
+
+    `sequences` (N, G·B, T) holds the generated tokens without the decoder start token, EOS included when
+    generated, padded with the pad id; `scores` (N, G·B) are length-normalised like `sequences_scores`.
+    """
+
+    sequences: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class _State:
+    """Search state of the live items, all shaped (n, G, B, ...)."""
+
+    run_seq: torch.Tensor  # running hypotheses' tokens
+    run_score: torch.Tensor  # their summed log-probs (diversity penalties included, as in DBS)
+    fin_seq: torch.Tensor  # best finished hypotheses
+    fin_score: torch.Tensor  # their length-normalised scores (NEG = empty slot)
+    fin_done: torch.Tensor  # bool: slot holds a real finished hypothesis
+    open: torch.Tensor  # (n, G) bool: the group can still improve (transformers' early-stop heuristic)
+    item: torch.Tensor  # (n,) original item index of each live row
+
+    def select(self, keep: torch.Tensor) -> _State:
+        return _State(*(t[keep] for t in (self.run_seq, self.run_score, self.fin_seq, self.fin_score,
+                                           self.fin_done, self.open, self.item)))  # fmt: skip
+
+
+def _init_state(n: int, g: int, b: int, t: int, pad: int, device: torch.device) -> _State:
+    run_score = torch.zeros(n, g, b, device=device)
+    run_score[:, :, 1:] = NEG  # only beam 0 of a group is live at step 0, as in transformers
+    return _State(
+        run_seq=torch.full((n, g, b, t), pad, dtype=torch.long, device=device),
+        run_score=run_score,
+        fin_seq=torch.full((n, g, b, t), pad, dtype=torch.long, device=device),
+        fin_score=torch.full((n, g, b), NEG, device=device),
+        fin_done=torch.zeros(n, g, b, dtype=torch.bool, device=device),
+        open=torch.ones(n, g, dtype=torch.bool, device=device),
+        item=torch.arange(n, device=device),
+    )
+
+
+def _group_step(
+    st: _State, logp: torch.Tensor, g: int, step: int, cfg: DiverseBeamConfig, eos: int
+) -> torch.Tensor:
+    """Advance group `g` by one token (transformers' beam step); returns the parent beam of each new beam.
+
+    `logp` (n, B, V) already carries the diversity penalty. Updates `st` in place for this group.
+    """
+    n, b, v = logp.shape
+    t_max = st.run_seq.shape[-1]
+    scores = (logp + st.run_score[:, g, :, None]).reshape(n, b * v)
+    top_score, top_idx = torch.topk(scores, 2 * b)
+    parent, token = top_idx // v, top_idx % v
+    cand = torch.take_along_dim(st.run_seq[:, g], parent[..., None], dim=1)
+    cand[:, :, step] = token
+    hits = (token == eos) | (step + 1 >= t_max)  # EOS or max length: the hypothesis is finished
+    # Running beams for the next step: the best B candidates that did not finish.
+    run_cand = top_score + hits.float() * NEG
+    nxt = torch.topk(run_cand, b).indices
+    st.run_seq[:, g] = torch.take_along_dim(cand, nxt[..., None], dim=1)
+    st.run_score[:, g] = torch.take_along_dim(run_cand, nxt, dim=1)
+    # Finished: only the top-B candidates may enter, only while the group can still improve.
+    in_top = torch.arange(2 * b, device=logp.device) < b
+    ok = hits & in_top & st.open[:, g, None]
+    norm = torch.where(
+        ok, top_score / float(step + 1) ** cfg.length_penalty, torch.full_like(top_score, 2 * NEG)
+    )
+    merged_score = torch.cat([st.fin_score[:, g], norm], dim=1)
+    best = torch.topk(merged_score, b).indices
+    st.fin_score[:, g] = torch.take_along_dim(merged_score, best, dim=1)
+    st.fin_seq[:, g] = torch.take_along_dim(torch.cat([st.fin_seq[:, g], cand], 1), best[..., None], dim=1)
+    st.fin_done[:, g] = torch.take_along_dim(torch.cat([st.fin_done[:, g], ok], 1), best, dim=1)
+    # Early-stop heuristic (early_stopping=False): can the best running beam still beat the worst finished?
+    best_possible = st.run_score[:, g, :1] / float(step + 1) ** cfg.length_penalty
+    worst = torch.where(st.fin_done[:, g], st.fin_score[:, g].min(dim=1, keepdim=True).values, NEG)
+    st.open[:, g] &= (best_possible > worst).any(dim=1) & ~hits.all(dim=1)
+    return torch.take_along_dim(parent, nxt, dim=1)
+
+
+def _advance(st: _State, logp: torch.Tensor, step: int, cfg: DiverseBeamConfig, eos: int) -> torch.Tensor:
+    """One step for all groups; returns (n, G, B) parent beam indices. logp: (n, G, B, V)."""
+    n, groups, b, v = logp.shape
+    lam = cfg.diversity_penalty
+    counts = torch.zeros(n, v, device=logp.device) if lam > 0 and groups > 1 else None
+    parents = torch.empty(n, groups, b, dtype=torch.long, device=logp.device)
+    for g in range(groups):
+        group_logp = logp[:, g]
+        if counts is not None and g > 0:
+            group_logp = group_logp - lam * counts[:, None, :]
+        was_open = st.open[:, g].clone()
+        parents[:, g] = _group_step(st, group_logp, g, step, cfg, eos)
+        if counts is not None:
+            # Tokens this group just chose; a group that had already stopped no longer takes part.
+            counts.scatter_add_(1, st.run_seq[:, g, :, step], was_open[:, None].float().expand(n, b))
+    return parents
+
+
+def _decode(
+    model: PreTrainedModel, tokens: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor, cache
+) -> torch.Tensor:
+    out = model(
+        encoder_outputs=BaseModelOutput(last_hidden_state=enc),
+        attention_mask=mask,
+        decoder_input_ids=tokens[:, None],
+        past_key_values=cache,
+        use_cache=True,
+        return_dict=True,
+    )
+    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+@torch.no_grad()
+def diverse_beam_search(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: DiverseBeamConfig
+) -> BeamOutput:
+    """Run DBS on a batch of N encoder inputs; returns G·B hypotheses per item (see `BeamOutput`)."""
+    conf = model.config
+    eos, pad, start = conf.eos_token_id, conf.pad_token_id, conf.decoder_start_token_id
+    if eos is None or pad is None or start is None:
+        raise ValueError(f"model config needs eos/pad/decoder_start ids, got {eos}, {pad}, {start}")
+    n, groups, b, t_max = input_ids.shape[0], cfg.num_groups, cfg.beams_per_group, cfg.max_new_tokens
+    rows_per_item = groups * b
+    device = input_ids.device
+    enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    # Step 0 is identical for every beam of an item: run it once per item, then fan the cache out.
+    logp = _decode(model, torch.full((n,), start, device=device), enc, attention_mask, cache)
+    cache.batch_repeat_interleave(rows_per_item)
+    enc = enc.repeat_interleave(rows_per_item, dim=0)
+    mask = attention_mask.repeat_interleave(rows_per_item, dim=0)
+    logp = logp[:, None, None, :].expand(n, groups, b, -1)
+    st = _init_state(n, groups, b, t_max, pad, device)
+    out_seq, out_score = st.fin_seq.clone(), st.fin_score.clone()
+    for step in range(t_max):
+        if step > 0:
+            logp = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)
+            logp = logp.view(-1, groups, b, logp.shape[-1])
+        if step < cfg.min_new_tokens:
+            logp = logp.clone()
+            logp[..., eos] = float("-inf")
+        parents = _advance(st, logp, step, cfg, eos)
+        keep = st.open.any(dim=1)
+        if step + 1 == t_max or not bool(keep.any()):
+            break
+        old_pos = torch.arange(keep.shape[0], device=device)
+        if not bool(keep.all()):
+            # Retire items that can no longer change; their finished beams are final.
+            done = ~keep
+            out_seq[st.item[done]], out_score[st.item[done]] = st.fin_seq[done], st.fin_score[done]
+            st, parents, old_pos = st.select(keep), parents[keep], old_pos[keep]
+            row_keep = (
+                old_pos[:, None] * rows_per_item + torch.arange(rows_per_item, device=device)
+            ).reshape(-1)
+            cache.cross_attention_cache.batch_select_indices(row_keep)
+            enc, mask = enc[row_keep], mask[row_keep]
+        # Self-attention rows follow their parent beams (and drop retired items) in one index_select;
+        # cross-attention keys/values are per item, identical across its beams: never reordered.
+        base = old_pos[:, None, None] * rows_per_item + torch.arange(groups, device=device)[None, :, None] * b
+        cache.self_attention_cache.reorder_cache((base + parents).reshape(-1))
+    out_seq[st.item], out_score[st.item] = st.fin_seq, st.fin_score
+    return _sorted_output(out_seq.reshape(n, rows_per_item, t_max), out_score.reshape(n, rows_per_item))
+
+
+def _sorted_output(seq: torch.Tensor, score: torch.Tensor) -> BeamOutput:
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    return BeamOutput(
+        sequences=torch.take_along_dim(seq, order[..., None], dim=1),
+        scores=torch.take_along_dim(score, order, dim=1),
+    )
