@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fusionrec.data_pipeline.errors import DataError
 from fusionrec.data_pipeline.loader import (
     LoaderConfig,
@@ -165,7 +164,7 @@ def test_counts_and_positions_are_a_permutation(corpus):
 def test_position_order_matches_order_keys(corpus):
     root, _ = corpus
     ds = ShardDataset(root, LoaderConfig(seed=5, splits=["train", "valid", "test"], even_batches=False))
-    seen = sorted(((s["_pos"], s["__key__"]) for s in ds))
+    seen = sorted((s["_pos"], s["__key__"]) for s in ds)
     assert [k for _, k in seen] == ds.order_keys()
 
 
