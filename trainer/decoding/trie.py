@@ -286,10 +286,10 @@ def _sort_and_check_duplicates(
     same = np.all(sorted_tokens[1:] == sorted_tokens[:-1], axis=1)
     if same.any():
         j = int(np.flatnonzero(same)[0])
-        a, b = sorted(int(order[j]), int(order[j + 1]))
+        a, b = sorted((int(order[j]), int(order[j + 1])))
         raise ValueError(
             f"items {ids[a]!r} (position {a}) and {ids[b]!r} (position {b}) have the same token sequence "
-            f"{tokens[a][tokens[a] != PAD].tolist()}: textual IDs must be unique after tokenisation"
+            f"{tokens[a][tokens[a] != PAD][:-1].tolist()}: textual IDs must be unique after tokenisation"
         )
     return order, sorted_tokens
 
@@ -321,6 +321,8 @@ def _compile_sorted(tokens: np.ndarray, order: np.ndarray) -> dict[str, np.ndarr
     item_leaf[order] = leaves
     item_nodes = np.empty_like(node)
     item_nodes[order] = node
+    subtree = np.bincount(node[valid], minlength=num_nodes + 1).astype(np.int64)
+    subtree[0] = n  # the root is on every path but not stored in `node`
     return {
         "child_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         "child_token": tokens[rr, dd].astype(np.int64),
@@ -329,5 +331,5 @@ def _compile_sorted(tokens: np.ndarray, order: np.ndarray) -> dict[str, np.ndarr
         "node_item": node_item,
         "item_leaf": item_leaf,
         "item_nodes": item_nodes,
-        "subtree_items": np.bincount(node[valid], minlength=num_nodes + 1).astype(np.int64),
+        "subtree_items": subtree,
     }
