@@ -313,13 +313,16 @@ def _amazon_catalog(
                                "brand": brands[b], "sub": subs[s], "noun": nouns[k % len(nouns)]})  # fmt: skip
         for k in range(size):  # the next product of the line first, complements after
             cat.successors.append([members[k + 1]] if k + 1 < size else [])
-    _add_complements(rng, cat)
     cat.popularity = _zipf(rng, len(cat.ids), cfg.popularity_exponent)
+    _add_complements(rng, cat)
     return cat
 
 
 def _add_complements(rng: np.random.Generator, cat: _Catalog) -> None:
-    """Two fixed complements per item from the same taste group (or anywhere if the group is tiny)."""
+    """Two fixed complements per item from the same taste group (or anywhere if the group is tiny).
+
+    Drawn by popularity: what people buy next is itself mostly popular, which keeps the head heavy.
+    """
     groups: dict[int, list[int]] = {}
     for i, g in enumerate(cat.group):
         groups.setdefault(g, []).append(i)
@@ -327,7 +330,8 @@ def _add_complements(rng: np.random.Generator, cat: _Catalog) -> None:
         pool = [j for j in groups[cat.group[i]] if j != i and j not in succ] or [
             j for j in range(len(cat.ids)) if j != i
         ]
-        for j in rng.choice(len(pool), size=min(2, len(pool)), replace=False):
+        p = cat.popularity[pool] / cat.popularity[pool].sum()
+        for j in rng.choice(len(pool), size=min(2, len(pool)), replace=False, p=p):
             succ.append(pool[int(j)])
 
 
