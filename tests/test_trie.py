@@ -36,9 +36,10 @@ def test_hand_built_layout_is_exact():
     # depth 1: 1=[3] 2=[5]; depth 2: 3=[3,eos] 4=[5,eos] 5=[5,7];
     # depth 3: 6=[5,7,eos] 7=[5,7,9]; depth 4: 8=[5,7,9,eos]
     assert trie.num_nodes == 9 and trie.dead == 9 and trie.max_depth == 4
-    assert trie.child_ptr.tolist() == [0, 2, 3, 5, 5, 5, 7, 7, 8, 8, 8]
-    assert trie.child_token.tolist() == [3, 5, EOS, EOS, 7, EOS, 9, EOS]
-    assert trie.child_node.tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    # leaves 3, 4, 6, 8 and dead 9 carry the absorbing edge eos -> dead
+    assert trie.child_ptr.tolist() == [0, 2, 3, 5, 6, 7, 9, 10, 11, 12, 13]
+    assert trie.child_token.tolist() == [3, 5, EOS, EOS, 7, EOS, EOS, EOS, 9, EOS, EOS, EOS, EOS]
+    assert trie.child_node.tolist() == [1, 2, 3, 4, 5, 9, 9, 6, 7, 9, 8, 9, 9]
     assert trie.node_item.tolist() == [-1, -1, -1, 3, 1, -1, 0, -1, 2, -1]
     assert trie.item_leaf.tolist() == [6, 4, 8, 3]
     assert trie.subtree_items.tolist() == [4, 1, 3, 1, 1, 2, 1, 1, 1, 0]
@@ -54,8 +55,9 @@ def test_step_and_expand_vectorised():
     toks = torch.tensor([5, 4, EOS, 9, 8, EOS, EOS, 5, 100])
     assert trie.step(nodes, toks).tolist() == [2, 9, 4, 7, 9, 8, 9, 9, 9]
     rows, edges = trie.expand(torch.tensor([2, 9, 0, 6, 5]))
-    assert rows.tolist() == [0, 0, 2, 2, 4, 4]
-    assert trie.child_token[edges].tolist() == [EOS, 7, 3, 5, EOS, 9]
+    assert rows.tolist() == [0, 0, 1, 2, 2, 3, 4, 4]
+    assert trie.child_token[edges].tolist() == [EOS, 7, EOS, 3, 5, EOS, EOS, 9]
+    assert trie.child_node[edges].tolist() == [4, 5, 9, 1, 2, 9, 6, 7]
 
 
 @pytest.mark.unit

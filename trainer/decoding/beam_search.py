@@ -164,7 +164,7 @@ def beam_search(
                 timings.steps += 1
             if done:
                 break
-        return state.result(cfg.top_k)
+        return state.result(cfg.top_k, constrained=trie is not None)
     finally:
         model.train(was_training)
 
@@ -413,9 +413,10 @@ class _State:
         )
         self.open = self.open & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
 
-    def result(self, top_k: int) -> BeamResult:
+    def result(self, top_k: int, constrained: bool) -> BeamResult:
+        """Best ``top_k`` finished; unconstrained mode keeps HF's scores as they are (there are no items)."""
         items = self.fin_items[:, :top_k]
-        valid = items >= 0
+        valid = items >= 0 if constrained else torch.ones_like(items, dtype=torch.bool)
         scores = torch.where(
             valid, self.fin_scores[:, :top_k], torch.full_like(self.fin_scores[:, :top_k], -torch.inf)
         )

@@ -12,7 +12,12 @@ ops:
 * ``edge_key = parent * key_stride + token`` is therefore globally sorted, and following a token from many
   nodes at once is one ``searchsorted``;
 * the state after ``eos`` is a leaf that maps to an item index (``node_item``); one extra node (``dead``)
-  has no children and absorbs any transition that leaves the trie.
+  absorbs any transition that leaves the trie;
+* leaves and ``dead`` have a single edge, ``eos`` -> ``dead``. This mirrors the reference protocol, where
+  ``prefix_allowed_tokens_fn`` must return a non-empty list: HF sometimes keeps a just-finished beam
+  running (when fewer than ``num_beams`` unfinished candidates exist) and it then re-emits ``eos`` as a
+  hypothesis with a ~-1e9 score. Those hypotheses are never items, but they fill HF's finished slots and
+  so decide when ``early_stopping=True`` stops; keeping them makes our stopping identical to HF's.
 
 Sequences are the ID tokens *without* special tokens: the decoder input starts with ``decoder_start`` (the
 trie's root state) and every item ends with ``eos`` (appended here), exactly as HF ``generate`` produces it.
@@ -85,7 +90,7 @@ class CompiledTrie:
         index = _unique_index(ids)
         tokens = _padded_tokens(sequences, ids, eos_token_id)
         order, tokens_sorted = _sort_and_check_duplicates(tokens, ids)
-        arrays = _compile_sorted(tokens_sorted, order)
+        arrays = _compile_sorted(tokens_sorted, order, eos_token_id)
         stride = int(tokens.max()) + 1
         t = {k: torch.from_numpy(v) for k, v in arrays.items()}
         return cls(
@@ -180,7 +185,7 @@ class CompiledTrie:
         """Node reached from each of ``nodes`` by the matching token; ``dead`` where the trie has no edge."""
         keys = nodes * self.key_stride + tokens
         pos = torch.searchsorted(self.edge_key, keys).clamp_(max=self.edge_key.numel() - 1)
-        hit = (self.edge_key[pos] == keys) & (tokens >= 0) & (tokens < self.key_stride) & (nodes != self.dead)
+        hit = (self.edge_key[pos] == keys) & (tokens >= 0) & (tokens < self.key_stride)
         return torch.where(hit, self.child_node[pos], torch.full_like(nodes, self.dead))
 
     def leaf_of(self, items: torch.Tensor) -> torch.Tensor:
@@ -294,7 +299,7 @@ def _sort_and_check_duplicates(
     return order, sorted_tokens
 
 
-def _compile_sorted(tokens: np.ndarray, order: np.ndarray) -> dict[str, np.ndarray]:
+def _compile_sorted(tokens: np.ndarray, order: np.ndarray, eos: int) -> dict[str, np.ndarray]:
     """Breadth-first node numbering of lexicographically sorted rows, as CSR arrays."""
     n, depth = tokens.shape
     valid = tokens != PAD
@@ -311,10 +316,17 @@ def _compile_sorted(tokens: np.ndarray, order: np.ndarray) -> dict[str, np.ndarr
     # Edges in child-id order (= depth-major, then row order): the BFS numbering makes this CSR-sorted.
     dd, rr = np.nonzero(new.T)
     num_nodes = 1 + int(per_depth.sum())
-    edge_parent = parent[rr, dd]
-    counts = np.bincount(edge_parent, minlength=num_nodes + 1)  # + dead node, no children
+    dead = num_nodes
     lengths = valid.sum(axis=1)
     leaves = node[np.arange(n), lengths - 1]
+    # Absorbing edges leaf --eos--> dead and dead --eos--> dead (see CompiledTrie docs: HF compatibility).
+    absorbing = np.append(leaves, dead)
+    edge_parent = np.concatenate([parent[rr, dd], absorbing])
+    edge_token = np.concatenate([tokens[rr, dd], np.full(n + 1, eos)])
+    edge_child = np.concatenate([node[rr, dd], np.full(n + 1, dead)])
+    by_key = np.lexsort((edge_token, edge_parent))
+    edge_parent, edge_token, edge_child = edge_parent[by_key], edge_token[by_key], edge_child[by_key]
+    counts = np.bincount(edge_parent, minlength=num_nodes + 1)
     node_item = np.full(num_nodes + 1, -1, dtype=np.int64)
     node_item[leaves] = order
     item_leaf = np.empty(n, dtype=np.int64)
@@ -325,8 +337,8 @@ def _compile_sorted(tokens: np.ndarray, order: np.ndarray) -> dict[str, np.ndarr
     subtree[0] = n  # the root is on every path but not stored in `node`
     return {
         "child_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        "child_token": tokens[rr, dd].astype(np.int64),
-        "child_node": node[rr, dd].astype(np.int64),
+        "child_token": edge_token.astype(np.int64),
+        "child_node": edge_child.astype(np.int64),
         "edge_parent": edge_parent.astype(np.int64),
         "node_item": node_item,
         "item_leaf": item_leaf,
