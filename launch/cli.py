@@ -1,0 +1,102 @@
+"""The `fusionrec` command line: one parser, one small function per subcommand.
+
+Heavy libraries (torch, ray, deepspeed) are imported inside the command functions so `fusionrec --help`
+stays instant. Every failure the user can fix ends as one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+# Before anything imports transformers or ray: offline hub (else ~46 s of retries per lookup), no Ray
+# auth token that later breaks `ray job submit`, and Ray bound to loopback (see docs/operations.md).
+_ENV_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+BENCHMARKS = ("prepare", "loader", "decode", "idgen", "train", "eval", "sasrec", "ranker")
+
+
+def _set_env_defaults() -> None:
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="a.b=v", help="dotted config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusionrec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write synthetic raw data in the real Amazon-2014 and Yelp formats")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--categories", default=None, help="comma-separated Amazon categories")
+    p.add_argument("--users", type=int, default=None, help="users per category")
+    p.add_argument("--items", type=int, default=None, help="items per category")
+    p.add_argument("--no-yelp", action="store_true")
+
+    p = sub.add_parser("prepare", help="raw datasets -> processed tables + WebDataset shards + manifest")
+    p.add_argument("--config", help="TOML config (general form)")
+    p.add_argument("--input", help="one raw dataset folder (one-dataset form)")
+    p.add_argument("--format", choices=["p5", "amazon2014", "yelp", "movielens"])
+    p.add_argument("--name", help="dataset name (one-dataset form; default: folder name)")
+    p.add_argument("--out", help="output corpus folder (default: data.out of the config)")
+    _add_overrides(p)
+
+    p = sub.add_parser("inspect", help="verify a corpus' hashes and print its statistics")
+    p.add_argument("corpus")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench", help="run a benchmark; one JSON line per measurement")
+    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("--quick", action="store_true", help="smaller inputs (said so in each line)")
+    p.add_argument("--json", action="store_true", help="JSON lines only (the default output is JSON lines too)")
+    return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"fusionrec.bench.{args.name}")
+    for line in module.run(quick=args.quick):
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from fusionrec.launch import commands
+
+    table = {name: getattr(commands, f"cmd_{name}") for name in commands.COMMANDS}
+    table["bench"] = cmd_bench
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    _set_env_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        return _commands()[args.command](args)
+    except KeyboardInterrupt:
+        print("fusionrec: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # User-fixable problems (bad config, bad data, missing files) end as one readable line.
+        if os.environ.get("FUSIONREC_DEBUG"):
+            raise
+        print(f"fusionrec {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
