@@ -44,6 +44,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -160,27 +161,102 @@ def _read_shard_bytes(path: Path, entry: dict[str, Any], verify: bool) -> bytes:
     return data
 
 
-def _index_shard(path: Path, entry: dict[str, Any], cfg: LoaderConfig) -> _ShardIndex:
-    """Walk one shard's tar members; keep the samples the config selects."""
-    data = _read_shard_bytes(path, entry, cfg.verify)
-    splits, datasets = set(cfg.splits), set(cfg.datasets)
-    offsets, sizes, keys, total = [], [], [], 0
+_ZERO_BLOCK = bytes(512)
+_REGULAR = (ord("0"), 0)  # tar typeflags of a regular file
+# A top-level string field of a sample's json. Values with escapes don't match and fall back to
+# json.loads; a key cannot match inside a string value, where its quotes would be escaped.
+_FIELD = {f: re.compile(rb'"' + f.encode() + rb'"\s*:\s*"([^"\\]*)"') for f in ("split", "dataset")}
+
+
+def _tar_members(data: bytes, path: Path, checksums: bool) -> tuple[list[bytes], list[int], list[int]]:
+    """(names, payload offsets, sizes) of the members of a tar held in memory.
+
+    Fast path for plain ustar headers (what tarfile/webdataset/Ray write for short names): ~1 us per
+    member instead of ~50 us through tarfile. Any other header (pax, GNU long name, base-256 size)
+    sends the whole shard through `tarfile`, which handles every format. Header checksums are skipped
+    when the shard's sha256 was already verified (its bytes are then exactly the writer's).
+    """
+    names, offsets, sizes, pos = [], [], [], 0
+    while pos + 512 <= len(data):
+        if (
+            data[pos + 156] not in _REGULAR
+            or data[pos + 124] & 0x80
+            or data[pos + 257 : pos + 262] != b"ustar"
+        ):
+            if data[pos : pos + 512] == _ZERO_BLOCK:
+                return names, offsets, sizes
+            return _tar_members_slow(data, path)
+        try:
+            size = int(data[pos + 124 : pos + 136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError as err:
+            raise DataError(path, None, f"corrupt tar header at byte {pos}") from err
+        if checksums:
+            _check_header(data[pos : pos + 512], pos, path)
+        name, prefix = (
+            data[pos : pos + 100].split(b"\0", 1)[0],
+            data[pos + 345 : pos + 500].split(b"\0", 1)[0],
+        )
+        names.append(prefix + b"/" + name if prefix else name)
+        offsets.append(pos + 512)
+        sizes.append(size)
+        pos += 512 + -(-size // 512) * 512
+    raise DataError(path, None, f"truncated tar: no end-of-archive block after byte {pos}")
+
+
+def _check_header(header: bytes, pos: int, path: Path) -> None:
+    try:
+        checksum = int(header[148:156].split(b"\0", 1)[0].strip(), 8)
+    except ValueError as err:
+        raise DataError(path, None, f"corrupt tar header at byte {pos}") from err
+    if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+        raise DataError(path, None, f"corrupt tar header at byte {pos} (checksum)")
+
+
+def _tar_members_slow(data: bytes, path: Path) -> tuple[list[bytes], list[int], list[int]]:
     try:
         members = tarfile.open(fileobj=io.BytesIO(data), mode="r:").getmembers()
     except tarfile.TarError as err:
         raise DataError(path, None, f"not a readable tar file: {err}") from err
     for m in members:
-        if not m.isfile() or not m.name.endswith(".json"):
+        if not m.isfile():
             raise DataError(path, None, f"member {m.name!r}: expected only '<key>.json' sample files")
-        total += 1
-        payload = data[m.offset_data : m.offset_data + m.size]
-        sample = _decode(payload, path, m.name)
-        if sample["split"] in splits and (not datasets or sample["dataset"] in datasets):
-            offsets.append(m.offset_data)
-            sizes.append(m.size)
-            keys.append(m.name[: -len(".json")].encode("utf-8"))
-    if total != entry["samples"]:
-        raise DataError(path, None, f"holds {total} samples, manifest says {entry['samples']}")
+    return (
+        [m.name.encode("utf-8") for m in members],
+        [m.offset_data for m in members],
+        [m.size for m in members],
+    )
+
+
+def _field(data: bytes, start: int, size: int, name: str, path: Path, member: str) -> str:
+    match = _FIELD[name].search(data, start, start + size)
+    if match is not None:
+        return match.group(1).decode("utf-8")
+    return _decode(data[start : start + size], path, member)[name]
+
+
+def _index_shard(path: Path, entry: dict[str, Any], cfg: LoaderConfig) -> _ShardIndex:
+    """Walk one shard's tar members; keep the samples the config selects.
+
+    Only `split`/`dataset` are read here (and only when the filter needs them); a sample's full json is
+    validated when it is read, failing with a DataError naming shard and member.
+    """
+    data = _read_shard_bytes(path, entry, cfg.verify)
+    names, starts, lengths = _tar_members(data, path, checksums=not cfg.verify)
+    if len(names) != entry["samples"]:
+        raise DataError(path, None, f"holds {len(names)} samples, manifest says {entry['samples']}")
+    need_split = set(cfg.splits) != set(SPLITS)
+    offsets, sizes, keys = [], [], []
+    for raw, start, size in zip(names, starts, lengths, strict=True):
+        if not raw.endswith(b".json"):
+            raise DataError(path, None, f"member {raw!r}: expected only '<key>.json' sample files")
+        member = raw.decode("utf-8")
+        if need_split and _field(data, start, size, "split", path, member) not in cfg.splits:
+            continue
+        if cfg.datasets and _field(data, start, size, "dataset", path, member) not in cfg.datasets:
+            continue
+        offsets.append(start)
+        sizes.append(size)
+        keys.append(raw[: -len(b".json")])
     return _ShardIndex(
         str(path),
         np.asarray(offsets, dtype=np.int64),
