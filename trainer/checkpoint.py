@@ -1,0 +1,317 @@
+"""Atomic, verifiable, resumable checkpoints: ``RUN/checkpoints/step-N/``.
+
+Layout of one checkpoint::
+
+    step-N/
+      <engine>/...            DeepSpeed save_checkpoint of each trainable engine (model, optimizer, scheduler)
+      trainer_state.pt        step/phase counters, module state (ID tables), engine param shapes, world size
+      rank-00000.pt ...       per rank: RNG (python, numpy, torch) and loader state
+      config.json             the resolved TrainConfig
+      COMPLETE.json           written last: file sizes (+ sha256 of the small files); no marker = ignored
+
+Writing is atomic: every rank writes into ``.step-N.tmp``; after a barrier rank 0 writes the marker and
+renames the folder (rename is atomic on one filesystem). Loading checks the marker, sizes, hashes, world
+size and every parameter shape on rank 0 and broadcasts the verdict, so all ranks raise the same clear
+``CheckpointError`` before any training step. Our own files are loaded with ``weights_only=True``.
+
+Multi-node note: the tmp-dir + rename protocol needs ``RUN`` on a filesystem shared by all nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from fusionrec.trainer.loop import Trainer
+
+MARKER = "COMPLETE.json"
+TRAINER_STATE = "trainer_state.pt"
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step-(\d+)$")
+_HASH_LIMIT = 64 * 1024 * 1024  # sha256 for files up to 64 MiB (our small files); sizes for all
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names the path and the problem."""
+
+
+# ---------------------------------------------------------------------- discovery
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``root`` (those with a marker), oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_RE.match(child.name)
+        if m and (child / MARKER).is_file():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def resolve_resume(root: Path, resume: str | None) -> Path | None:
+    """None -> fresh start; "auto" -> newest complete checkpoint (or fresh); else that path (must exist)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(root)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint.resume: {path} is not a directory")
+    return path
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check the marker, every listed file's size and the small files' sha256. Returns the marker."""
+    marker_file = path / MARKER
+    if not marker_file.is_file():
+        raise CheckpointError(f"checkpoint {path}: incomplete (no {MARKER}); it was never finished")
+    try:
+        marker = json.loads(marker_file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"checkpoint {path}/{MARKER}:{err.lineno}: corrupted marker ({err.msg})"
+        ) from None
+    if marker.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path}: format_version {marker.get('format_version')} != {FORMAT_VERSION}"
+        )
+    for rel, meta in marker["files"].items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path}: missing file {rel}")
+        size = f.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {path}: {rel} has {size} bytes, expected {meta['bytes']} (corrupted)"
+            )
+        if "sha256" in meta and _sha256(f) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {path}: {rel} sha256 mismatch (corrupted)")
+    return marker
+
+
+# ---------------------------------------------------------------------- save
+def save_checkpoint(trainer: Trainer) -> Path:
+    """Collective: every rank calls it. Returns the final ``step-N`` path."""
+    strategy, step = trainer.strategy, trainer.state.step
+    root = trainer.checkpoint_root
+    final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
+    if strategy.is_rank0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    strategy.barrier()
+    for _, engine in sorted(trainer.engines.items()):
+        if engine.has_optimizer:  # frozen engines are rebuilt by configure(); nothing to save
+            strategy.save(engine, tmp)
+    torch.save(_rank_state(trainer), tmp / f"rank-{strategy.rank:05d}.pt")
+    strategy.barrier()
+    if strategy.is_rank0:
+        torch.save(_trainer_state(trainer), tmp / TRAINER_STATE)
+        (tmp / "config.json").write_text(json.dumps(trainer.cfg.to_dict(), indent=2, default=str))
+        _write_marker(tmp, step, strategy.world_size)
+        if final.exists():  # re-save of the same step (e.g. at a phase end): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune(root, trainer.cfg.checkpoint.keep_last)
+    strategy.barrier()
+    return final
+
+
+def _trainer_state(trainer: Trainer) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "state": trainer.state.to_dict(),
+        "module": trainer.module.state_dict(),
+        "shapes": {name: e.named_shapes() for name, e in sorted(trainer.engines.items())},
+        "world_size": trainer.strategy.world_size,
+        "phases": [p.name for p in trainer.phases],
+    }
+
+
+def _rank_state(trainer: Trainer) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    loader = trainer.train_loader
+    return {
+        "python_rng": random.getstate(),
+        # numpy's state holds an ndarray, which weights_only loading refuses: store it as a tensor.
+        "numpy_rng": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch_rng": torch.get_rng_state(),
+        "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+    }
+
+
+def _write_marker(tmp: Path, step: int, world_size: int) -> None:
+    files = {}
+    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        meta: dict[str, Any] = {"bytes": size}
+        if size <= _HASH_LIMIT:
+            meta["sha256"] = _sha256(f)
+        files[str(f.relative_to(tmp))] = meta
+    marker = {"format_version": FORMAT_VERSION, "step": step, "world_size": world_size, "files": files}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    for _, path in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- load
+def load_checkpoint(trainer: Trainer, path: Path) -> dict[str, Any]:
+    """Collective. Verifies (rank 0, verdict broadcast), restores engines, module and counters.
+
+    Returns this rank's RNG/loader state; the Trainer applies it after the phase's ``on_phase_start``.
+    """
+    strategy = trainer.strategy
+    error = None
+    if strategy.is_rank0:
+        try:
+            _check_compatible(trainer, path)
+        except CheckpointError as err:
+            error = str(err)
+    error = strategy.broadcast_object(error)
+    if error is not None:
+        raise CheckpointError(error)
+    state = _load_file(path / TRAINER_STATE)
+    for _, engine in sorted(trainer.engines.items()):
+        if engine.has_optimizer:
+            strategy.load(engine, path)
+    trainer.module.load_state_dict(state["module"])
+    st = state["state"]
+    for key, value in st.items():
+        setattr(trainer.state, key, dict(value) if key == "skipped" else value)
+    return _load_file(path / f"rank-{strategy.rank:05d}.pt")
+
+
+def _check_compatible(trainer: Trainer, path: Path) -> None:
+    marker = verify_checkpoint(path)
+    if marker["world_size"] != trainer.strategy.world_size:
+        raise CheckpointError(
+            f"checkpoint {path}: saved with world_size={marker['world_size']}, resuming with "
+            f"{trainer.strategy.world_size}; per-rank RNG/loader state cannot be re-split"
+        )
+    state = _load_file(path / TRAINER_STATE)
+    for name, engine in sorted(trainer.engines.items()):
+        if not engine.has_optimizer:
+            continue
+        saved = state["shapes"].get(name)
+        if saved is None:
+            raise CheckpointError(
+                f"checkpoint {path}: has no engine {name!r} (has {sorted(state['shapes'])})"
+            )
+        _check_shapes(path, name, saved, engine.named_shapes())
+
+
+def _check_shapes(
+    path: Path, name: str, saved: Mapping[str, list[int]], current: Mapping[str, list[int]]
+) -> None:
+    missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint {path}: engine {name!r} parameters differ: not in checkpoint {missing[:5]}, "
+            f"not in model {extra[:5]}"
+        )
+    for pname, shape in current.items():
+        if list(saved[pname]) != list(shape):
+            raise CheckpointError(
+                f"checkpoint {path}: engine {name!r} parameter {pname} has shape {list(saved[pname])} in the "
+                f"checkpoint but {list(shape)} in the model (different model config?)"
+            )
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file missing: {path}") from None
+    except Exception as err:  # torch raises several types for truncated/garbled zips
+        raise CheckpointError(f"checkpoint file {path} is unreadable ({type(err).__name__}: {err})") from None
+
+
+def restore_rank_state(trainer: Trainer, rank_state: Mapping[str, Any]) -> None:
+    """RNG and loader state of this rank (called by the Trainer after the phase rebuilt its loader)."""
+    py = rank_state["python_rng"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = rank_state["numpy_rng"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(rank_state["torch_rng"])
+    loader_state = rank_state.get("loader")
+    if loader_state is not None:
+        if not hasattr(trainer.train_loader, "load_state_dict"):
+            raise CheckpointError("checkpoint holds loader state but the train loader has no load_state_dict")
+        trainer.train_loader.load_state_dict(loader_state)
+
+
+# ---------------------------------------------------------------------- export
+def export(checkpoint: Path, out_dir: Path, models: Mapping[str, Any]) -> dict[str, Path]:
+    """Write each engine of ``checkpoint`` as an HF ``save_pretrained`` folder ``out_dir/<name>``.
+
+    ``models`` maps engine names to freshly built models of the same config (the recipe builds them);
+    weights are consolidated in-process from any ZeRO stage, loaded strictly (a shape mismatch raises),
+    and saved with save_pretrained (safetensors; tied embeddings handled by transformers). The module
+    state (ID tables) goes to ``out_dir/module_state.json`` when JSON-serialisable.
+    """
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    verify_checkpoint(checkpoint)
+    state = _load_file(checkpoint / TRAINER_STATE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, model in sorted(models.items()):
+        if name not in state["shapes"]:
+            raise CheckpointError(
+                f"checkpoint {checkpoint}: no engine {name!r} (has {sorted(state['shapes'])})"
+            )
+        current = {n: list(p.shape) for n, p in model.named_parameters()}
+        _check_shapes(checkpoint, name, state["shapes"][name], current)
+        sd = DeepspeedStrategy.consolidated_state_dict(checkpoint, name)
+        model.load_state_dict(sd, strict=False)  # tied weights appear once in ZeRO's consolidated dict
+        _assert_loaded(checkpoint, name, model, sd)
+        tmp = out_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        os.replace(tmp, out_dir / name)
+        written[name] = out_dir / name
+    _export_module_state(state["module"], out_dir)
+    return written
+
+
+def _assert_loaded(checkpoint: Path, name: str, model: Any, sd: Mapping[str, torch.Tensor]) -> None:
+    """Every parameter must come from the checkpoint (directly or through a tie), none left at init."""
+    params = dict(model.named_parameters())  # ties are de-duplicated here
+    absent = [n for n in params if n not in sd]
+    if absent:
+        raise CheckpointError(f"checkpoint {checkpoint}: engine {name!r} lacks weights for {absent[:5]}")
+
+
+def _export_module_state(module_state: Mapping[str, Any], out_dir: Path) -> None:
+    if not module_state:
+        return
+    try:
+        text = json.dumps(module_state, indent=1)
+    except TypeError:
+        return  # tensors in module state: they stay in the checkpoint
+    tmp = out_dir / ".module_state.json.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out_dir / "module_state.json")
