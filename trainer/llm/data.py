@@ -377,3 +377,67 @@ def palr_example(
         candidates = list(candidates) + missing  # the candidate list always contains every target
         rng.shuffle(candidates)
     return palr_prompt(history, candidates, cfg), palr_answer(targets)
+
+
+# ---------------------------------------------------------------- encoding and per-rank batching
+
+
+def encode_record(tokenizer, record: PreferenceRecord, ans: str, max_length: int, stats: TruncationStats):
+    """Tokenised (prompt, answer) with the history truncated to fit (import-light: scoring is torch-only)."""
+    from .scoring import encode_pair
+
+    n_answer = len(tokenizer(ans, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+    text = fit_prompt(tokenizer, record.prompt, n_answer, max_length, stats, record.source)
+    return encode_pair(tokenizer, text, ans, max_length, where=record.source)
+
+
+def encode_groups(tokenizer, groups: list[PreferenceGroup], max_length: int, stats: TruncationStats) -> list:
+    """PreferenceGroup → EncodedGroup: (x_1, y_w) and (x_i, y_l,i) for the k rows (paper eq. 3)."""
+    from .dmpo import EncodedGroup
+
+    out = []
+    for group in groups:
+        chosen = encode_record(tokenizer, group.rows[0], group.rows[0].chosen, max_length, stats)
+        rejected = [encode_record(tokenizer, r, r.rejected, max_length, stats) for r in group.rows]
+        out.append(EncodedGroup(chosen, rejected))
+    return out
+
+
+class EpochBatches:
+    """Per-rank micro-batches of a small in-memory dataset: seeded shuffle per epoch, rank r takes every
+    world-th example, then fixed-size batches. Every rank gets the same number of batches (the tail that
+    does not fill a batch on every rank is counted in `dropped_per_epoch`, not silently lost)."""
+
+    def __init__(
+        self, examples: list, collate, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0
+    ):
+        if batch_size < 1 or not 0 <= rank < world:
+            raise ValueError(f"batch_size={batch_size}, rank={rank}, world={world} invalid")
+        per_rank = len(examples) // world
+        self.n_batches = per_rank // batch_size
+        if self.n_batches == 0:
+            raise ValueError(
+                f"{len(examples)} examples cannot give one batch of {batch_size} on {world} ranks"
+            )
+        self.dropped_per_epoch = len(examples) - self.n_batches * batch_size * world
+        self.examples, self.collate, self.batch_size = examples, collate, batch_size
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        order = list(range(len(self.examples)))
+        random.Random(self.seed + self.epoch).shuffle(order)
+        mine = order[self.rank :: self.world]
+        self.epoch += 1
+        for b in range(self.n_batches):
+            yield self.collate(
+                [self.examples[i] for i in mine[b * self.batch_size : (b + 1) * self.batch_size]]
+            )
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])

@@ -27,15 +27,15 @@ class DMPOConfig:
 
     beta: float = 0.1
     k: int = 3
-    reference: str = "precomputed"  # precomputed | adapter-disabled
+    reference: str = "precomputed"  # precomputed (once, then freed) | model (frozen reference engine)
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"dmpo.beta must be > 0, got {self.beta}")
         if self.k < 1:
             raise ValueError(f"dmpo.k must be >= 1 negative, got {self.k}")
-        if self.reference not in ("precomputed", "adapter-disabled"):
-            raise ValueError(f"dmpo.reference={self.reference!r}: use 'precomputed' or 'adapter-disabled'")
+        if self.reference not in ("precomputed", "model"):
+            raise ValueError(f"dmpo.reference={self.reference!r}: use 'precomputed' or 'model'")
 
 
 @dataclass
@@ -114,3 +114,80 @@ def precompute_reference(
     chosen, rejected = split_flat(totals, k)
     for group, c, r in zip(groups, chosen.tolist(), rejected.tolist(), strict=True):
         group.ref_chosen, group.ref_rejected = c, r
+
+
+def collate_groups(groups: Sequence[EncodedGroup], pad_id: int) -> dict[str, torch.Tensor]:
+    """Model inputs for all 1 + k sequences of each group, plus precomputed reference log-probs if any."""
+    from .scoring import collate_pairs
+
+    batch = collate_pairs(flatten_groups(groups), pad_id)
+    if all(g.ref_chosen is not None for g in groups):
+        batch["ref_chosen"] = torch.tensor([g.ref_chosen for g in groups])
+        batch["ref_rejected"] = torch.tensor([g.ref_rejected for g in groups])
+    return batch
+
+
+def group_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs → chosen [B], rejected [B, k] (one forward over the flattened batch)."""
+    from .scoring import answer_logprobs
+
+    return split_flat(answer_logprobs(model, batch).total, k)
+
+
+def auc(pos_scores: Sequence[float], neg_scores: Sequence[float]) -> float:
+    """ROC AUC = P(score(pos) > score(neg)) + ½·P(tie), over all pos × neg pairs (Mann–Whitney U)."""
+    if not pos_scores or not neg_scores:
+        raise ValueError("auc needs at least one positive and one negative score")
+    pos = torch.tensor(pos_scores, dtype=torch.float64)
+    neg = torch.tensor(neg_scores, dtype=torch.float64)
+    everything = torch.cat([pos, neg])
+    # Average ranks with ties: rank = (#less) + (#equal + 1) / 2, computed by sorting.
+    sorted_vals, _ = everything.sort()
+    less = torch.searchsorted(sorted_vals, pos, right=False).double()
+    leq = torch.searchsorted(sorted_vals, pos, right=True).double()
+    ranks = less + (leq - less + 1) / 2
+    u = ranks.sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+@dataclass
+class AUCResult:
+    auc: float  # global ROC AUC over preferred (label 1) vs dispreferred (label 0) answer scores
+    pairwise: float  # share of records whose preferred answer outscores the dispreferred one (ties ½)
+    n: int
+    truncated: int  # prompts whose oldest history items were dropped to fit the context window
+
+
+@torch.no_grad()
+def evaluate_auc(
+    model: nn.Module, tokenizer, records, max_length: int, score: str = "mean_prob"
+) -> AUCResult:
+    """DMPO eval (paper eq. 4): score both orders of each record by length-normalised likelihood.
+
+    `score`: "mean_prob" (eq. 4: average token probability) or "mean_logp" (average token log-prob).
+    Both answers share the prompt, so it is encoded once (`score_candidates`).
+    """
+    from .data import TruncationStats, answer, encode_record
+    from .scoring import score_candidates
+
+    if score not in ("mean_prob", "mean_logp"):
+        raise ValueError(f"score={score!r}: use 'mean_prob' (paper eq. 4) or 'mean_logp'")
+    stats = TruncationStats()
+    pos, neg = [], []
+    for rec in records:
+        # ML-1M's eval file gives only the preferred order; the dispreferred one is its reverse.
+        rejected = rec.rejected if rec.rejected is not None else answer(rec.negative, rec.positive)
+        good = encode_record(tokenizer, rec, rec.chosen, max_length, stats)
+        bad = encode_record(tokenizer, rec, rejected, max_length, stats)
+        assert good.prompt_ids == bad.prompt_ids, "both answers must be scored under the same prompt"
+        lp = score_candidates(
+            model, good.prompt_ids, [good.answer_ids, bad.answer_ids], tokenizer.pad_token_id
+        )
+        vals = (lp.mean_prob if score == "mean_prob" else lp.mean).tolist()
+        pos.append(vals[0])
+        neg.append(vals[1])
+    pairwise = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p, q in zip(pos, neg, strict=True)) / len(pos)
+    # Each record's prompt is encoded for both answers: count truncation per record, not per encoding.
+    return AUCResult(auc(pos, neg), pairwise, len(pos), stats.truncated // 2)

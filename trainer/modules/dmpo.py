@@ -1,0 +1,184 @@
+"""The `dmpo` recipe: SFT (stage "sft") then DMPO (stage "dmpo") of a causal-LM ranker with LoRA.
+
+Two runs, as in the paper (SFT, then DMPO from the SFT model): the SFT run exports a merged HF folder, the
+DMPO run loads it as its base (`model.name_or_path`) and trains a fresh LoRA on top. Because LoRA's B matrix
+starts at zero, the policy at step 0 IS the SFT model, so the reference log-probs can be computed with the
+policy engine itself before the first step (`dmpo.reference = "precomputed"`, no second model in memory), or
+by a frozen reference engine built from the same folder (`"model"`). Either way the loss at step 0 is ln 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from fusionrec.trainer.config import OptimConfig
+from fusionrec.trainer.llm.data import (
+    EpochBatches,
+    TruncationStats,
+    encode_groups,
+    encode_record,
+    group_records,
+    load_dmpo_file,
+)
+from fusionrec.trainer.llm.dmpo import (
+    DMPOConfig,
+    EncodedGroup,
+    collate_groups,
+    dmpo_loss,
+    flatten_groups,
+    group_logps,
+    split_flat,
+)
+from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, score_pairs, sft_loss
+from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_causal_lm, build_ranker, export_merged
+from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
+
+
+@dataclass
+class DMPORecipeConfig:
+    """Everything the dmpo recipe needs: which stage, files, epochs, the model and the DMPO loss."""
+
+    stage: str = "dmpo"  # sft | dmpo
+    sft_file: str = ""
+    dpo_file: str = ""  # rec_<domain>_dpo_ranking_<k>.json (k consecutive rows per prompt group)
+    limit: int = 0  # use only the first N SFT records / DMPO groups (0 = all)
+    epochs: int = 1
+    model: CausalLMConfig = field(default_factory=CausalLMConfig)
+    dmpo: DMPOConfig = field(default_factory=DMPOConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("sft", "dmpo"):
+            raise ValueError(f"recipe.stage={self.stage!r}: use 'sft' or 'dmpo'")
+        needed = self.sft_file if self.stage == "sft" else self.dpo_file
+        if not needed:
+            raise ValueError(
+                f"recipe.stage={self.stage!r} needs recipe.{self.stage.replace('dmpo', 'dpo')}_file"
+            )
+        if self.limit < 0 or self.epochs < 1:
+            raise ValueError(f"recipe.limit={self.limit} must be >= 0 and recipe.epochs={self.epochs} >= 1")
+
+
+class DMPOModule(BaseTrainModule):
+    """TrainModule of the dmpo recipe (see the module docstring)."""
+
+    main_engine = "policy"
+
+    def __init__(self, cfg: DMPORecipeConfig) -> None:
+        self.cfg = cfg
+        self.truncation = TruncationStats()
+        self.engines: dict[str, Engine] = {}
+        self.examples: list[Any] = []
+
+    # ------------------------------------------------------------------ setup
+    def configure(self, strategy: DeepspeedStrategy, optim: OptimConfig) -> Mapping[str, Engine]:
+        self.strategy = strategy
+        model, self.tokenizer = build_ranker(self.cfg.model)
+        self.engines["policy"] = strategy.prepare(model, optim, name="policy")
+        if self.cfg.stage == "sft":
+            self.examples = self._sft_examples()
+        else:
+            self.examples = encode_groups(
+                self.tokenizer, self._groups(), self.cfg.model.max_length, self.truncation
+            )
+            if self.cfg.dmpo.reference == "model":
+                ref = build_causal_lm(self.cfg.model, vocab_size=len(self.tokenizer))
+                self.engines["reference"] = strategy.prepare(ref, None, name="reference")
+            else:
+                self._precompute_reference()
+        return self.engines
+
+    def _sft_examples(self) -> list[Any]:
+        records = load_dmpo_file(self.cfg.sft_file)
+        records = records[: self.cfg.limit or None]
+        max_len = self.cfg.model.max_length
+        return [encode_record(self.tokenizer, r, r.chosen, max_len, self.truncation) for r in records]
+
+    def _groups(self) -> list[Any]:
+        groups = group_records(load_dmpo_file(self.cfg.dpo_file), self.cfg.dmpo.k, self.cfg.dpo_file)
+        return groups[: self.cfg.limit or None]
+
+    def _precompute_reference(self) -> None:
+        """log π_ref for every group with the policy at init (== SFT model), split over ranks then gathered.
+
+        Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively), so the
+        list is padded to a multiple of the world size; padded results are discarded.
+        """
+        s, groups = self.strategy, self.examples
+        padded = groups + groups[: (-len(groups)) % s.world_size]
+        mine = padded[s.rank :: s.world_size]
+        policy = self.engines["policy"]
+        totals = score_pairs(policy, flatten_groups(mine), self.tokenizer.pad_token_id).total
+        chosen, rejected = split_flat(totals, self.cfg.dmpo.k)
+        parts = s.all_gather_object((chosen.tolist(), rejected.tolist()))
+        for r, (c_list, r_list) in enumerate(parts):
+            for j, (c, rej) in enumerate(zip(c_list, r_list, strict=True)):
+                idx = r + j * s.world_size
+                if idx < len(groups):
+                    groups[idx].ref_chosen, groups[idx].ref_rejected = c, rej
+
+    # ------------------------------------------------------------------ loop hooks
+    def plan(self, max_steps: int) -> list[Phase]:
+        return [Phase(name=self.cfg.stage, engine="policy", epochs=self.cfg.epochs)]
+
+    def on_phase_start(self, phase: Phase) -> EpochBatches:
+        pad = self.tokenizer.pad_token_id
+        collate = (
+            partial(collate_pairs, pad_id=pad)
+            if self.cfg.stage == "sft"
+            else partial(collate_groups, pad_id=pad)
+        )
+        plan = self.strategy.batch_plan
+        return EpochBatches(
+            self.examples,
+            collate,
+            plan.micro_batch_size,
+            self.strategy.rank,
+            self.strategy.world_size,
+            seed=self.cfg.model.seed,
+        )
+
+    def train_batch(self, batch: dict[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor]:
+        policy = self.engines["policy"]
+        if self.cfg.stage == "sft":
+            return {"loss": sft_loss(answer_logprobs(policy, batch))}
+        k = self.cfg.dmpo.k
+        chosen, rejected = group_logps(policy, batch, k)
+        if "reference" in self.engines:
+            with torch.no_grad():
+                ref_chosen, ref_rejected = group_logps(self.engines["reference"], batch, k)
+        else:
+            ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
+        out = dmpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.cfg.dmpo.beta)
+        margin = (out.chosen_reward - out.rejected_reward).mean()
+        return {"loss": out.loss, "reward_accuracy": out.accuracy, "reward_margin": margin}
+
+    def batch_stats(self, batch: dict[str, torch.Tensor]) -> BatchStats:
+        groups = batch["input_ids"].shape[0] // (1 if self.cfg.stage == "sft" else 1 + self.cfg.dmpo.k)
+        return BatchStats(samples=groups, tokens=int(batch["attention_mask"].sum()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"truncation": self.truncation.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.truncation = TruncationStats(**state.get("truncation", {}))
+
+    # ------------------------------------------------------------------ export
+    def export(self, out_dir: str | Path) -> Path | None:
+        """Merged HF folder of the policy (LoRA folded in); collective — call on every rank."""
+        state = self.strategy.full_state_dict(self.engines["policy"])
+        out = None
+        if self.strategy.is_rank0:
+            fresh, tok = build_ranker(self.cfg.model)
+            fresh.load_state_dict(state)
+            out = export_merged(fresh, tok, out_dir)
+        self.strategy.barrier()
+        return out
+
+
+__all__ = ["DMPOModule", "DMPORecipeConfig", "EncodedGroup"]
