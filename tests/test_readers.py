@@ -214,6 +214,49 @@ def test_read_dataset_dispatch(p5_dir: Path) -> None:
     assert FORMATS == ("amazon2014", "yelp", "movielens", "p5")
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("tail_newline", [True, False])
+def test_fast_json_path_equals_line_by_line(tmp_path: Path, tail_newline: bool) -> None:
+    """pyarrow's reader (fast path) and the line-by-line pass (the specification) give identical tables."""
+    from collections import Counter
+
+    from fusionrec.data_pipeline.readers import _read_amazon_reviews, _read_yelp_reviews
+
+    lines = [
+        review("U1", "I1", 3, 5.0),
+        "",
+        review("U2", "I2", 1),
+        "   ",
+        review("U1", "I2", 2, 2.0, reviewText="é"),
+    ]
+    data = "\n".join(lines) + ("\n" if tail_newline else "")
+    path = tmp_path / "reviews_X_5.json.gz"
+    path.write_bytes(gzip.compress(data.encode(), mtime=0))
+    (fast_skips, slow_skips) = Counter(), Counter()
+    fast, slow = _read_amazon_reviews(path, fast_skips), _read_amazon_reviews(path, slow_skips, fast=False)
+    assert fast.equals(slow) and fast.num_rows == 3
+    assert fast_skips == slow_skips == Counter(blank_lines=2)
+    ypath = tmp_path / "yelp_academic_dataset_review.json"
+    ylines = ['{"user_id": "a", "business_id": "b", "stars": 4, "date": "2018-07-07 22:09:11"}', "",
+              '{"user_id": "a", "business_id": "c", "date": "2018-07-08"}']  # fmt: skip
+    ypath.write_text("\n".join(ylines) + "\n")
+    (fast_skips, slow_skips) = Counter(), Counter()
+    fast, slow = _read_yelp_reviews(ypath, fast_skips), _read_yelp_reviews(ypath, slow_skips, fast=False)
+    assert fast.equals(slow) and fast["timestamp"].to_pylist() == [1531001351, 1531008000]
+    assert fast_skips == slow_skips == Counter(blank_lines=1)
+    # Numeric ids: pyarrow refuses them, the careful pass accepts them as strings.
+    path.write_bytes(gzip.compress(b'{"reviewerID": 17, "asin": "I1", "unixReviewTime": 5}\n', mtime=0))
+    assert _read_amazon_reviews(path, Counter())["user_id"].to_pylist() == ["17"]
+
+
+@pytest.mark.unit
+def test_non_utf8_in_an_unread_field_still_fails(amazon_dir: Path) -> None:
+    bad = b'{"reviewerID": "U2", "asin": "I1", "unixReviewTime": 2, "reviewText": "caf\xe9"}'
+    write_gz(amazon_dir / "reviews_Beauty_5.json.gz", [review("U1", "I1", 1), bad])
+    with pytest.raises(DataError, match=r"reviews_Beauty_5.json.gz:2: invalid UTF-8 at byte 74"):
+        read_amazon2014(amazon_dir)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.unit
 def test_malformed_json_line(amazon_dir: Path) -> None:
