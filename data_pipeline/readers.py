@@ -21,9 +21,12 @@ item or user list. Nothing is dropped silently; these non-fatal cases are kept o
 Duplicate interactions are kept: deduplication is preprocessing's job (it counts them).
 
 Speed: files are streamed line by line (gzip transparently), columns are accumulated in Python lists and
-turned into pyarrow tables once. The headerless Amazon ratings CSV (tens of millions of lines for Books)
-goes through pyarrow's multi-threaded CSV reader; if that reader rejects the file, a line-by-line pass
-re-reads it only to name the exact bad line.
+turned into pyarrow tables once. The two biggest inputs take C++ fast paths: review JSON lines (millions
+of lines per Amazon category, Yelp's review file) go through pyarrow's JSON reader with the few needed
+columns (~3x faster; blank lines and UTF-8 are still checked on the stream), the headerless ratings CSV
+through pyarrow's CSV reader. Whenever a fast path declines (any parse error, null or empty id, type
+mismatch), the line-by-line pass re-reads the file: it is the specification, so it either names the exact
+bad line or accepts what pyarrow refused (e.g. numeric ids). Reading the P5 Beauty files takes ~0.3 s.
 """
 
 from __future__ import annotations
@@ -670,9 +673,17 @@ _READERS: dict[str, Callable[..., RawDataset]] = {
 
 
 def read_dataset(fmt: str, input_dir: str | Path, name: str | None = None, **kw: Any) -> RawDataset:
-    """Read `input_dir` in format `fmt` (one of FORMATS); extra keywords go to the reader (e.g. category)."""
+    """Read `input_dir` in format `fmt` (one of FORMATS); extra keywords go to the reader.
+
+    `category=None` is accepted (and ignored) for every format, so a caller can pass a dataset spec's
+    optional Amazon category through unconditionally.
+    """
     if fmt not in _READERS:
         raise ValueError(f"unknown dataset format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if kw.get("category", "absent") is None:
+        del kw["category"]
+    if "category" in kw and fmt != "amazon2014":
+        raise ValueError(f"category={kw['category']!r} only applies to format 'amazon2014', not {fmt!r}")
     if name is not None:
         kw["name"] = name
     return _READERS[fmt](input_dir, **kw)

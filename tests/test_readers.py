@@ -207,6 +207,9 @@ def test_p5_exact(p5_dir: Path) -> None:
 @pytest.mark.unit
 def test_read_dataset_dispatch(p5_dir: Path) -> None:
     assert read_dataset("p5", p5_dir, name="t").name == "t"
+    assert read_dataset("p5", p5_dir, category=None).name == "amazon_tiny"
+    with pytest.raises(ValueError, match=r"category='Beauty' only applies to format 'amazon2014', not 'p5'"):
+        read_dataset("p5", p5_dir, category="Beauty")
     with pytest.raises(
         ValueError, match=r"unknown dataset format 'csv'; valid formats: amazon2014, yelp, movielens, p5"
     ):
