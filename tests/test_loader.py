@@ -19,9 +19,6 @@ from fusionrec.data_pipeline.loader import (
     merge_states,
 )
 
-pytestmark = pytest.mark.unit
-
-
 # ------------------------------------------------------------------------------------------ corpora
 
 
@@ -31,70 +28,58 @@ def make_samples(datasets: dict[str, int], seed: int = 0) -> list[dict]:
     for name, users in datasets.items():
         for u in range(users):
             items = [f"{name}:i{(u * 7 + k * 3 + seed) % 50}" for k in range(3 + (u + seed) % 5)]
-            for t in range(1, len(items) - 2):
+            targets = [("train", t) for t in range(1, len(items) - 2)]
+            for split, t in targets + [("valid", len(items) - 2), ("test", len(items) - 1)]:
                 samples.append(
                     {
                         "dataset": name,
                         "user": f"u{u}",
-                        "split": "train",
+                        "split": split,
                         "history": items[:t],
                         "target": items[t],
                     }
                 )
-            samples.append(
-                {
-                    "dataset": name,
-                    "user": f"u{u}",
-                    "split": "valid",
-                    "history": items[:-2],
-                    "target": items[-2],
-                }
-            )
-            samples.append(
-                {
-                    "dataset": name,
-                    "user": f"u{u}",
-                    "split": "test",
-                    "history": items[:-1],
-                    "target": items[-1],
-                }
-            )
     return samples
 
 
-def write_corpus(root: Path, samples: list[dict], shard_sizes: list[int]) -> Path:
-    """Shards + manifest.json in the format of docs/ARCHITECTURE.md (deterministic tar headers)."""
-    assert sum(shard_sizes) == len(samples)
+def write_shards(
+    root: Path, shards: list[list[tuple[str, bytes]]], fmt=tarfile.USTAR_FORMAT, meta=None
+) -> Path:
+    """Tar shards of (member name, payload) + a manifest.json over them (docs/ARCHITECTURE.md layout)."""
     root.mkdir(parents=True, exist_ok=True)
-    entries, start, seen = [], 0, collections.Counter()
-    for i, n in enumerate(shard_sizes):
-        name, buf = f"shard-{i:06d}.tar", io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for s in samples[start : start + n]:
-                key = f"{s['dataset']}_{s['user']}_{s['split']}_{seen[(s['dataset'], s['user'], s['split'])]}"
-                seen[(s["dataset"], s["user"], s["split"])] += 1
-                data = json.dumps(s).encode()
-                info = tarfile.TarInfo(f"{key}.json")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
+    entries = []
+    for i, members in enumerate(shards):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644  # bytes depend on content only
                 tar.addfile(info, io.BytesIO(data))
         raw = buf.getvalue()
-        (root / name).write_bytes(raw)
-        entries.append(
-            {"name": name, "samples": n, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-        )
-        start += n
-    per_ds: dict = collections.defaultdict(lambda: {"train": 0, "valid": 0, "test": 0})
-    for s in samples:
-        per_ds[s["dataset"]][s["split"]] += 1
-    manifest = {
-        "schema_version": 1,
-        "shards": entries,
-        "samples": len(samples),
-        "splits": {k: sum(d[k] for d in per_ds.values()) for k in ("train", "valid", "test")},
-        "datasets": {name: {"samples": d} for name, d in per_ds.items()},
-    }
+        (root / f"shard-{i:06d}.tar").write_bytes(raw)
+        entry = {"name": f"shard-{i:06d}.tar", "samples": len(members), "bytes": len(raw)}
+        entries.append({**entry, "sha256": hashlib.sha256(raw).hexdigest()})
+    manifest = {"schema_version": 1, "shards": entries, **(meta or {})}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
+
+
+def write_corpus(root: Path, samples: list[dict], shard_sizes: list[int], **kwargs) -> Path:
+    """`samples` cut into shards of the given sizes; keys `<dataset>_<user>_<split>_<n>`."""
+    assert sum(shard_sizes) == len(samples)
+    seen: collections.Counter = collections.Counter()
+    members = []
+    for s in samples:
+        ident = (s["dataset"], s["user"], s["split"])
+        members.append((f"{'_'.join(ident)}_{seen[ident]}.json", json.dumps(s).encode()))
+        seen[ident] += 1
+    cuts = [sum(shard_sizes[:i]) for i in range(len(shard_sizes) + 1)]
+    shards = [members[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    per_ds: dict = collections.defaultdict(collections.Counter)
+    for s in samples:
+        per_ds[s["dataset"]][s["split"]] += 1
+    meta = {"samples": len(samples), "datasets": {name: {"samples": dict(c)} for name, c in per_ds.items()}}
+    return write_shards(root, shards, meta=meta, **kwargs)
 
 
 def canon(sample: dict) -> str:
@@ -134,6 +119,7 @@ def loaders(root, world, cfg) -> list[ShardLoader]:
 # ---------------------------------------------------------------------------------------- exactness
 
 
+@pytest.mark.unit
 def test_epoch_exact_over_2_ranks_x_2_workers(corpus):
     root, samples = corpus
     cfg = LoaderConfig(batch_size=4, num_workers=2, seed=3)
@@ -149,6 +135,7 @@ def test_epoch_exact_over_2_ranks_x_2_workers(corpus):
     assert pads and all(s["_pos"] == -1 for s in pads)
 
 
+@pytest.mark.unit
 def test_counts_and_positions_are_a_permutation(corpus):
     root, samples = corpus
     n_train = sum(s["split"] == "train" for s in samples)
@@ -161,6 +148,7 @@ def test_counts_and_positions_are_a_permutation(corpus):
     assert sum(ShardLoader(ShardDataset(root, cfg)).__len__() for _ in [0]) == -(-n_train // 5)
 
 
+@pytest.mark.unit
 def test_position_order_matches_order_keys(corpus):
     root, _ = corpus
     ds = ShardDataset(root, LoaderConfig(seed=5, splits=["train", "valid", "test"], even_batches=False))
@@ -171,6 +159,7 @@ def test_position_order_matches_order_keys(corpus):
 # --------------------------------------------------------------------------------------------- order
 
 
+@pytest.mark.unit
 def test_order_depends_only_on_seed_and_epoch(corpus):
     root, samples = corpus
     a = ShardDataset(root, LoaderConfig(seed=7, even_batches=False))
@@ -193,6 +182,7 @@ def test_order_depends_only_on_seed_and_epoch(corpus):
 # -------------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("persistent", [False, True])
 def test_resume_same_topology_continues_the_exact_stream(corpus, persistent):
     root, _ = corpus
@@ -212,6 +202,7 @@ def test_resume_same_topology_continues_the_exact_stream(corpus, persistent):
         ]
 
 
+@pytest.mark.unit
 def test_resume_on_3_ranks_x_1_worker_is_still_one_epoch(corpus):
     root, samples = corpus
     cfg = LoaderConfig(batch_size=4, num_workers=2, seed=2)
@@ -241,6 +232,7 @@ def test_resume_on_3_ranks_x_1_worker_is_still_one_epoch(corpus):
     assert got == expected(samples)
 
 
+@pytest.mark.unit
 def test_prefetched_but_not_received_is_not_consumed(corpus):
     root, samples = corpus
     cfg = LoaderConfig(batch_size=2, num_workers=2, prefetch_factor=4)
@@ -256,6 +248,7 @@ def test_prefetched_but_not_received_is_not_consumed(corpus):
     assert got == expected(samples)
 
 
+@pytest.mark.unit
 def test_direct_iteration_tracks_each_yielded_sample(corpus):
     root, samples = corpus
     cfg = LoaderConfig(splits=["valid", "test"], even_batches=False)
@@ -270,6 +263,7 @@ def test_direct_iteration_tracks_each_yielded_sample(corpus):
     assert got == expected(samples, splits=("valid", "test"))
 
 
+@pytest.mark.unit
 def test_persistent_workers_across_epochs(corpus):
     root, samples = corpus
     ld = ShardLoader(ShardDataset(root, LoaderConfig(batch_size=8, num_workers=2, persistent_workers=True)))
@@ -284,6 +278,7 @@ def test_persistent_workers_across_epochs(corpus):
     ld.close()
 
 
+@pytest.mark.unit
 def test_custom_collate_joins_an_id_table(corpus):
     root, _ = corpus
     table = {f"{d}:i{k}": k + (100 if d == "toys" else 0) for d in ("beauty", "toys") for k in range(50)}
@@ -305,6 +300,7 @@ def test_custom_collate_joins_an_id_table(corpus):
 # ---------------------------------------------------------------------------------------- selection
 
 
+@pytest.mark.unit
 def test_split_dataset_filters_and_max_samples(corpus):
     root, samples = corpus
     ds = ShardDataset(root, LoaderConfig(splits=["test"], datasets=["beauty"], batch_size=7))
@@ -321,14 +317,17 @@ def test_split_dataset_filters_and_max_samples(corpus):
 # ------------------------------------------------------------------------------------------- errors
 
 
+@pytest.mark.unit
 def test_not_a_corpus(tmp_path):
     with pytest.raises(DataError, match="not a corpus: no manifest.json"):
         ShardDataset(tmp_path)
 
 
+@pytest.mark.unit
 def test_missing_and_corrupt_shards(tmp_path):
     samples = make_samples({"beauty": 5})
     root = write_corpus(tmp_path / "c", samples, [10, len(samples) - 10])
+    assert ShardDataset(root).total == sum(s["split"] == "train" for s in samples)
     shard = root / "shard-000001.tar"
     raw = shard.read_bytes()
     shard.write_bytes(raw[:-512])
@@ -342,6 +341,7 @@ def test_missing_and_corrupt_shards(tmp_path):
         ShardDataset(root)
 
 
+@pytest.mark.unit
 def test_state_from_another_corpus_or_selection(tmp_path, corpus):
     root, _ = corpus
     other = write_corpus(
@@ -355,6 +355,7 @@ def test_state_from_another_corpus_or_selection(tmp_path, corpus):
         ShardDataset(root).load_state_dict(state)
 
 
+@pytest.mark.unit
 def test_unmerged_state_on_a_new_topology_is_refused(corpus):
     root, _ = corpus
     cfg = LoaderConfig(batch_size=4)
@@ -367,6 +368,7 @@ def test_unmerged_state_on_a_new_topology_is_refused(corpus):
     assert same.num_samples() == lds[0].dataset.num_samples()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -381,7 +383,148 @@ def test_config_validation(kwargs, match):
         LoaderConfig(**kwargs)
 
 
+@pytest.mark.unit
 def test_unknown_dataset_filter(corpus):
     root, _ = corpus
     with pytest.raises(ValueError, match=r"loader.datasets: \['movies'\] not in this corpus"):
         ShardDataset(root, LoaderConfig(datasets=["movies"]))
+
+
+@pytest.mark.unit
+def test_manifest_count_mismatch(tmp_path):
+    root = write_corpus(tmp_path, make_samples({"beauty": 3}), [len(make_samples({"beauty": 3}))])
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["shards"][0]["samples"] += 1
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"shard-000000.tar: holds \d+ samples, manifest says \d+"):
+        ShardDataset(root)
+
+
+# ---------------------------------------------------------------------------------- tar edge cases
+
+
+@pytest.mark.unit
+def test_pax_headers_long_keys_and_escaped_values(tmp_path):
+    """Non-ustar headers go through tarfile; a json value with escapes falls back to json.loads."""
+    long_key = "beauty_" + "x" * 150 + "_\u00e9"
+    members = [
+        (
+            f"{long_key}.json",
+            json.dumps(
+                {"dataset": "beauty", "user": "u", "split": "train", "history": [], "target": "a"}
+            ).encode(),
+        ),
+        (
+            "k2.json",
+            b'{"dataset": "beauty", "user": "u", "split": "tr\\u0061in", "history": ["a"], "target": "b"}',
+        ),
+        ("k3.json", b'{"split":"test","dataset":"beauty","user":"u","history":["a","b"],"target":"c"}'),
+    ]
+    root = write_shards(tmp_path, [members], fmt=tarfile.PAX_FORMAT, meta={"datasets": {"beauty": {}}})
+    ds = ShardDataset(root, LoaderConfig(shuffle=False, even_batches=False))
+    assert [s["__key__"] for s in ds] == [long_key, "k2"]
+    test = ShardDataset(root, LoaderConfig(splits=["test"], even_batches=False))
+    assert [(s["__key__"], s["target"]) for s in test] == [("k3", "c")]
+
+
+@pytest.mark.unit
+def test_fast_header_walk_equals_tarfile(corpus):
+    from fusionrec.data_pipeline.loader import _tar_members, _tar_members_slow
+
+    root, _ = corpus
+    data = (root / "shard-000000.tar").read_bytes()
+    assert _tar_members(data, root, checksums=True) == _tar_members_slow(data, root)
+
+
+@pytest.mark.unit
+def test_corrupt_header_without_sha_check_and_bad_json_at_read(tmp_path):
+    good = json.dumps({"dataset": "d", "user": "u", "split": "train", "history": [], "target": "a"}).encode()
+    root = write_shards(
+        tmp_path, [[("a.json", good), ("b.json", b'{"split": "train", "dataset": "d", oops')]]
+    )
+    ds = ShardDataset(root, LoaderConfig(shuffle=False))  # open only reads the split field
+    with pytest.raises(DataError, match=r"shard-000000.tar: member 'b.json': invalid JSON"):
+        list(ds)
+    shard = root / "shard-000000.tar"
+    raw = bytearray(shard.read_bytes())
+    raw[0] = ord("z")  # first member's name: the header checksum no longer matches
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"shard-000000.tar: corrupt tar header at byte 0 \(checksum\)"):
+        ShardDataset(root, LoaderConfig(verify=False))
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        ShardDataset(root)
+
+
+# ----------------------------------------------------------------------------------- real processes
+
+
+def _gather_worker(rank: int, root: str, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from fusionrec.data_pipeline.loader import gather_state
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        loader = ShardLoader(ShardDataset(root, LoaderConfig(batch_size=4, seed=9), rank=rank, world_size=2))
+        seen = real(run(loader, stop_after=2 + rank))  # ranks stop at different points
+        merged = gather_state(loader.state_dict())
+        Path(out, f"rank{rank}.json").write_text(
+            json.dumps({"state": merged, "seen": [canon(s) for s in seen]})
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_gather_state_across_two_gloo_processes(corpus, tmp_path):
+    import socket
+
+    import torch.multiprocessing as tmp_mp
+
+    root, samples = corpus
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp_mp.start_processes(
+        _gather_worker, args=(str(root), port, str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert results[0]["state"] == results[1]["state"]
+    assert sorted(results[0]["state"]["ranks"]) == ["0", "1"]
+    resumed = ShardDataset(root, LoaderConfig(batch_size=4, seed=9, even_batches=False))  # 1 rank now
+    resumed.load_state_dict(results[0]["state"])
+    got = collections.Counter(results[0]["seen"] + results[1]["seen"] + [canon(s) for s in resumed])
+    assert got == expected(samples)
+
+
+# ----------------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.slow
+def test_amazon_beauty_epoch_and_resume(shared_data, tmp_path):
+    """All 131,413 Beauty train samples (198,502 - 3 x 22,363) exactly once, interrupted and resumed."""
+    lines = (shared_data / "amazon_beauty" / "user_sequence.txt").read_text().splitlines()
+    samples = []
+    for line in lines:
+        user, *raw = line.split()
+        items = [f"beauty:{i}" for i in raw]
+        for split, t in [("train", t) for t in range(1, len(items) - 2)] + [
+            ("valid", len(items) - 2),
+            ("test", len(items) - 1),
+        ]:
+            samples.append(
+                {"dataset": "beauty", "user": user, "split": split, "history": items[:t], "target": items[t]}
+            )
+    sizes = [20000] * (len(samples) // 20000) + [len(samples) % 20000]
+    root = write_corpus(tmp_path, samples, sizes)
+    cfg = LoaderConfig(batch_size=256, num_workers=2, seed=4)
+    first = loaders(root, 2, cfg)
+    assert sum(ld.dataset.total for ld in first[:1]) == 131413
+    head = [run(ld, stop_after=60) for ld in first]
+    state = merge_states([ld.state_dict() for ld in first])
+    resumed = loaders(root, 3, LoaderConfig(batch_size=256, num_workers=1, seed=4))
+    for ld in resumed:
+        ld.load_state_dict(state)
+    tail = [run(ld) for ld in resumed]
+    assert len({len(t) for t in tail}) == 1
+    got = collections.Counter(s["__key__"] for part in head + tail for s in real(part))
+    assert len(got) == 131413 and set(got.values()) == {1}
