@@ -134,29 +134,20 @@ def beam_search(
     model.eval()
     try:
         state = _State.initial(batch, k, 1 + max_new, start, pad, trie, input_ids.device)
-        encoder_outputs, enc_mask = _encode(model, input_ids, attention_mask, k)
+        encoded = _encode(model, input_ids, attention_mask)
         cache = None
         while True:
             t0 = time.perf_counter()
-            out = model(
-                encoder_outputs=encoder_outputs,
-                attention_mask=enc_mask,
-                decoder_input_ids=state.last_tokens(),
-                past_key_values=cache,
-                use_cache=True,
-                return_dict=True,
-            )
-            cache = out.past_key_values
-            log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-            del out
+            log_probs, cache = _forward(model, encoded, state, cache, k)
             t1 = time.perf_counter()
             if trie is None:
                 cand = _dense_candidates(log_probs, state.running_scores)
             else:
                 cand = _trie_candidates(log_probs, state.running_scores, state.nodes, trie, excluded)
             t2 = time.perf_counter()
+            first = state.cur_len == 1
             done = state.advance(cand, cfg, eos, trie)
-            _reorder_cache(cache, state.running_beam, k)
+            _reorder_cache(cache, state.running_beam, k, first)
             if timings is not None:
                 timings.forward += t1 - t0
                 timings.constraint += t2 - t1
@@ -195,13 +186,50 @@ def _special_tokens(
     return start, eos, pad, cfg.max_new_tokens or trie.max_depth
 
 
-def _encode(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int
-) -> tuple[BaseModelOutput, torch.Tensor]:
-    """Run the encoder once per query and repeat its output per beam (as HF does)."""
+def _encode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Encoded:
+    """Run the encoder once per query (HF does the same, then repeats it per beam)."""
     enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-    hidden = enc.last_hidden_state.repeat_interleave(k, dim=0)
-    return BaseModelOutput(last_hidden_state=hidden), attention_mask.repeat_interleave(k, dim=0)
+    return _Encoded(enc.last_hidden_state, attention_mask)
+
+
+@dataclass
+class _Encoded:
+    hidden: torch.Tensor  # [B, S, D]
+    mask: torch.Tensor  # [B, S]
+    per_beam: tuple[BaseModelOutput, torch.Tensor] | None = None
+
+    def expanded(self, k: int) -> tuple[BaseModelOutput, torch.Tensor]:
+        if self.per_beam is None:
+            hidden = self.hidden.repeat_interleave(k, dim=0)
+            self.per_beam = BaseModelOutput(last_hidden_state=hidden), self.mask.repeat_interleave(k, dim=0)
+        return self.per_beam
+
+
+def _forward(model: nn.Module, encoded: _Encoded, state: _State, cache, k: int):
+    """Full-vocabulary log-probs [B*K, V] of the next token and the updated KV cache.
+
+    At the first step all K beams of a query are the same ``decoder_start`` prefix, so the decoder runs
+    on one row per query (K times less work, including the cross-attention key/value projections of the
+    whole prompt) and the result is repeated per beam; the cache is expanded in :func:`_reorder_cache`.
+    """
+    first = state.cur_len == 1
+    if first:
+        enc_out, mask = BaseModelOutput(last_hidden_state=encoded.hidden), encoded.mask
+        tokens = state.sequences[:, 0, :1]
+    else:
+        (enc_out, mask), tokens = encoded.expanded(k), state.last_tokens()
+    out = model(
+        encoder_outputs=enc_out,
+        attention_mask=mask,
+        decoder_input_ids=tokens,
+        past_key_values=cache,
+        use_cache=True,
+        return_dict=True,
+    )
+    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    if first:
+        log_probs = log_probs.repeat_interleave(k, dim=0)
+    return log_probs, out.past_key_values
 
 
 def _excluded_keys(
@@ -294,13 +322,19 @@ def _trie_candidates(
     return _Candidates(top_scores, beam, token, node)
 
 
-def _reorder_cache(cache, running_beam: torch.Tensor, k: int) -> None:
-    """Select each surviving beam's self-attention cache (flat index query * K + source beam).
+def _reorder_cache(cache, running_beam: torch.Tensor, k: int, first: bool) -> None:
+    """Select each surviving beam's cache rows.
 
-    Cross-attention keys/values are identical for all beams of one query and a beam never moves to
-    another query, so only the self-attention part needs reordering (HF reorders both).
+    After the first step the cache holds one row per query (see :func:`_forward`): every row, self- and
+    cross-attention, is repeated to K beams. Later, only the self-attention part is gathered (flat index
+    query * K + source beam): cross-attention keys/values are identical for all beams of one query and a
+    beam never moves to another query (HF reorders both).
     """
-    offsets = torch.arange(running_beam.shape[0], device=running_beam.device)[:, None] * k
+    batch = running_beam.shape[0]
+    if first:
+        cache.reorder_cache(torch.arange(batch, device=running_beam.device).repeat_interleave(k))
+        return
+    offsets = torch.arange(batch, device=running_beam.device)[:, None] * k
     idx = (running_beam + offsets).view(-1)
     if isinstance(cache, EncoderDecoderCache):
         cache.self_attention_cache.reorder_cache(idx)
