@@ -282,7 +282,12 @@ def _build_index(root: Path, manifest: dict[str, Any], cfg: LoaderConfig) -> lis
     if unknown:
         raise ValueError(f"loader.datasets: {unknown} not in this corpus (has {sorted(known)})")
     shards, kept = [], 0
+    empty = np.zeros(0, dtype=np.int64)
     for entry in manifest["shards"]:
+        if cfg.max_samples is not None and kept >= cfg.max_samples:
+            # Quick runs need not read (or verify) the shards they will never use.
+            shards.append(_ShardIndex(str(root / entry["name"]), empty, empty, b"", empty))
+            continue
         index = _index_shard(root / entry["name"], entry, cfg)
         if cfg.max_samples is not None:
             index = index.truncated(min(len(index), cfg.max_samples - kept))
