@@ -1,0 +1,57 @@
+"""The root config tree: one typed dataclass per component, composed here, loaded from TOML.
+
+Each package owns the dataclass of its own section (`[data]` → data_pipeline/config.py, `[train]` →
+trainer/config.py, recipe sections → their modules); components receive only their own section. This
+module only composes them and adds the CLI conveniences (TOML + dotted overrides + resolved output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fusionrec.data_pipeline.config import DataConfig
+from fusionrec.launch.configtree import (
+    ConfigError,
+    apply_overrides,
+    dumps_toml,
+    from_dict,
+    load_toml,
+    write_resolved,
+)
+from fusionrec.trainer.config import TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class Config:
+    """Every section a fusionrec run can have; absent sections keep their defaults."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config given as a path, or as a bare name of a shipped config (`idgenrec_tiny`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {path} (shipped configs: {', '.join(shipped_configs())})")
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """TOML file (optional) + dotted overrides → validated `Config`; unknown keys raise ConfigError."""
+    data = load_toml(resolve_config_path(path)) if path else {}
+    data = apply_overrides(data, overrides or [])
+    return from_dict(Config, data)
+
+
+__all__ = ["Config", "ConfigError", "dumps_toml", "load_config", "resolve_config_path", "write_resolved"]
