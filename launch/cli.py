@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark; one JSON line per measurement")
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("--quick", action="store_true", help="smaller inputs (said so in each line)")
-    p.add_argument("--json", action="store_true", help="JSON lines only (the default output is JSON lines too)")
+    p.add_argument(
+        "--json", action="store_true", help="JSON lines only (the default output is JSON lines too)"
+    )
     return parser
 
 

@@ -60,7 +60,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg, out = _prepare_config(args)
     report = prepare(cfg.data, out, config_text=dumps_toml(cfg))
     print(f"prepared corpus at {out}")
-    print(format_inspect(report, indent="  ") if isinstance(report, dict) and "datasets" in report else report)
+    print(
+        format_inspect(report, indent="  ") if isinstance(report, dict) and "datasets" in report else report
+    )
     return 0
 
 

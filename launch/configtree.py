@@ -39,7 +39,9 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _unknown_key(key: str, known: list[str], path: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean '{_join(path, close[0])}'?)" if close else ""
-    return ConfigError(f"unknown config key '{_join(path, key)}'{hint}; known keys: {', '.join(sorted(known))}")
+    return ConfigError(
+        f"unknown config key '{_join(path, key)}'{hint}; known keys: {', '.join(sorted(known))}"
+    )
 
 
 def _join(path: str, key: str) -> str:
