@@ -9,6 +9,7 @@ by a frozen reference engine built from the same folder (`"model"`). Either way 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,6 +35,7 @@ from fusionrec.trainer.llm.dmpo import (
     group_logps,
     split_flat,
 )
+from fusionrec.trainer.llm.memory import check_model_fits
 from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, score_pairs, sft_loss
 from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_causal_lm, build_ranker, export_merged
 from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
@@ -78,6 +80,12 @@ class DMPOModule(BaseTrainModule):
     # ------------------------------------------------------------------ setup
     def configure(self, strategy: DeepspeedStrategy, optim: OptimConfig) -> Mapping[str, Engine]:
         self.strategy = strategy
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", strategy.world_size))
+        plan = strategy.batch_plan
+        # Fail before loading weights when the model cannot fit (e.g. a 7B config on this CPU box).
+        check_model_fits(
+            self.cfg.model, strategy.world_size, local, strategy.cfg.zero_stage, plan.micro_batch_size
+        )
         model, self.tokenizer = build_ranker(self.cfg.model)
         self.engines["policy"] = strategy.prepare(model, optim, name="policy")
         if self.cfg.stage == "sft":
