@@ -233,3 +233,38 @@ def test_bad_arguments(setup):
     other = CompiledTrie.build([[5]], decoder_start_token_id=99, eos_token_id=98)
     with pytest.raises(ValueError, match="decoder_start=99, eos=98"):
         constrained_beam_search(model, ids, mask, other, 4, 4)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    model = _t5()
+    conf = model.config
+    seqs = _random_sequences(300, seed=3)
+    trie = CompiledTrie.build(
+        seqs, decoder_start_token_id=conf.decoder_start_token_id, eos_token_id=conf.eos_token_id
+    )
+    ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    cpu = constrained_beam_search(model, ids, mask, trie, 5, 5)
+    gpu = constrained_beam_search(model.cuda(), ids.cuda(), mask.cuda(), trie.to("cuda"), 5, 5)
+    assert torch.equal(gpu.items.cpu(), cpu.items)
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_beauty_trie_round_trips_every_item(shared_data, t5_tokenizer_dir):
+    from fusionrec.bench.decode import textual_ids
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(t5_tokenizer_dir))
+    asins, ids, _ = textual_ids(shared_data / "amazon_beauty" / "item_plain_text.txt")
+    assert len(asins) == 12101 and len(set(ids)) == 12101
+    trie = CompiledTrie.from_tokenizer(tok, ids, asins, decoder_start_token_id=tok.pad_token_id)
+    # Walk the tokenizer's own encodings (with its trailing </s>) through the trie, all items at once.
+    enc = tok(ids, padding=True, return_tensors="pt").input_ids
+    nodes = torch.zeros(len(ids), dtype=torch.long)
+    for d in range(enc.shape[1]):
+        live = trie.node_item[nodes] < 0
+        nodes = torch.where(live, trie.step(nodes, enc[:, d]), nodes)
+    assert trie.node_item[nodes].tolist() == list(range(12101))
+    assert trie.lookup([tok.pad_token_id, *tok(ids[5]).input_ids]) == 5

@@ -16,6 +16,11 @@ Extras for recommendation: the result is the top-k distinct *items* (leaf -> ite
 history can be excluded: every trie node whose items are all excluded for that query is pruned (so no beam is
 wasted on a dead end), which is exactly a search over the trie without those items.
 
+Scores are the model's own log-probabilities. HF's BART default ``forced_eos_token_id`` rewrites the
+last step's eos log-prob to 0 at ``max_length`` (favouring the longest IDs); compare with
+``forced_eos_token_id=None``. Other speed-ups that keep the result: the first step runs one decoder row per
+query (all beams are the same start token), and only the self-attention cache is reordered.
+
 Documented edge behaviour: when fewer than ``top_k`` valid items are found (``top_k`` above the number of
 non-excluded items, or beams that ran out), the remaining slots hold item ``-1`` and score ``-inf``.
 Hypotheses that only exist because of HF's -1e9 initialisation of the duplicate start beams are never items.
