@@ -12,9 +12,10 @@ Contracts worth knowing:
   otherwise). The loop checks agreement with one tiny all-reduce per micro-batch; when a rank runs out
   first, the other ranks' leftover batches are counted in ``state.skipped["uneven_tail_batches"]`` and
   reported, never silently dropped.
-* A loader may expose ``state_dict()/load_state_dict()`` (data_pipeline's ShardDataset does); its per-rank
-  state goes into every checkpoint and is restored after ``on_phase_start`` (which may rebuild the loader).
-  A loader without them restarts its epoch on resume (the Trainer warns once).
+* A loader may expose ``state_dict()/load_state_dict()`` (data_pipeline's ShardLoader does); its per-rank
+  state goes into every checkpoint and is restored after ``on_phase_start`` (which may rebuild the loader)
+  on the same world size. A loader with ``set_epoch(e)`` gets ``e`` = number of exhausted passes so far
+  after each pass (one ``iter()`` = the rest of one epoch).
 * At the end of an epoch-based phase a partial accumulation cycle (micro-batches per epoch not a multiple
   of grad_accum) stays in that engine's gradient buffers and joins its next step; the count is reported
   in ``state.skipped["carried_partial_accumulation"]``.
@@ -46,6 +47,7 @@ class TrainState:
     phase_index: int = 0
     phase_step: int = 0  # optimizer steps in the current phase
     phase_epoch: int = 0  # completed epochs of the current phase
+    epochs_done: int = 0  # exhausted loader passes over the whole run (drives loader.set_epoch)
     samples_seen: int = 0  # global (all ranks)
     tokens_seen: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -159,6 +161,9 @@ class Trainer:
                 if self._phase_done(phase):
                     return
         self.state.phase_epoch += 1
+        self.state.epochs_done += 1
+        if hasattr(self.train_loader, "set_epoch"):  # ShardLoader does not advance epochs by itself
+            self.train_loader.set_epoch(self.state.epochs_done)
         if micro and phase.epochs is not None and self.state.phase_epoch >= phase.epochs:
             self._count_skip("carried_partial_accumulation", micro)
         self._emit("on_epoch_end", phase)
