@@ -98,7 +98,7 @@ def run(quick: bool = False) -> list[dict]:
     base_cfg = CausalLMConfig(name_or_path="smollm2-135m", max_length=plan.max_length, lora=lora)
     tok = load_tokenizer(base_cfg)
     note = f"first {plan.n_eval} of 1000 eval pairs" + (" (quick)" if quick else "")
-    lines: list[dict] = []
+    lines: list[dict] = _Lines()
     t_start = time.perf_counter()
 
     base = build_causal_lm(base_cfg)
@@ -148,6 +148,22 @@ def run(quick: bool = False) -> list[dict]:
         }
     )
     return lines
+
+
+class _Lines(list):
+    """The result list; each line is also logged to stderr as soon as it exists (the full run is long)."""
+
+    def append(self, line: dict) -> None:
+        import json
+        import sys
+
+        print(json.dumps(line), file=sys.stderr, flush=True)
+        super().append(line)
+
+    def __iadd__(self, lines):
+        for line in lines:
+            self.append(line)
+        return self
 
 
 def _line(name: str, ours: float, baseline: float, unit: str, note: str, r) -> dict:

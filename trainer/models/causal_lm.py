@@ -136,7 +136,7 @@ def ensure_smollm2(cache_dir: str | Path = "") -> Path:
     GGUF-loaded models refuse `save_pretrained`, so the weights are copied into a fresh LlamaForCausalLM.
     """
     out = default_cache_dir(str(cache_dir)) / "smollm2-135m"
-    if (out / "config.json").exists():
+    if _is_plain_hf_folder(out):
         return out
     import importlib.util
 
@@ -149,7 +149,11 @@ def ensure_smollm2(cache_dir: str | Path = "") -> Path:
     src = str(next(iter(spec.submodule_search_locations)))
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    plain = LlamaForCausalLM(gguf_model.config)
+    # The GGUF config carries a gguf quantization_config that would make every later save_pretrained fail.
+    config = LlamaConfig.from_dict(
+        {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
+    )
+    plain = LlamaForCausalLM(config)
     missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
     # Only the tied lm_head may be absent from the GGUF state dict.
     if unexpected or any(k != "lm_head.weight" for k in missing):
@@ -159,11 +163,20 @@ def ensure_smollm2(cache_dir: str | Path = "") -> Path:
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared by the user's runs
+    if out.exists() and not _is_plain_hf_folder(out):
+        shutil.rmtree(out)  # a stale conversion (older fusionrec kept the gguf quantization_config)
     try:
         tmp.rename(out)
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _is_plain_hf_folder(path: Path) -> bool:
+    import json
+
+    cfg = path / "config.json"
+    return cfg.exists() and "quantization_config" not in json.loads(cfg.read_text())
 
 
 def resolve_model_path(cfg: CausalLMConfig) -> str:
