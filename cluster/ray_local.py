@@ -107,9 +107,11 @@ def init_ray(cfg: RayConfig | None = None) -> str:
     apply_ray_env()
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
-    if cfg.address is not None:
-        check_reachable(cfg.address, cfg.connect_timeout_s)
-        ray.init(address=cfg.address, namespace=cfg.namespace, log_to_driver=True)
+    # Inside `ray job submit` the job supervisor exports RAY_ADDRESS: join that cluster, do not start one.
+    address = cfg.address if cfg.address is not None else os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address, cfg.connect_timeout_s)
+        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
     else:
         ray.init(
             num_cpus=cfg.num_cpus,

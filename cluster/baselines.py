@@ -1,0 +1,356 @@
+"""Baselines in the evaluation harness: most-popular and SASRec (Kang & McAuley 2018), trained in-project.
+
+Protocol (DESIGN.md, leave-one-out): models train on items[:-2] of every user; valid target = items[-2]
+(history items[:-2]); test target = items[-1] (history items[:-1]). Ranking is over *all* items.
+History items are NOT masked by default, matching the generative models' trie-constrained beam search of
+the IDGenRec/P5 protocol (which can also return a history item); `exclude_history=True` masks them (the
+RecBole-style protocol) and is reported separately.
+
+Checkpoints are folders: `config.json` (model type + config), `id_table.json` (the item vocabulary:
+row i = item id; a checkpoint without it is refused) and `model.safetensors` (SASRec) or
+`popularity.json` (most-popular). Writes go to a temp folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..trainer.metrics import MetricSums
+from ..trainer.models.sasrec import SASRec, SASRecConfig
+from .evaluator import EvalSet, UserBatch
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_corpus(path: str | Path) -> tuple[pa.Table, list[str], str]:
+    """(sequences table, item vocabulary, dataset name) from a `sequences.parquet` file / processed dataset
+    folder, or a raw P5 folder (`user_sequence.txt` + `item_plain_text.txt`, read with read_p5)."""
+    path = Path(path)
+    if path.is_dir() and (path / "user_sequence.txt").exists():
+        from ..data_pipeline.preprocess import build_sequences
+        from ..data_pipeline.readers import read_p5
+
+        raw = read_p5(path)
+        return build_sequences(raw.interactions), raw.items["item_id"].to_pylist(), raw.name
+    seq_path = path / "sequences.parquet" if path.is_dir() else path
+    if not seq_path.exists():
+        raise FileNotFoundError(f"{path}: neither a sequences.parquet nor a P5 folder (user_sequence.txt)")
+    seqs = pq.read_table(seq_path)
+    items_path = seq_path.with_name("items.parquet")
+    vocab = (
+        pq.read_table(items_path, columns=["item_id"])["item_id"].to_pylist()
+        if items_path.exists()
+        else sorted({i for s in seqs["item_ids"].to_pylist() for i in s})
+    )
+    return seqs, vocab, seq_path.parent.name
+
+
+def train_sequences(sequences: pa.Table, item_ids: list[str]) -> list[np.ndarray]:
+    """Each user's training part items[:-2] as item indices (users with < 3 items contribute nothing)."""
+    index = {item: i for i, item in enumerate(item_ids)}
+    out = []
+    for user, seq in zip(sequences["user_id"].to_pylist(), sequences["item_ids"].to_pylist(), strict=True):
+        try:
+            out.append(np.asarray([index[i] for i in seq[:-2]], dtype=np.int64))
+        except KeyError as err:
+            raise ValueError(f"user {user!r}: item {err.args[0]!r} is missing from the item table") from None
+    return out
+
+
+def _save_checkpoint(out: Path, config: dict[str, Any], item_ids: list[str], write_payload) -> Path:
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    (tmp / "id_table.json").write_text(json.dumps(item_ids))
+    write_payload(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _load_checkpoint(ckpt: str | Path, model_type: str) -> tuple[dict[str, Any], list[str]]:
+    ckpt = Path(ckpt)
+    for name in ("config.json", "id_table.json"):
+        if not (ckpt / name).exists():
+            raise FileNotFoundError(
+                f"{ckpt}: checkpoint has no {name} (every checkpoint carries its ID table)"
+            )
+    config = json.loads((ckpt / "config.json").read_text())
+    if config.get("model") != model_type:
+        raise ValueError(f"{ckpt}/config.json: model {config.get('model')!r}, expected {model_type!r}")
+    return config, json.loads((ckpt / "id_table.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------ most-popular
+
+
+def fit_most_popular(train: list[np.ndarray], num_items: int) -> np.ndarray:
+    """Interaction counts per item over the training split only (never valid/test targets)."""
+    flat = np.concatenate(train) if train else np.zeros(0, dtype=np.int64)
+    return np.bincount(flat, minlength=num_items).astype(np.int64)
+
+
+def save_most_popular(out: str | Path, counts: np.ndarray, item_ids: list[str]) -> Path:
+    def payload(d: Path) -> None:
+        (d / "popularity.json").write_text(json.dumps(counts.tolist()))
+
+    return _save_checkpoint(Path(out), {"model": "most_popular"}, item_ids, payload)
+
+
+class MostPopularScorer:
+    """Everyone gets the same list: items by training count, ties broken by item index (deterministic)."""
+
+    def __init__(self, counts: np.ndarray, top_k: int, exclude_history: bool = False) -> None:
+        self.top_k = top_k
+        self.exclude_history = exclude_history
+        self.order = np.argsort(-counts, kind="stable")
+
+    def rank(self, batch: UserBatch) -> np.ndarray:
+        if not self.exclude_history:
+            return np.tile(self.order[: self.top_k], (len(batch.histories), 1))
+        out = np.empty((len(batch.histories), self.top_k), dtype=np.int64)
+        for row, hist in enumerate(batch.histories):
+            head = self.order[: self.top_k + len(hist)]
+            out[row] = head[~np.isin(head, hist)][: self.top_k]
+        return out
+
+
+@dataclass
+class MostPopularFactory:
+    checkpoint: str
+    top_k: int = 20
+    exclude_history: bool = False
+
+    def __call__(self) -> MostPopularScorer:
+        _, item_ids = _load_checkpoint(self.checkpoint, "most_popular")
+        counts = np.asarray(
+            json.loads((Path(self.checkpoint) / "popularity.json").read_text()), dtype=np.int64
+        )
+        if len(counts) != len(item_ids):
+            raise ValueError(
+                f"{self.checkpoint}: {len(counts)} counts for {len(item_ids)} items in id_table.json"
+            )
+        return MostPopularScorer(counts, self.top_k, self.exclude_history)
+
+
+# ------------------------------------------------------------------------------------------------ SASRec
+
+
+@dataclass
+class SASRecTrainConfig:
+    """SASRec model + training settings (`loss`: "ce" full-softmax cross-entropy, or "bce" = the paper's
+    one sampled negative per position)."""
+
+    hidden: int = 64
+    num_blocks: int = 2
+    num_heads: int = 1
+    max_len: int = 50
+    dropout: float = 0.2
+    loss: str = "ce"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 2  # epochs between validation checks (0 = never; keep the last state)
+    patience: int = 3  # validation checks without NDCG@10 improvement before stopping
+    threads: int = 0  # torch threads (0 = leave as is)
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"sasrec.loss must be 'ce' or 'bce', got {self.loss!r}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.eval_every < 0 or self.threads < 0:
+            raise ValueError(
+                f"sasrec: lr={self.lr}, eval_every={self.eval_every}, threads={self.threads} invalid"
+            )
+
+    def model_config(self, num_items: int) -> SASRecConfig:
+        return SASRecConfig(
+            num_items, self.max_len, self.hidden, self.num_blocks, self.num_heads, self.dropout
+        )
+
+
+def left_pad(seqs: list[np.ndarray], max_len: int, shift: int = 1, fill: int = 0) -> torch.Tensor:
+    """[B, L] right-aligned rows of the last `max_len` entries (+shift), L = longest row (trimmed batch)."""
+    length = max(1, min(max_len, max((len(s) for s in seqs), default=1)))
+    out = np.full((len(seqs), length), fill, dtype=np.int64)
+    for row, s in enumerate(seqs):
+        tail = s[-length:]
+        if len(tail):
+            out[row, length - len(tail) :] = tail + shift
+    return torch.from_numpy(out)
+
+
+def _batches(train: list[np.ndarray], users: np.ndarray, batch_size: int, rng: np.random.Generator) -> list:
+    """Shuffled batches of similar length (sorted inside chunks of 32 batches): trimmed batches stay short."""
+    perm = rng.permutation(users)
+    chunk = 32 * batch_size
+    batches = []
+    for lo in range(0, len(perm), chunk):
+        part = perm[lo : lo + chunk]
+        part = part[np.argsort([len(train[u]) for u in part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _sasrec_loss(model: SASRec, seqs: list[np.ndarray], loss: str, rng: np.random.Generator) -> torch.Tensor:
+    inp = left_pad([s[:-1] for s in seqs], model.cfg.max_len)
+    lab = left_pad([s[1:] for s in seqs], model.cfg.max_len, shift=0, fill=-1)
+    hidden = model.encode(inp)
+    mask = lab >= 0
+    h, pos = hidden[mask], lab[mask]
+    weights = model.item_weights()
+    if loss == "ce":
+        return F.cross_entropy(h @ weights.T, pos)
+    # One negative per position, drawn uniformly among items the user never interacted with (as the paper).
+    neg = torch.from_numpy(_negatives(seqs, lab, model.cfg.num_items, rng))
+    pos_logit = (h * weights[pos]).sum(-1)
+    neg_logit = (h * weights[neg]).sum(-1)
+    return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
+
+
+def _negatives(
+    seqs: list[np.ndarray], lab: torch.Tensor, num_items: int, rng: np.random.Generator
+) -> np.ndarray:
+    rows = np.nonzero(lab.numpy() >= 0)[0]
+    neg = rng.integers(0, num_items, size=len(rows))
+    seen = [set(s.tolist()) for s in seqs]
+    for i, (r, n) in enumerate(zip(rows, neg, strict=True)):
+        while n in seen[r]:
+            n = rng.integers(0, num_items)
+        neg[i] = n
+    return neg
+
+
+@torch.no_grad()
+def evaluate_in_process(
+    scorer: Any, data: EvalSet, ks: tuple[int, ...] = (5, 10, 20), batch_size: int = 512
+) -> MetricSums:
+    """All users of `data` with one in-process scorer: training-time validation, and the single-process
+    reference the actor pool must match exactly (tests, bench/eval.py)."""
+    parts = []
+    for lo in range(0, len(data), batch_size):
+        hi = min(len(data), lo + batch_size)
+        batch = UserBatch(data.user_ids[lo:hi], [data.history(i) for i in range(lo, hi)])
+        topk = torch.as_tensor(np.asarray(scorer.rank(batch), dtype=np.int64))
+        parts.append(MetricSums.from_topk(topk, torch.from_numpy(data.targets[lo:hi]), ks))
+    return sum(parts)
+
+
+class SASRecScorer:
+    """Full ranking: one matmul of the last hidden state against all item embeddings, then top-k."""
+
+    def __init__(self, model: SASRec, top_k: int, exclude_history: bool = False) -> None:
+        self.model = model.eval()
+        self.top_k = top_k
+        self.exclude_history = exclude_history
+
+    @torch.no_grad()
+    def rank(self, batch: UserBatch) -> np.ndarray:
+        scores = self.model.full_scores(left_pad(batch.histories, self.model.cfg.max_len))
+        if self.exclude_history:
+            rows = np.repeat(np.arange(len(batch.histories)), [len(h) for h in batch.histories])
+            cols = np.concatenate(batch.histories) if batch.histories else np.zeros(0, dtype=np.int64)
+            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -math.inf
+        return scores.topk(self.top_k, dim=1).indices.numpy()
+
+
+def train_sasrec(
+    train: list[np.ndarray], num_items: int, cfg: SASRecTrainConfig, valid: EvalSet | None = None, log=print
+) -> tuple[SASRec, dict[str, Any]]:
+    """Train SASRec on training sequences; with `valid`, keep the state with the best valid NDCG@10."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = SASRec(cfg.model_config(num_items))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    users = np.asarray([u for u, s in enumerate(train) if len(s) >= 2], dtype=np.int64)
+    if len(users) == 0:
+        raise ValueError("no user has >= 2 training items (items[:-2]); nothing to train SASRec on")
+    history: dict[str, Any] = {"epochs": [], "skipped_users": len(train) - len(users)}
+    best, best_state, stale, t0 = -1.0, None, 0, time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        total = 0.0
+        batches = _batches(train, users, cfg.batch_size, rng)
+        for b in batches:
+            loss = _sasrec_loss(model, [train[u] for u in b], cfg.loss, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        rec = {"epoch": epoch, "loss": total / len(batches), "seconds": time.perf_counter() - t0}
+        if valid is not None and cfg.eval_every and epoch % cfg.eval_every == 0:
+            rec["valid"] = evaluate_in_process(SASRecScorer(model, 10), valid, (10,)).to_dict()
+            score = rec["valid"]["NDCG@10"]
+            if score > best:
+                best, stale = score, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+        history["epochs"].append(rec)
+        log(json.dumps(rec))
+        if stale >= cfg.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history["best_valid_ndcg@10"] = best if best_state is not None else None
+    history["seconds"] = time.perf_counter() - t0
+    return model.eval(), history
+
+
+def save_sasrec(
+    out: str | Path, model: SASRec, item_ids: list[str], train_cfg: SASRecTrainConfig | None = None
+) -> Path:
+    if len(item_ids) != model.cfg.num_items:
+        raise ValueError(f"{len(item_ids)} item ids for a model of {model.cfg.num_items} items")
+    config = {"model": "sasrec", "sasrec": dataclasses.asdict(model.cfg)}
+    if train_cfg is not None:
+        config["train"] = dataclasses.asdict(train_cfg)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    return _save_checkpoint(
+        Path(out), config, item_ids, lambda d: save_file(state, str(d / "model.safetensors"))
+    )
+
+
+def load_sasrec(ckpt: str | Path) -> tuple[SASRec, list[str]]:
+    config, item_ids = _load_checkpoint(ckpt, "sasrec")
+    model = SASRec(SASRecConfig(**config["sasrec"]))
+    if model.cfg.num_items != len(item_ids):
+        raise ValueError(f"{ckpt}: model has {model.cfg.num_items} items, id_table.json {len(item_ids)}")
+    model.load_state_dict(load_file(str(Path(ckpt) / "model.safetensors")))
+    return model.eval(), item_ids
+
+
+@dataclass
+class SASRecFactory:
+    checkpoint: str
+    top_k: int = 20
+    exclude_history: bool = False
+    threads: int = 1  # per actor: one core each, so N actors on N cores do not oversubscribe
+
+    def __call__(self) -> SASRecScorer:
+        torch.set_num_threads(self.threads)
+        model, _ = load_sasrec(self.checkpoint)
+        return SASRecScorer(model, self.top_k, self.exclude_history)

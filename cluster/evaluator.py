@@ -1,0 +1,544 @@
+"""Distributed full-ranking / generative evaluation on a pool of Ray actors.
+
+Any recommender plugs in through a `ScorerFactory`: a picklable callable that an actor calls *once* to load
+its model (+ ID table + trie) from a checkpoint, returning a `Scorer` whose `rank(batch)` gives the top-k
+item indices per user. Most-popular, SASRec and the generative models share this harness.
+
+Guarantees (and how):
+- Every user is evaluated exactly once: users are cut into fixed, contiguous *work units* (no drop_last);
+  results are keyed by unit id, so a unit re-run after an actor died replaces, never adds.
+- Exact merging: a unit's result is a `MetricSums` (an integer histogram of target ranks, from
+  trainer/metrics.py); integer sums merge associatively, so 1 actor and N actors give bit-identical numbers. A scorer error (e.g. OOM) fails the run loudly; nothing retries with smaller beams or batches.
+- Dead actors are replaced and their in-flight units re-queued (bounded retries).
+- Resumable: each finished unit is written atomically to `<results_dir>/unit-XXXXXX.json`; a results
+  directory is tied to a run fingerprint (scorer, data, unit layout) and refuses another run's units.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from ..trainer.metrics import MetricSums
+from .ray_local import RayConfig, init_ray
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class EvalSet:
+    """Users to evaluate: history (item indices, oldest first) and one target each, over `item_ids`."""
+
+    name: str
+    item_ids: list[str]  # the item vocabulary: index i <-> item_ids[i]
+    user_ids: list[str]
+    flat: np.ndarray  # int64, all histories concatenated
+    offsets: np.ndarray  # int64 [U + 1]
+    targets: np.ndarray  # int64 [U]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.user_ids)
+        if len(self.targets) != n or len(self.offsets) != n + 1:
+            raise ValueError(
+                f"{self.name}: {n} users but {len(self.targets)} targets, {len(self.offsets)} offsets"
+            )
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def history(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.flat, self.offsets, self.targets):
+            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+        h.update("\0".join(self.user_ids).encode())
+        h.update("\0".join(self.item_ids).encode())
+        return h.hexdigest()
+
+    @classmethod
+    def from_sequences(
+        cls,
+        sequences: pa.Table,
+        split: str = "test",
+        name: str = "data",
+        item_ids: Sequence[str] | None = None,
+    ) -> EvalSet:
+        """Leave-one-out targets from a `sequences.parquet` table (user_id, item_ids[, timestamps]).
+
+        test: target items[-1], history items[:-1]; valid: target items[-2], history items[:-2]. Users too
+        short to have that split (< 3 items) are counted in `skipped`, never silently dropped.
+        """
+        if split not in ("test", "valid"):
+            raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+        for col in ("user_id", "item_ids"):
+            if col not in sequences.column_names:
+                raise ValueError(
+                    f"{name}: sequences table has no column {col!r} (has {sequences.column_names})"
+                )
+        seqs = sequences["item_ids"].to_pylist()
+        vocab = list(item_ids) if item_ids is not None else sorted({i for s in seqs for i in s})
+        index = {item: i for i, item in enumerate(vocab)}
+        cut = 1 if split == "test" else 2
+        users, hist, targets, skipped = [], [], [], 0
+        for user, seq in zip(sequences["user_id"].to_pylist(), seqs, strict=True):
+            if len(seq) < 3:
+                skipped += 1
+                continue
+            try:
+                codes = [index[i] for i in seq[: len(seq) - cut + 1]]
+            except KeyError as err:
+                raise ValueError(
+                    f"{name}: user {user!r} has item {err.args[0]!r} missing from the item table"
+                ) from None
+            users.append(user)
+            hist.append(codes[:-1])
+            targets.append(codes[-1])
+        offsets = np.zeros(len(hist) + 1, dtype=np.int64)
+        np.cumsum([len(h) for h in hist], out=offsets[1:])
+        flat = np.fromiter((c for h in hist for c in h), dtype=np.int64, count=int(offsets[-1]))
+        sk = {"fewer_than_3_items": skipped} if skipped else {}
+        return cls(name, vocab, users, flat, offsets, np.asarray(targets, dtype=np.int64), sk)
+
+
+@dataclass
+class UserBatch:
+    """What a scorer sees: users and their histories (never the targets)."""
+
+    user_ids: list[str]
+    histories: list[np.ndarray]
+
+
+class Scorer(Protocol):
+    """A loaded model. `rank` returns [B, top_k] item indices, best first; -1 pads a short list."""
+
+    top_k: int
+
+    def rank(self, batch: UserBatch) -> np.ndarray: ...
+
+
+ScorerFactory = Callable[[], Scorer]  # picklable; called once per actor (loads checkpoint, ID table, trie)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class EvaluatorConfig:
+    num_actors: int = 2
+    unit_size: int = 512  # users per work unit (the unit of retry and of resume)
+    batch_size: int = 256  # users per Scorer.rank call inside a unit
+    ks: tuple[int, ...] = (5, 10, 20)
+    num_cpus_per_actor: float = 1.0
+    inflight_per_actor: int = 2  # queued units per actor, so an actor never idles between units
+    max_unit_retries: int = 3  # per unit, for actor deaths only
+    spread: bool = True  # SPREAD actors over nodes
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("num_actors", "unit_size", "batch_size", "inflight_per_actor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_unit_retries < 0 or self.num_cpus_per_actor <= 0:
+            raise ValueError(f"eval.max_unit_retries={self.max_unit_retries}, num_cpus_per_actor invalid")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"eval.ks must be positive cutoffs, got {self.ks}")
+        self.ks = tuple(int(k) for k in self.ks)
+
+
+@dataclass
+class EvalResult:
+    dataset: str
+    metrics: dict[str, float]
+    users: int
+    seconds: float
+    users_per_s: float
+    units: int
+    units_resumed: int
+    units_retried: int
+    actor_nodes: list[str]
+    fingerprint: str
+    skipped: dict[str, int]
+    sums: MetricSums = field(repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("sums")
+        return d
+
+
+# ------------------------------------------------------------------------------------------------ actor
+
+
+class EvalWorker:
+    """Ray actor body: loads the scorer once, then ranks whole units of users."""
+
+    def __init__(self, factory: ScorerFactory, data: EvalSet, batch_size: int, ks: tuple[int, ...]) -> None:
+        self.scorer = factory()
+        self.data = data
+        self.batch_size = batch_size
+        self.ks = ks
+        self.depth = int(self.scorer.top_k)
+        if self.depth < max(ks):
+            raise ValueError(f"scorer top_k={self.depth} < largest cutoff {max(ks)}: HR@{max(ks)} undefined")
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def run_unit(self, unit: int, start: int, stop: int) -> tuple[int, MetricSums]:
+        parts = []
+        for lo in range(start, stop, self.batch_size):
+            hi = min(stop, lo + self.batch_size)
+            batch = UserBatch(self.data.user_ids[lo:hi], [self.data.history(i) for i in range(lo, hi)])
+            topk = torch.as_tensor(np.asarray(self.scorer.rank(batch), dtype=np.int64))
+            if topk.shape != (hi - lo, self.depth):
+                raise ValueError(
+                    f"scorer returned shape {tuple(topk.shape)} for {hi - lo} users, top_k {self.depth}"
+                )
+            parts.append(MetricSums.from_topk(topk, torch.tensor(self.data.targets[lo:hi]), self.ks))
+        return unit, sum(parts)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sums_to_json(sums: MetricSums) -> dict[str, Any]:
+    return {
+        "ks": list(sums.ks),
+        "depth": sums.depth,
+        "rank_counts": sums.rank_counts.tolist(),
+        "misses": sums.misses,
+    }
+
+
+def _sums_from_json(rec: dict[str, Any]) -> MetricSums:
+    return MetricSums(tuple(rec["ks"]), rec["depth"], None, np.asarray(rec["rank_counts"]), rec["misses"])
+
+
+def run_fingerprint(data: EvalSet, scorer_desc: dict[str, Any], cfg: EvaluatorConfig) -> str:
+    """What makes two runs interchangeable: data, scorer + checkpoint, unit layout (not the actor count)."""
+    key = {
+        "data": data.fingerprint(),
+        "scorer": scorer_desc,
+        "unit_size": cfg.unit_size,
+        "batch_size": cfg.batch_size,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_units(results_dir: Path, fingerprint: str, n_units: int, bounds: list[tuple[int, int]]) -> dict:
+    """Finished units from an earlier attempt of the *same* run; another run's directory is an error."""
+    run_file = results_dir / "run.json"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if run_file.exists():
+        saved = json.loads(run_file.read_text()).get("fingerprint")
+        if saved != fingerprint:
+            raise ValueError(
+                f"{results_dir}: results directory belongs to another run (fingerprint {saved} != "
+                f"{fingerprint}); use a fresh directory or delete it"
+            )
+    else:
+        _atomic_write(run_file, json.dumps({"fingerprint": fingerprint, "units": n_units}))
+    done = {}
+    for path in sorted(results_dir.glob("unit-*.json")):
+        rec = json.loads(path.read_text())
+        unit = rec.get("unit")
+        if rec.get("fingerprint") != fingerprint or not isinstance(unit, int) or not 0 <= unit < n_units:
+            raise ValueError(f"{path}: unit file from another run or layout (unit={unit})")
+        sums = _sums_from_json(rec["sums"])
+        if sums.count != bounds[unit][1] - bounds[unit][0]:
+            raise ValueError(
+                f"{path}: {sums.count} users counted for a unit of {bounds[unit][1] - bounds[unit][0]}"
+            )
+        done[unit] = sums
+    return done
+
+
+# ------------------------------------------------------------------------------------------------ pool
+
+
+class _Pool:
+    """Actors with a bounded number of in-flight units each; dead actors are replaced in place."""
+
+    def __init__(self, factory: ScorerFactory, data_ref: Any, cfg: EvaluatorConfig) -> None:
+        import ray
+
+        opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_actor, "max_restarts": 0}
+        if cfg.spread:
+            opts["scheduling_strategy"] = "SPREAD"
+        self._cls = ray.remote(EvalWorker).options(**opts)
+        self._args = (factory, data_ref, cfg.batch_size, cfg.ks)
+        self.actors = [self._cls.remote(*self._args) for _ in range(cfg.num_actors)]
+        self.nodes = self._ready(self.actors)
+        self.replaced = 0
+
+    @staticmethod
+    def _ready(actors: list) -> list[str]:
+        """Wait until the actors loaded their scorer. A load error (bad checkpoint, missing ID table) is a
+        user error: raised at once with the actor's traceback, never retried like a crashed actor."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            return ray.get([a.node_id.remote() for a in actors])
+        except RayActorError as err:
+            raise RuntimeError(f"evaluator actor failed to load its scorer: {err}") from err
+
+    def replace(self, slot: int) -> None:
+        import ray
+
+        ray.kill(self.actors[slot], no_restart=True)
+        self.actors[slot] = self._cls.remote(*self._args)
+        self.nodes[slot] = self._ready([self.actors[slot]])[0]
+        self.replaced += 1
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _unit_bounds(n_users: int, unit_size: int) -> list[tuple[int, int]]:
+    """Deterministic contiguous units covering every user; the last one may be short (no drop_last)."""
+    return [(lo, min(n_users, lo + unit_size)) for lo in range(0, n_users, unit_size)]
+
+
+def _run_units(
+    pool: _Pool,
+    todo: list[int],
+    bounds: list[tuple[int, int]],
+    cfg: EvaluatorConfig,
+    on_done: Callable[[int, list[int]], None],
+    on_progress: Callable[[_Pool, int], None] | None,
+) -> int:
+    """Drive the pool until every unit in `todo` has a result; returns how many units were re-run."""
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    queue = list(reversed(todo))  # pop() from the end = ascending unit order
+    inflight: dict[Any, tuple[int, int]] = {}  # future -> (slot, unit)
+    attempts = dict.fromkeys(todo, 0)
+    retried = 0
+
+    def submit(slot: int) -> None:
+        while queue and sum(1 for s, _ in inflight.values() if s == slot) < cfg.inflight_per_actor:
+            unit = queue.pop()
+            inflight[pool.actors[slot].run_unit.remote(unit, *bounds[unit])] = (slot, unit)
+
+    for slot in range(len(pool.actors)):
+        submit(slot)
+    while inflight:
+        [fut], _ = ray.wait(list(inflight), num_returns=1)
+        slot, unit = inflight.pop(fut)
+        try:
+            got_unit, sums = ray.get(fut)
+        except (ActorDiedError, ActorUnavailableError, RayActorError):
+            retried += _requeue_dead(pool, slot, unit, inflight, queue, attempts, cfg)
+        else:
+            assert got_unit == unit, (got_unit, unit)
+            on_done(unit, sums)
+        submit(slot)
+        if on_progress is not None:
+            on_progress(pool, len(inflight))
+    return retried
+
+
+def _requeue_dead(pool: _Pool, slot: int, unit: int, inflight: dict, queue: list, attempts: dict, cfg) -> int:
+    """Replace a dead actor; its unit (and any other unit it held) goes back to the front of the queue."""
+    others = [f for f, (s, _) in inflight.items() if s == slot]
+    lost = [unit] + [inflight.pop(f)[1] for f in others]
+    for u in lost:
+        attempts[u] += 1
+        if attempts[u] > cfg.max_unit_retries:
+            raise RuntimeError(
+                f"unit {u}: its actor died {attempts[u]} times; giving up (results so far are saved)"
+            )
+    queue.extend(sorted(lost, reverse=True))
+    pool.replace(slot)
+    return len(lost)
+
+
+def evaluate(
+    data: EvalSet,
+    factory: ScorerFactory,
+    cfg: EvaluatorConfig | None = None,
+    *,
+    scorer_desc: dict[str, Any] | None = None,
+    results_dir: str | Path | None = None,
+    ray_cfg: RayConfig | None = None,
+    on_progress: Callable[[_Pool, int], None] | None = None,
+) -> EvalResult:
+    """Evaluate every user of `data` with scorers made by `factory` on a pool of Ray actors.
+
+    `scorer_desc` identifies the scorer and checkpoint in the run fingerprint (default: the factory's
+    dataclass fields). `results_dir` makes the run resumable. `on_progress(pool, inflight)` is called after
+    every finished unit (tests use it to kill an actor mid-run).
+    """
+    import ray
+
+    cfg = cfg or EvaluatorConfig()
+    if len(data) == 0:
+        raise ValueError(f"{data.name}: no users to evaluate (skipped: {data.skipped})")
+    desc = scorer_desc if scorer_desc is not None else _describe(factory)
+    fingerprint = run_fingerprint(data, desc, cfg)
+    bounds = _unit_bounds(len(data), cfg.unit_size)
+    out_dir = Path(results_dir) if results_dir is not None else None
+    done = _load_units(out_dir, fingerprint, len(bounds), bounds) if out_dir else {}
+    resumed = len(done)
+    init_ray(ray_cfg)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(data), unit="user", desc=f"eval {data.name}", disable=not cfg.progress)
+    bar.update(sum(r.count for r in done.values()))
+
+    def on_done(unit: int, sums: MetricSums) -> None:
+        if unit in done:  # a duplicate (re-run of a unit whose first result also arrived): keep the first
+            return
+        done[unit] = sums
+        if out_dir is not None:
+            rec = {
+                "unit": unit,
+                "start": bounds[unit][0],
+                "stop": bounds[unit][1],
+                "fingerprint": fingerprint,
+            }
+            _atomic_write(out_dir / f"unit-{unit:06d}.json", json.dumps({**rec, "sums": _sums_to_json(sums)}))
+        bar.update(sums.count)
+
+    todo = [u for u in range(len(bounds)) if u not in done]
+    pool = _Pool(factory, ray.put(data), cfg) if todo else None
+    try:
+        retried = _run_units(pool, todo, bounds, cfg, on_done, on_progress) if pool else 0
+        nodes = list(pool.nodes) if pool else []
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
+    seconds = time.perf_counter() - t0
+    assert sorted(done) == list(range(len(bounds))), "a unit has no result"
+    total = sum(done[u] for u in range(len(bounds)))
+    assert total.count == len(data), (total.count, len(data))
+    evaluated_now = len(data) - sum(bounds[u][1] - bounds[u][0] for u in range(len(bounds)) if u not in todo)
+    return EvalResult(
+        dataset=data.name,
+        metrics=total.to_dict(),
+        users=total.count,
+        seconds=seconds,
+        users_per_s=evaluated_now / seconds if seconds > 0 else float("inf"),
+        units=len(bounds),
+        units_resumed=resumed,
+        units_retried=retried,
+        actor_nodes=nodes,
+        fingerprint=fingerprint,
+        skipped=dict(data.skipped),
+        sums=total,
+    )
+
+
+def _describe(factory: ScorerFactory) -> dict[str, Any]:
+    if dataclasses.is_dataclass(factory):
+        return {"type": type(factory).__name__, **dataclasses.asdict(factory)}
+    return {"type": type(factory).__name__, "repr": repr(factory)}
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+def write_results(
+    run_dir: str | Path, result: EvalResult, *, config: dict | None = None, checkpoint: str | None = None
+) -> Path:
+    """`RUN/eval/<dataset>.json` (metrics, users, config, checkpoint, seconds, users/s), written atomically."""
+    out = Path(run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    rec = {**result.as_dict(), "config": config or {}, "checkpoint": checkpoint}
+    path = out / f"{result.dataset}.json"
+    _atomic_write(path, json.dumps(rec, indent=2, sort_keys=True))
+    return path
+
+
+_TABLE_COLS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+
+def results_rows(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> list[list[str]]:
+    """Rows (header first) for Markdown/CSV: one row per (model, dataset) result record."""
+    rows = [["model", "dataset", *cols, "users", "seconds"]]
+    for r in results:
+        m = r["metrics"]
+        rows.append(
+            [str(r.get("model", "")), r["dataset"], *(f"{m[c]:.4f}" if c in m else "" for c in cols),
+             str(r["users"]), f"{r['seconds']:.1f}"]
+        )  # fmt: skip
+    return rows
+
+
+def results_markdown(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> str:
+    rows = results_rows(results, cols)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(results_rows(results, cols))
+    return buf.getvalue()
+
+
+def plot_results(results: Sequence[dict[str, Any]], path: str | Path, metric: str = "NDCG@10") -> Path:
+    """A grouped bar chart of `metric` per dataset and model (matplotlib, Agg: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in results})
+    models = sorted({str(r.get("model", "")) for r in results})
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(datasets) * max(1, len(models)) / 2), 3.5))
+    for j, model in enumerate(models):
+        vals = [
+            next(
+                (
+                    r["metrics"][metric]
+                    for r in results
+                    if r["dataset"] == d and str(r.get("model", "")) == model
+                ),
+                0.0,
+            )
+            for d in datasets
+        ]
+        ax.bar([i + j * width for i in range(len(datasets))], vals, width, label=model or "model")
+    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(datasets))], datasets)
+    ax.set_ylabel(metric)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
