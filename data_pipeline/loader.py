@@ -192,11 +192,11 @@ def _tar_members(data: bytes, path: Path, checksums: bool) -> tuple[list[bytes],
             raise DataError(path, None, f"corrupt tar header at byte {pos}") from err
         if checksums:
             _check_header(data[pos : pos + 512], pos, path)
-        name, prefix = (
-            data[pos : pos + 100].split(b"\0", 1)[0],
-            data[pos + 345 : pos + 500].split(b"\0", 1)[0],
-        )
-        names.append(prefix + b"/" + name if prefix else name)
+        name = data[pos : pos + 100].split(b"\0", 1)[0]
+        if data[pos + 257 : pos + 263] == b"ustar\0":  # POSIX name prefix; GNU keeps atime etc. there
+            prefix = data[pos + 345 : pos + 500].split(b"\0", 1)[0]
+            name = prefix + b"/" + name if prefix else name
+        names.append(name)
         offsets.append(pos + 512)
         sizes.append(size)
         pos += 512 + -(-size // 512) * 512

@@ -528,3 +528,35 @@ def test_amazon_beauty_epoch_and_resume(shared_data, tmp_path):
     assert len({len(t) for t in tail}) == 1
     got = collections.Counter(s["__key__"] for part in head + tail for s in real(part))
     assert len(got) == 131413 and set(got.values()) == {1}
+
+
+@pytest.mark.unit
+def test_reads_the_bytes_of_the_project_shard_writer(tmp_path):
+    """Shards as data_pipeline/shards.py writes them (GNU headers, '/' keys, long names → 'L' records)."""
+    shards = pytest.importorskip("fusionrec.data_pipeline.shards")
+    samples = make_samples({"beauty": 6})
+    keys = [f"beauty/u{i}/{s['split']}/{i}" + ("-" * 120 if i == 3 else "") for i, s in enumerate(samples)]
+    members = [
+        shards.tar_member(f"{k}.json", json.dumps(s).encode()) for k, s in zip(keys, samples, strict=True)
+    ]
+    for i, part in enumerate((members[:5], members[5:])):
+        body = b"".join(part)
+        (tmp_path / f"shard-{i:06d}.tar").write_bytes(body + shards.tar_end(len(body)))
+    entries = []
+    for i, n in enumerate((5, len(members) - 5)):
+        raw = (tmp_path / f"shard-{i:06d}.tar").read_bytes()
+        entries.append(
+            {
+                "name": f"shard-{i:06d}.tar",
+                "samples": n,
+                "bytes": len(raw),
+                "sha256": hashlib.sha256(raw).hexdigest(),
+            }
+        )
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "shards": entries}))
+    ds = ShardDataset(
+        tmp_path, LoaderConfig(splits=["train", "valid", "test"], shuffle=False, even_batches=False)
+    )
+    got = list(ds)
+    assert [s["__key__"] for s in got] == keys
+    assert [canon(s) for s in got] == [json.dumps(s, sort_keys=True) for s in samples]
