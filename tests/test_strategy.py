@@ -112,7 +112,7 @@ def _zero_run(stage: int, steps: int) -> dict:
     torch.manual_seed(0)
     engine = strategy.prepare(ToyRegressor(), OptimConfig(lr=1e-2), name="model")
     x, y = make_regression(256, 16, 4)
-    loader = ToyBatches(x, y, 8, strategy.rank, strategy.world_size)
+    loader = ToyBatches({"x": x, "y": y}, 8, strategy.rank, strategy.world_size)
     losses = []
     for step, batch in zip(range(steps), loader, strict=False):
         loss = torch.nn.functional.mse_loss(engine(batch["x"]), batch["y"])

@@ -289,15 +289,17 @@ class _Window:
 
     def reduce(self, strategy: DeepspeedStrategy, state: TrainState) -> dict[str, float]:
         keys = sorted(self.sums)
-        sizes = torch.tensor([self.micro, self.samples, self.tokens], dtype=torch.float64)
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        # Elapsed time rides in the same all-reduce (mean over ranks): every rank logs the same throughput.
+        sizes = torch.tensor([self.micro, self.samples, self.tokens, elapsed], dtype=torch.float64)
         local = (
             torch.cat([torch.stack([self.sums[k].reshape(()).cpu() for k in keys]).double(), sizes])
             if keys
             else sizes
         )
         total = strategy.all_reduce(local, op="sum")
-        micro, samples, tokens = (float(v) for v in total[-3:])
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        micro, samples, tokens, elapsed_sum = (float(v) for v in total[-4:])
+        elapsed = elapsed_sum / strategy.world_size
         state.samples_seen += int(samples)
         state.tokens_seen += int(tokens)
         metrics = {k: float(total[i]) / max(micro, 1.0) for i, k in enumerate(keys)}

@@ -38,7 +38,7 @@ def make_regression(n: int, d_in: int, d_out: int, seed: int = 0) -> tuple[torch
 
 
 class ToyBatches:
-    """Rank-sharded micro-batches over (x, y); one ``iter()`` = the rest of the current epoch.
+    """Rank-sharded micro-batches over a dict of equally long tensors; one ``iter()`` = the rest of the current epoch.
 
     Rank r of R takes positions r, r+R, ... of the epoch's permutation (seed + epoch), so the ranks
     partition every epoch; the tail that does not fill a micro-batch on every rank is counted in
@@ -47,8 +47,7 @@ class ToyBatches:
 
     def __init__(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        data: Mapping[str, torch.Tensor],
         micro_batch_size: int,
         rank: int = 0,
         world_size: int = 1,
@@ -56,26 +55,32 @@ class ToyBatches:
     ) -> None:
         if micro_batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad micro_batch_size={micro_batch_size} or rank={rank}/{world_size}")
-        self.x, self.y = x, y
+        self.data = dict(data)
+        n = len(next(iter(self.data.values())))
+        if any(len(v) != n for v in self.data.values()):
+            raise ValueError(
+                f"ToyBatches: tensors of different lengths {[len(v) for v in self.data.values()]}"
+            )
+        self.n = n
         self.micro, self.rank, self.world, self.seed = micro_batch_size, rank, world_size, seed
-        self.batches_per_epoch = len(x) // (micro_batch_size * world_size)
+        self.batches_per_epoch = n // (micro_batch_size * world_size)
         if self.batches_per_epoch == 0:
             raise ValueError(
-                f"{len(x)} samples cannot fill one micro-batch of {micro_batch_size} on {world_size} ranks"
+                f"{n} samples cannot fill one micro-batch of {micro_batch_size} on {world_size} ranks"
             )
-        self.dropped_per_epoch = len(x) - self.batches_per_epoch * micro_batch_size * world_size
+        self.dropped_per_epoch = n - self.batches_per_epoch * micro_batch_size * world_size
         self.epoch, self.cursor = 0, 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         mine = perm[self.rank :: self.world]
         while self.cursor < self.batches_per_epoch:
             idx = mine[self.cursor * self.micro : (self.cursor + 1) * self.micro]
             self.cursor += 1  # advanced before yielding: the state always counts handed-out batches
-            yield {"x": self.x[idx], "y": self.y[idx]}
+            yield {k: v[idx] for k, v in self.data.items()}
         self.epoch, self.cursor = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
@@ -168,6 +173,55 @@ class ToyModule(BaseTrainModule):
         self.phase_starts = list(state["phase_starts"])
 
 
+def make_reversal(n: int, vocab: int = 64, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seq2seq task: target = the source reversed. Token ids 2..vocab-1 (0 = pad, 1 = eos)."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(2, vocab, (n, length), generator=g)
+    return {"input_ids": src, "attention_mask": torch.ones_like(src), "labels": src.flip(1)}
+
+
+class ToySeq2SeqModule(BaseTrainModule):
+    """A tiny T5 (HF ``T5ForConditionalGeneration``, random init) learning to reverse token sequences.
+
+    Real transformer, real cross-entropy, tied embeddings (the case ENVIRONMENT.md says zero_to_fp32
+    --safe_serialization breaks on): used by the export test and for tokens/s in ``bench train``.
+    """
+
+    def __init__(self, vocab: int = 64, d_model: int = 32, layers: int = 1, seed: int = 0) -> None:
+        self.vocab, self.d_model, self.layers, self.seed = vocab, d_model, layers, seed
+        self.engines: dict[str, Engine] = {}
+
+    def build_model(self) -> nn.Module:
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        cfg = T5Config(
+            vocab_size=self.vocab,
+            d_model=self.d_model,
+            d_kv=self.d_model // 2,
+            d_ff=2 * self.d_model,
+            num_layers=self.layers,
+            num_decoder_layers=self.layers,
+            num_heads=2,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+            tie_word_embeddings=True,
+        )
+        torch.manual_seed(self.seed)
+        return T5ForConditionalGeneration(cfg)
+
+    def configure(self, strategy: DeepspeedStrategy, optim: OptimConfig) -> dict[str, Engine]:
+        self.engines = {"model": strategy.prepare(self.build_model(), optim, name="model")}
+        return self.engines
+
+    def train_batch(self, batch: Mapping[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor]:
+        return {"loss": self.engines["model"](**batch).loss}
+
+    def batch_stats(self, batch: Mapping[str, torch.Tensor]) -> BatchStats:
+        tokens = int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+        return BatchStats(samples=len(batch["input_ids"]), tokens=tokens)
+
+
 def weights_fingerprint(strategy: DeepspeedStrategy, engines: Mapping[str, Engine]) -> str:
     """sha256 over every engine's full (ZeRO-3-gathered) weights: equal strings = identical weights."""
     h = hashlib.sha256()
@@ -205,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     x, y = make_regression(512, 16, 4)
     history = HistoryCallback()
     module = ToyModule()
-    loader = ToyBatches(x, y, args.micro_batch, strategy.rank, strategy.world_size)
+    loader = ToyBatches({"x": x, "y": y}, args.micro_batch, strategy.rank, strategy.world_size)
     Trainer(cfg, strategy, module, loader, [history]).fit()
     result = {
         "rank": strategy.rank,

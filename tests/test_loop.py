@@ -1,0 +1,164 @@
+"""Trainer loop on 2 real processes: phases, freezing, global-mean logging, validation, TensorBoard."""
+
+from __future__ import annotations
+
+import pytest
+from fusionrec.trainer.modules.base import BaseTrainModule, Phase
+from fusionrec.trainer.testing import run_distributed_test
+
+
+@pytest.mark.unit
+def test_phase_validation_and_default_plan() -> None:
+    with pytest.raises(ValueError, match="exactly one of steps"):
+        Phase(name="p", engine="m", steps=2, epochs=1)
+    with pytest.raises(ValueError, match="steps/epochs must be >= 1"):
+        Phase(name="p", engine="m", epochs=0)
+    assert BaseTrainModule().plan(7) == [Phase(name="train", engine="model", steps=7)]
+    with pytest.raises(ValueError, match="no module state but the checkpoint holds"):
+        BaseTrainModule().load_state_dict({"ids": {}})
+
+
+def _loop_run(run_dir: str) -> dict:
+    import torch
+    from fusionrec.trainer.callbacks import (
+        Callback,
+        HistoryCallback,
+        ProgressCallback,
+        TensorBoardCallback,
+        ValidationCallback,
+    )
+    from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
+    from fusionrec.trainer.loop import Trainer
+    from fusionrec.trainer.modules.toy import ToyBatches, ToyModule, make_regression, weights_fingerprint
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    class Recording(ToyModule):
+        """Keeps this rank's local micro-batch losses to check the logged global mean against."""
+
+        local: list[float] = []
+
+        def train_batch(self, batch, phase):
+            out = super().train_batch(batch, phase)
+            self.local.append(float(out["loss"].detach()))
+            return out
+
+    class PhaseProbe(Callback):
+        def __init__(self) -> None:
+            self.prints: list[tuple[str, dict[str, str]]] = []
+
+        def _snap(self, trainer, tag):
+            s = trainer.strategy
+            self.prints.append((tag, {n: weights_fingerprint(s, {n: e}) for n, e in trainer.engines.items()}))
+
+        def on_phase_start(self, trainer, phase):
+            self._snap(trainer, f"start:{phase.name}")
+
+        def on_phase_end(self, trainer, phase):
+            self._snap(trainer, f"end:{phase.name}")
+
+    ds = DeepSpeedConfig(zero_stage=1, micro_batch_size=8, grad_accum=2)
+    cfg = TrainConfig(run_dir=run_dir, max_steps=8, log_every=1, deepspeed=ds, optim=OptimConfig(lr=1e-2))
+    strategy = DeepspeedStrategy(ds)
+    strategy.setup()
+    x, y = make_regression(512, 16, 4, seed=0)
+    vx, vy = make_regression(64, 16, 4, seed=1)
+    r, w = strategy.rank, strategy.world_size
+    module = Recording(two_stage=True, stage_steps=2)
+    history, probe = HistoryCallback(), PhaseProbe()
+    callbacks = [ValidationCallback(every=4), history, probe, TensorBoardCallback(), ProgressCallback()]
+    val = ToyBatches({"x": vx, "y": vy}, 8, r, w)
+    state = Trainer(
+        cfg, strategy, module, ToyBatches({"x": x, "y": y}, 8, r, w), callbacks, val_loader=val
+    ).fit()
+
+    # Hand-computed validation MSE over the whole validation set, with the final full weights.
+    enc = strategy.full_state_dict(module.engines["encoder"])
+    head = strategy.full_state_dict(module.engines["head"])
+    from fusionrec.trainer.modules.toy import ToyRegressor
+
+    ref = ToyRegressor()
+    ref.encoder.load_state_dict(enc)
+    ref.head.load_state_dict(head)
+    with torch.no_grad():
+        ref_val = (ref(vx) - vy).pow(2).mean(dim=1).mean().item()
+
+    # Bad plan: a phase naming an engine that does not exist fails before any step.
+    class BadPlan(ToyModule):
+        def plan(self, max_steps):
+            return [Phase(name="x", engine="nope", steps=1)]
+
+    try:
+        Trainer(cfg, strategy, BadPlan(), [], []).fit()
+        bad_plan_error = None
+    except ValueError as err:
+        bad_plan_error = str(err)
+    return {
+        "logs": history.logs,
+        "local": strategy.all_gather_object(module.local),
+        "prints": probe.prints,
+        "phase_starts": module.phase_starts,
+        "ref_val": ref_val,
+        "state": state.to_dict(),
+        "bad_plan_error": bad_plan_error,
+    }
+
+
+@pytest.mark.distributed
+def test_trainer_two_phase_run(tmp_path) -> None:
+    r0, r1 = run_distributed_test(_loop_run, world_size=2, run_dir=str(tmp_path))
+    train_logs = [
+        log for log in r0["logs"] if any(k.endswith("/loss") and not k.startswith("val") for k in log)
+    ]
+    assert [log["step"] for log in train_logs] == list(range(1, 9))
+    assert r0["logs"] == r1["logs"]  # every logged value is a global value
+
+    # Logged loss = mean over both ranks and both accumulation micro-batches of each step.
+    local0, local1 = r0["local"]
+    for i, log in enumerate(train_logs):
+        name = "encoder" if (i // 2) % 2 == 0 else "head"
+        mine = local0[2 * i : 2 * i + 2] + local1[2 * i : 2 * i + 2]
+        assert log[f"{name}/loss"] == pytest.approx(sum(mine) / 4, rel=1e-6, abs=1e-9)
+        assert log[f"{name}/lr"] == pytest.approx(1e-2) and log[f"{name}/grad_norm"] > 0
+        assert log["throughput/samples_per_s"] > 0
+    first = train_logs[0]["encoder/loss"]
+    last = train_logs[-1]["head/loss"]
+    assert last < 0.8 * first, (first, last)
+
+    # Phases alternate; each phase moves only its own engine.
+    assert r0["phase_starts"] == ["encoder@0", "head@0", "encoder@1", "head@1"]
+    for (tag_start, start), (tag_end, end) in zip(r0["prints"][0::2], r0["prints"][1::2], strict=True):
+        moved = tag_start.split(":")[1]
+        assert tag_end == f"end:{moved}"
+        frozen = "head" if moved == "encoder" else "encoder"
+        assert start[moved] != end[moved], f"{moved} did not change in its phase"
+        assert start[frozen] == end[frozen], f"{frozen} changed while frozen"
+    assert r0["prints"] == r1["prints"]  # ranks in sync at every phase boundary
+
+    # Validation at step 4 and 8 (the end); exact global mean over all 64 validation samples.
+    vals = [log for log in r0["logs"] if "val/loss" in log]
+    assert [v["step"] for v in vals] == [4, 8] and all(v["val/count"] == 64 for v in vals)
+    assert vals[-1]["val/loss"] == pytest.approx(r0["ref_val"], rel=1e-5)
+
+    assert r0["state"]["step"] == 8 and r0["state"]["samples_seen"] == 8 * 2 * 2 * 8
+    assert "nope" in r0["bad_plan_error"]
+
+    # TensorBoard event files hold the logged scalars (rank 0 only).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {
+        "encoder/loss",
+        "head/loss",
+        "encoder/lr",
+        "head/grad_norm",
+        "throughput/samples_per_s",
+        "val/loss",
+    }
+    assert expected <= tags, tags
+    tb = {e.step: e.value for e in acc.Scalars("head/loss")}
+    for log in train_logs:
+        if "head/loss" in log:
+            assert tb[log["step"]] == pytest.approx(log["head/loss"], rel=1e-6)
+    assert [e.step for e in acc.Scalars("val/loss")] == [4, 8]
