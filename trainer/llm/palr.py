@@ -1,0 +1,155 @@
+"""PALR (paper 002): a retrieval layer proposes candidates, a fine-tuned causal LM re-ranks them.
+
+Any retriever fits behind `Retriever` (SASRec from `cluster/baselines.py` is wrapped by the caller — trainer
+must not import cluster). Two retrievers live here because they need no training: most-popular and item
+co-occurrence (the "co-watched by many users" negatives of the paper's Recommend_Retrieval task).
+
+Re-ranking scores every candidate c as the first item of the answer to the Recommend_Retrieval prompt,
+by its length-normalised log-likelihood; the prompt (history + all candidates) is encoded once and its KV
+cache shared by all candidates (`score_candidates`) — 50 candidates cost one long forward plus one batch of
+short ones.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .data import PALRTaskConfig, palr_answer, palr_example, palr_prompt
+from .scoring import score_candidates
+
+
+class Retriever(Protocol):
+    """Top-n candidate item ids for a user history (oldest first); never returns history items."""
+
+    def retrieve(self, history: Sequence[str], n: int) -> list[str]: ...
+
+
+class MostPopular:
+    """Items by training-interaction count (ties by id, so results are deterministic)."""
+
+    def __init__(self, sequences: Sequence[Sequence[str]]) -> None:
+        counts = Counter(i for seq in sequences for i in seq)
+        self.ranked = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def retrieve(self, history: Sequence[str], n: int) -> list[str]:
+        seen = set(history)
+        return [i for i in self.ranked if i not in seen][:n]
+
+
+class Cooccurrence:
+    """Items co-occurring within `window` positions of the user's last `recent` items, backed by popularity."""
+
+    def __init__(self, sequences: Sequence[Sequence[str]], window: int = 3, recent: int = 5) -> None:
+        if window < 1 or recent < 1:
+            raise ValueError(f"window={window} and recent={recent} must be >= 1")
+        self.co: dict[str, Counter] = defaultdict(Counter)
+        for seq in sequences:
+            for i, a in enumerate(seq):
+                for b in seq[max(0, i - window) : i]:
+                    if a != b:
+                        self.co[a][b] += 1
+                        self.co[b][a] += 1
+        self.recent = recent
+        self.fallback = MostPopular(sequences)
+
+    def retrieve(self, history: Sequence[str], n: int) -> list[str]:
+        seen = set(history)
+        scores: Counter = Counter()
+        for item in history[-self.recent :]:
+            scores.update(self.co.get(item, Counter()))
+        ranked = [i for i, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])) if i not in seen][:n]
+        if len(ranked) < n:
+            taken = set(ranked)
+            ranked += [i for i in self.fallback.retrieve(history, n + len(taken)) if i not in taken][
+                : n - len(ranked)
+            ]
+        return ranked
+
+
+@dataclass
+class PALRConfig:
+    """Retrieval depth, share of users fine-tuned on (paper: 20%), negatives per Recommend_Retrieval sample."""
+
+    top_n: int = 50
+    finetune_share: float = 0.2
+    negatives: int = 9
+    ks: tuple[int, ...] = (1, 5, 10)
+    seed: int = 0
+    tasks: PALRTaskConfig = field(default_factory=PALRTaskConfig)
+
+    def __post_init__(self) -> None:
+        if self.top_n < 1 or self.negatives < 0:
+            raise ValueError(f"top_n={self.top_n} must be >= 1 and negatives={self.negatives} >= 0")
+        if not 0.0 < self.finetune_share <= 1.0:
+            raise ValueError(f"finetune_share must be in (0, 1], got {self.finetune_share}")
+        self.ks = tuple(self.ks)
+
+
+def training_examples(
+    sequences: dict[str, list[str]], text: dict[str, str], retriever: Retriever, cfg: PALRConfig
+) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs for fine-tuning on a `finetune_share` of users (training part: items[:-2]).
+
+    Each chosen user gives a Recommend sample and a Recommend_Retrieval sample; the latter's candidates are
+    the targets plus `negatives` retrieved items (similar ones, not random).
+    """
+    rng = random.Random(cfg.seed)
+    users = sorted(u for u, seq in sequences.items() if len(seq) >= 4)
+    chosen = rng.sample(users, max(1, int(len(users) * cfg.finetune_share)))
+    out = []
+    for user in sorted(chosen):
+        train = sequences[user][:-2]  # valid/test targets never leak into fine-tuning
+        cut = max(1, len(train) - cfg.tasks.n_targets)
+        hist, targets = train[:cut], train[cut:]
+        hist_t, targets_t = [text[i] for i in hist], [text[i] for i in targets]
+        out.append(palr_example(hist_t, targets_t, None, cfg.tasks, rng))
+        negatives = [
+            text[i] for i in retriever.retrieve(hist, cfg.negatives + len(targets)) if i not in targets
+        ]
+        out.append(palr_example(hist_t, targets_t, negatives[: cfg.negatives], cfg.tasks, rng))
+    return out
+
+
+def _rank_metrics(rank: int | None, ks: Sequence[int]) -> dict[str, float]:
+    """HR@k / NDCG@k of one user whose target sits at 0-based `rank` (None: not retrieved)."""
+    out = {}
+    for k in ks:
+        hit = rank is not None and rank < k
+        out[f"hr@{k}"] = 1.0 if hit else 0.0
+        out[f"ndcg@{k}"] = 1.0 / math.log2(rank + 2) if hit else 0.0
+    return out
+
+
+@torch.no_grad()
+def rerank_eval(
+    model: nn.Module,
+    tokenizer,
+    users: Sequence[tuple[list[str], str]],
+    text: dict[str, str],
+    retriever: Retriever,
+    cfg: PALRConfig,
+) -> dict[str, dict[str, float]]:
+    """Mean HR/NDCG@k over `users` ((history, target) pairs) of the retriever's order vs the LM's re-ranking."""
+    sums = {"retriever": Counter(), "llm": Counter()}
+    for history, target in users:
+        cands = retriever.retrieve(history, cfg.top_n)
+        prompt = palr_prompt([text[i] for i in history], [text[i] for i in cands], cfg.tasks)
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        answers = [tokenizer(palr_answer([text[i]]), add_special_tokens=False)["input_ids"] for i in cands]
+        scores = score_candidates(model, prompt_ids, answers, tokenizer.pad_token_id).mean.tolist()
+        llm_order = [c for _, c in sorted(zip(scores, cands, strict=True), key=lambda sc: -sc[0])]
+        for name, order in (("retriever", cands), ("llm", llm_order)):
+            sums[name].update(_rank_metrics(order.index(target) if target in order else None, cfg.ks))
+    n = max(1, len(users))
+    return {
+        name: {k: v / n for k, v in sorted(s.items())} | {"users": float(len(users))}
+        for name, s in sums.items()
+    }

@@ -1,0 +1,131 @@
+"""The `palr` recipe: instruction fine-tuning of a causal-LM ranker on "Recommend" + "Recommend_Retrieval".
+
+Data: a processed dataset folder (`items.parquet` with item_id/text, `sequences.parquet` with
+user_id/item_ids — the data_pipeline contract). The fine-tuning users (paper: 20%) get both tasks; the
+candidates of Recommend_Retrieval are the targets plus items from the retriever (co-occurrence by default;
+SASRec is plugged in by the caller through `retriever=`, since trainer/ must not import cluster/).
+Loss: cross-entropy on answer tokens only. Evaluation (`trainer.llm.palr.rerank_eval`) re-ranks the
+retriever's top-50 and reports HR/NDCG@k against the retriever alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from fusionrec.trainer.config import OptimConfig
+from fusionrec.trainer.llm.data import EpochBatches
+from fusionrec.trainer.llm.memory import check_model_fits
+from fusionrec.trainer.llm.palr import Cooccurrence, MostPopular, PALRConfig, Retriever, training_examples
+from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, encode_pair, sft_loss
+from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker, export_merged
+from fusionrec.trainer.modules.base import BaseTrainModule, Phase
+from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
+
+
+@dataclass
+class PALRRecipeConfig:
+    data_dir: str = ""  # processed dataset: items.parquet + sequences.parquet
+    retriever: str = "cooccurrence"  # cooccurrence | popular (SASRec: pass retriever= to PALRModule)
+    epochs: int = 1
+    model: CausalLMConfig = field(default_factory=CausalLMConfig)
+    palr: PALRConfig = field(default_factory=PALRConfig)
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            raise ValueError("recipe.data_dir is required (a processed dataset folder)")
+        if self.retriever not in ("cooccurrence", "popular"):
+            raise ValueError(f"recipe.retriever={self.retriever!r}: use 'cooccurrence' or 'popular'")
+        if self.epochs < 1:
+            raise ValueError(f"recipe.epochs must be >= 1, got {self.epochs}")
+
+
+def load_processed(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """sequences (user → items, time order) and item text from a processed dataset folder."""
+    import pyarrow.parquet as pq
+
+    d = Path(data_dir)
+    for name in ("items.parquet", "sequences.parquet"):
+        if not (d / name).is_file():
+            raise ValueError(f"{d}: missing {name} (expected a processed dataset folder)")
+    items = pq.read_table(d / "items.parquet", columns=["item_id", "text"]).to_pydict()
+    seqs = pq.read_table(d / "sequences.parquet", columns=["user_id", "item_ids"]).to_pydict()
+    text = {i: (t or i) for i, t in zip(items["item_id"], items["text"], strict=True)}
+    return dict(zip(seqs["user_id"], seqs["item_ids"], strict=True)), text
+
+
+class PALRModule(BaseTrainModule):
+    """TrainModule of the palr recipe."""
+
+    main_engine = "ranker"
+
+    def __init__(self, cfg: PALRRecipeConfig, retriever: Retriever | None = None) -> None:
+        self.cfg = cfg
+        self.retriever = retriever
+        self.engines: dict[str, Engine] = {}
+        self.skipped = {"too_long": 0}
+
+    def configure(self, strategy: DeepspeedStrategy, optim: OptimConfig) -> Mapping[str, Engine]:
+        self.strategy = strategy
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", strategy.world_size))
+        plan = strategy.batch_plan
+        check_model_fits(
+            self.cfg.model, strategy.world_size, local, strategy.cfg.zero_stage, plan.micro_batch_size
+        )
+        self.sequences, self.text = load_processed(self.cfg.data_dir)
+        if self.retriever is None:
+            train_seqs = [seq[:-2] for seq in self.sequences.values()]
+            kind = Cooccurrence if self.cfg.retriever == "cooccurrence" else MostPopular
+            self.retriever = kind(train_seqs)
+        model, self.tokenizer = build_ranker(self.cfg.model)
+        self.examples = self._encode(
+            training_examples(self.sequences, self.text, self.retriever, self.cfg.palr)
+        )
+        self.engines["ranker"] = strategy.prepare(model, optim, name="ranker")
+        return self.engines
+
+    def _encode(self, pairs: list[tuple[str, str]]) -> list[Any]:
+        """Tokenise; a sample longer than the context is counted in `skipped['too_long']`, never hidden."""
+        out = []
+        for i, (prompt, ans) in enumerate(pairs):
+            try:
+                out.append(
+                    encode_pair(self.tokenizer, prompt, ans, self.cfg.model.max_length, where=f"palr {i}")
+                )
+            except ValueError:
+                self.skipped["too_long"] += 1
+        if not out:
+            raise ValueError(f"no PALR sample fits model.max_length={self.cfg.model.max_length}")
+        return out
+
+    def plan(self, max_steps: int) -> list[Phase]:
+        return [Phase(name="palr", engine="ranker", epochs=self.cfg.epochs)]
+
+    def on_phase_start(self, phase: Phase) -> EpochBatches:
+        collate = partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
+        s = self.strategy
+        return EpochBatches(self.examples, collate, s.batch_plan.micro_batch_size, s.rank, s.world_size)
+
+    def train_batch(self, batch: dict[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor]:
+        return {"loss": sft_loss(answer_logprobs(self.engines["ranker"], batch))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = dict(state.get("skipped", self.skipped))
+
+    def export(self, out_dir: str | Path) -> Path | None:
+        state = self.strategy.full_state_dict(self.engines["ranker"])
+        out = None
+        if self.strategy.is_rank0:
+            fresh, tok = build_ranker(self.cfg.model)
+            fresh.load_state_dict(state)
+            out = export_merged(fresh, tok, out_dir)
+        self.strategy.barrier()
+        return out
