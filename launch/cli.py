@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("train", help="train a recipe with DeepSpeed (local ranks, or inside any launcher)")
+    p.add_argument("recipe", help="idgenrec | genrec | sasrec | palr | dmpo | toy")
+    p.add_argument("--config", help="TOML config (a path or a shipped config name)")
+    p.add_argument("--nproc", type=int, default=1, help="local ranks to launch (ignored inside a launcher)")
+    p.add_argument("--launcher", choices=["torchrun", "deepspeed"], default="torchrun")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    _add_overrides(p)
+
     p = sub.add_parser("bench", help="run a benchmark; one JSON line per measurement")
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("--quick", action="store_true", help="smaller inputs (said so in each line)")
@@ -76,17 +84,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from fusionrec.launch.train import main as train_main
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    return train_main(args.recipe, args.config, list(args.overrides), args.nproc, args.launcher)
+
+
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     from fusionrec.launch import commands
 
     table = {name: getattr(commands, f"cmd_{name}") for name in commands.COMMANDS}
     table["bench"] = cmd_bench
+    table["train"] = cmd_train
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
     _set_env_defaults()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides (a.b=v) may come before or after options; argparse only takes trailing positionals, so
+    # collect the rest here. Anything else unknown is still an error.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return _commands()[args.command](args)
     except KeyboardInterrupt:
