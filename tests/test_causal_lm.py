@@ -6,7 +6,6 @@ import importlib.util
 
 import pytest
 import torch
-
 from fusionrec.trainer.llm.scoring import (
     answer_logprobs,
     collate_pairs,
@@ -84,7 +83,9 @@ def test_batched_scores_equal_unbatched_reference(tiny):
     # shared-prefix scoring of several answers to one prompt gives the same numbers
     same = [encode_pair(tok, PROMPTS[0], a, 512) for a in ANSWERS]
     shared = score_candidates(model, same[0].prompt_ids, [p.answer_ids for p in same], tok.pad_token_id)
-    torch.testing.assert_close(shared.total, score_pairs(model, same, tok.pad_token_id).total, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        shared.total, score_pairs(model, same, tok.pad_token_id).total, rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.unit
@@ -147,3 +148,58 @@ def test_smollm2_conversion_is_idempotent_and_real():
     ids = torch.tensor([tok("The capital of France is")["input_ids"]])
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1] :])
+
+
+# ---------------------------------------------------------------- memory estimates (trainer/llm/memory.py)
+
+
+@pytest.mark.unit
+def test_parameter_counts_of_presets_match_published_sizes():
+    from fusionrec.trainer.llm.memory import PRESETS
+
+    assert PRESETS["llama-2-7b"].total_params == 6_738_415_616  # Llama-2-7b-hf
+    assert PRESETS["mistral-7b"].total_params == 7_241_732_096
+    assert PRESETS["llama-3-8b"].total_params == 8_030_261_248
+    assert PRESETS["smollm2-135m"].total_params == 134_515_008
+    tiny_model, _ = build_ranker(CausalLMConfig(lora=LoRAConfig(enabled=False)))
+    from fusionrec.trainer.llm.memory import shape_of
+
+    assert shape_of("tiny", CausalLMConfig().tiny).total_params == sum(
+        p.numel() for p in tiny_model.parameters()
+    )
+
+
+@pytest.mark.unit
+def test_deepspeed_formulas_and_lora_estimate_hand_computed():
+    from fusionrec.trainer.llm.memory import (
+        GIB,
+        PRESETS,
+        DecoderShape,
+        deepspeed_zero2_estimate,
+        deepspeed_zero3_estimate,
+        lora_estimate,
+    )
+
+    # DeepSpeed zero3, no offload: gpu = 4*largest + 18*total/gpus ; cpu = largest*4*gpus_per_node*1.5
+    assert deepspeed_zero3_estimate(1000, 100, 4) == (2400, 400 + 4500)
+    assert deepspeed_zero3_estimate(1000, 100, 4, offload=True) == (27000, 400)
+    # zero2: gpu = 2*total + 18*total/gpus
+    assert deepspeed_zero2_estimate(1000, 4) == (24000, 2000 + 4500)
+    s = DecoderShape(vocab=10, hidden=4, intermediate=8, layers=2, heads=2, kv_heads=1)
+    # layer: q,o 2*16 + k,v 2*4*2 + mlp 3*32 + norms 8 = 152; total 2*40 + 2*152 + 4 = 388
+    assert (s.layer_params, s.total_params, s.largest_layer_params) == (152, 388, 152)
+    assert s.lora_params(2, ("q_proj", "v_proj")) == 2 * (2 * (4 + 4) + 2 * (4 + 2))
+    est = lora_estimate(PRESETS["llama-2-7b"], gpus=4, zero_stage=3)
+    assert est.weights == 2 * PRESETS["llama-2-7b"].total_params // 4
+    assert 4 * GIB < est.total < 8 * GIB
+
+
+@pytest.mark.unit
+def test_7b_config_on_this_machine_fails_before_loading(monkeypatch):
+    import fusionrec.trainer.llm.memory as memory
+
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda local_ranks=1: 12 * memory.GIB // local_ranks)
+    cfg = CausalLMConfig(name_or_path="meta-llama/Llama-2-7b-hf", dtype="bfloat16", max_length=1024)
+    with pytest.raises(ValueError, match=r"Llama-2-7b-hf' needs ~\d+\.\d GiB per device with 2 device\(s\)"):
+        memory.check_model_fits(cfg, world_size=2, local_ranks=2, zero_stage=3, micro_batch=4)
+    assert memory.check_model_fits(CausalLMConfig(), 2, 2, 3, 4).total < memory.GIB
