@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from fusionrec.launch.config import Config, dumps_toml, load_config
+from fusionrec.launch.config import dumps_toml, load_config
 
 COMMANDS = ("synth", "prepare", "inspect")
 
@@ -33,36 +33,29 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_config(args: argparse.Namespace) -> tuple[Config, Path]:
-    """Both forms of `prepare`: `--config X.toml` or one dataset via `--input/--format`."""
-    overrides = list(args.overrides)
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Both forms: `--config X.toml [a.b=v ...]`, or one dataset via `--input DIR --format F --out OUT`."""
+    from fusionrec.data_pipeline.prepare import prepare, prepare_one
+    from fusionrec.data_pipeline.shards import format_inspect, inspect
+
     if args.input or args.format:
         if args.config:
             raise ValueError("prepare: give either --config or --input/--format, not both")
         if not (args.input and args.format and args.out):
             raise ValueError("prepare: the one-dataset form needs --input, --format and --out")
-        name = args.name or Path(args.input).resolve().name.replace(".", "_").replace(" ", "_")
-        spec = f"data.datasets=[{{name={json.dumps(name)}, format={json.dumps(args.format)}, input={json.dumps(str(Path(args.input).resolve()))}}}]"
-        overrides.insert(0, spec)
-        cfg = load_config(None, overrides)
+        cfg = load_config(None, list(args.overrides))
+        prepare_one(
+            args.format, args.input, args.out, name=args.name, base=cfg.data, config_text=dumps_toml(cfg)
+        )
+        out = Path(args.out)
     elif args.config:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, list(args.overrides))
+        out = Path(args.out) if args.out else Path(cfg.train.run_dir) / "corpus"
+        prepare(cfg.data, out, config_text=dumps_toml(cfg))
     else:
         raise ValueError("prepare: give --config X.toml, or --input DIR --format F --out OUT")
-    out = Path(args.out) if args.out else Path(cfg.train.run_dir) / "corpus"
-    return cfg, out
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from fusionrec.data_pipeline.prepare import prepare
-    from fusionrec.data_pipeline.shards import format_inspect
-
-    cfg, out = _prepare_config(args)
-    report = prepare(cfg.data, out, config_text=dumps_toml(cfg))
     print(f"prepared corpus at {out}")
-    print(
-        format_inspect(report, indent="  ") if isinstance(report, dict) and "datasets" in report else report
-    )
+    print(format_inspect(inspect(out), indent="  "))  # re-reads the shards: a self-check of what we wrote
     return 0
 
 
