@@ -118,6 +118,7 @@ class DataConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     seed: int = 0  # seeds the order of samples across shards
+    out: str | None = None  # default output corpus folder (the CLI's --out wins)
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DatasetSpec) else DatasetSpec(**d) for d in self.datasets]
@@ -169,7 +170,9 @@ class DataConfig:
 
     def sha256(self) -> str:
         """Hash of the resolved config (canonical JSON), recorded in every manifest."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        resolved = dataclasses.asdict(self)
+        resolved.pop("out")  # where the corpus goes does not change what it contains
+        blob = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
