@@ -125,10 +125,11 @@ class MostPopularScorer:
     def rank(self, batch: UserBatch) -> np.ndarray:
         if not self.exclude_history:
             return np.tile(self.order[: self.top_k], (len(batch.histories), 1))
-        out = np.empty((len(batch.histories), self.top_k), dtype=np.int64)
+        out = np.full((len(batch.histories), self.top_k), -1, dtype=np.int64)  # -1: fewer items than k left
         for row, hist in enumerate(batch.histories):
             head = self.order[: self.top_k + len(hist)]
-            out[row] = head[~np.isin(head, hist)][: self.top_k]
+            keep = head[~np.isin(head, hist)][: self.top_k]
+            out[row, : len(keep)] = keep
         return out
 
 
