@@ -1,0 +1,591 @@
+"""The ``idgenrec`` recipe: alternate training of the ID generator and the T5 recommender (IDGenRec §2.5).
+
+Engines: ``recommender`` (a :class:`SoftIDRecommender` around a seq2seq model) and ``id_generator`` (a
+seq2seq model, item text -> textual ID); both share ONE tokenizer/vocabulary (checked), which is what makes
+``softmax(generator logits) @ E_recommender`` meaningful. The plan is an optional ``warmup`` phase, then
+``rounds`` x ``order`` (default [``id``, ``rec``]; paper: 1 ID epoch, 10 rec epochs, 3 rounds):
+
+* ``rec``: the generator frozen; the recommender teacher-forced on prompts of the current ID table
+  (eq. 4), labels -100 padded, loader padding samples masked.
+* ``id``: the recommender frozen (``set_trainable(False)``) and in eval mode; for each distinct history
+  item of the batch the generator, teacher-forced on the item's current ID tokens, gives per-step logits;
+  ``softmax`` (not the reference's log-softmax) of them are spliced as soft ID embeddings at exactly that
+  item's prompt token positions (eq. 5); the target stays hard; gradients reach only the generator, through
+  DeepSpeed's backward of the generator engine (no ``model.module(...)`` bypass: ranks stay in sync).
+  The generator's lr is ``id_lr`` (default 1e-4): the paper's 1e-8 does not move a T5 measurably.
+* after each ``id`` phase: a new ID table by diverse ID generation (Algorithm 1) from the generator's
+  gathered weights, run on every rank (ZeRO-3: every rank joins the gather) and checked by table hash
+  across ranks; the trie and every ID-dependent collator are rebuilt (new loaders carry the table version);
+  the table (with its round) is module state, so every checkpoint carries it.
+
+Initial IDs (``initial_ids``): ``"generator"`` runs Algorithm 1 with the initial generator (the paper's
+pretrained tag generator); ``"title"`` takes the first words of each item title, deduplicated by
+lengthening/suffixing (our offline stand-in: a random tiny generator would emit noise). With ``"title"``,
+``warmup_steps > 0`` first distils the table into the generator (seq2seq text -> ID) so that IDs
+regenerated after the first ID phase stay close to meaningful words instead of jumping to noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset, ShardLoader, gather_state
+from fusionrec.trainer.config import OptimConfig
+from fusionrec.trainer.decoding import CompiledTrie, constrained_beam_search
+from fusionrec.trainer.idgen.generator import IDGenConfig, generate_ids
+from fusionrec.trainer.idgen.id_table import IDTable
+from fusionrec.trainer.idgenrec_data import (
+    IGNORE,
+    CollateConfig,
+    IDGenRecCollator,
+    ItemBatches,
+    encodable_fn,
+    id_tokens,
+    load_items,
+    text_to_id_batch,
+    title_table,
+)
+from fusionrec.trainer.metrics import MetricSums
+from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
+from fusionrec.trainer.models.soft_ids import SoftIDRecommender
+from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.prompts import TEMPLATES, PromptBuilder, PromptConfig
+from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
+
+log = logging.getLogger(__name__)
+ENGINES = {"id": "id_generator", "rec": "recommender", "warmup": "id_generator"}
+
+
+@dataclass
+class RankingConfig:
+    """Constrained beam-search ranking of valid/test users (HR/NDCG@k from the top-k items)."""
+
+    num_beams: int = 20
+    top_k: int = 20
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    exclude_history: bool = False
+    batch_size: int = 32
+    max_users: int = 0  # 0 = every user of the split
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.num_beams:
+            raise ValueError(f"eval.top_k={self.top_k} must be in [1, eval.num_beams={self.num_beams}]")
+        if not self.ks or max(self.ks) > self.top_k or min(self.ks) < 1:
+            raise ValueError(f"eval.ks={self.ks} must be cut-offs in [1, top_k={self.top_k}]")
+        if self.batch_size < 1 or self.max_users < 0:
+            raise ValueError(
+                f"eval.batch_size={self.batch_size} must be >= 1, max_users={self.max_users} >= 0"
+            )
+
+
+@dataclass
+class IDGenRecDataConfig:
+    """Where the samples and item texts come from (a prepared corpus) and how they are loaded."""
+
+    corpus: str = ""
+    seed: int = 0
+    num_workers: int = 0
+    max_train_samples: int | None = None
+    max_valid_samples: int | None = None
+    collate: CollateConfig = field(default_factory=CollateConfig)
+
+
+@dataclass
+class IDGenRecConfig:
+    """The ``[idgenrec]`` section: models, tokenizer, prompts, Algorithm 1, the alternation schedule."""
+
+    data: IDGenRecDataConfig = field(default_factory=IDGenRecDataConfig)
+    recommender: ModelConfig = field(default_factory=ModelConfig)
+    id_generator: ModelConfig = field(default_factory=lambda: ModelConfig(seed=1))
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretrained_tokenizer: str = ""  # hub id or folder (e.g. "t5-small"); empty: tokenizer.* (path or train)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    idgen: IDGenConfig = field(default_factory=IDGenConfig)
+    eval: RankingConfig = field(default_factory=RankingConfig)
+    rounds: int = 3
+    order: list[str] = field(default_factory=lambda: ["id", "rec"])
+    id_epochs: int = 1
+    id_steps: int = 0  # > 0: the ID phase is this many optimizer steps instead of id_epochs
+    rec_epochs: int = 10
+    rec_steps: int = 0
+    id_lr: float = 1e-4
+    initial_ids: str = "title"  # "title" | "generator"
+    title_words: int = 3
+    warmup_steps: int = 0  # ID-generator distillation of the initial table (text -> ID) before round 0
+
+    def __post_init__(self) -> None:
+        if not self.data.corpus:
+            raise ValueError("idgenrec.data.corpus is empty: give a prepared corpus folder")
+        if self.rounds < 1:
+            raise ValueError(f"idgenrec.rounds must be >= 1, got {self.rounds}")
+        if sorted(self.order) != ["id", "rec"]:
+            raise ValueError(f"idgenrec.order must be a permutation of ['id', 'rec'], got {self.order}")
+        for key in ("id_epochs", "rec_epochs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"idgenrec.{key} must be >= 1, got {getattr(self, key)}")
+        if min(self.id_steps, self.rec_steps, self.warmup_steps) < 0:
+            raise ValueError("idgenrec.id_steps, rec_steps and warmup_steps must be >= 0")
+        if not self.id_lr > 0:
+            raise ValueError(f"idgenrec.id_lr must be > 0, got {self.id_lr}")
+        if self.initial_ids not in ("title", "generator"):
+            raise ValueError(f"idgenrec.initial_ids must be 'title' or 'generator', got {self.initial_ids!r}")
+        if self.title_words < 1:
+            raise ValueError(f"idgenrec.title_words must be >= 1, got {self.title_words}")
+        if self.prompt.use_user_id:
+            raise ValueError(
+                "idgenrec.prompt.use_user_id is not supported by this recipe yet (item IDs only)"
+            )
+
+    def phase_length(self, name: str) -> dict[str, int]:
+        steps = {"id": self.id_steps, "rec": self.rec_steps}[name]
+        return {"steps": steps} if steps else {"epochs": {"id": self.id_epochs, "rec": self.rec_epochs}[name]}
+
+
+# ---------------------------------------------------------------------- helpers
+def check_shared_vocab(recommender: torch.nn.Module, generator: torch.nn.Module, tokenizer: Any) -> int:
+    """Soft IDs are distributions over the generator's vocabulary multiplied into the recommender's embedding
+    matrix: both must index the same tokenizer. Returns the shared vocabulary size."""
+    v_rec = recommender.get_input_embeddings().num_embeddings
+    v_gen = generator.get_input_embeddings().num_embeddings
+    if v_rec != v_gen:
+        raise ValueError(
+            f"recommender vocab {v_rec} != ID generator vocab {v_gen}: they must share one tokenizer"
+        )
+    if len(tokenizer) > v_rec:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary is {v_rec}")
+    return v_rec
+
+
+def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
+    """Teacher-forcing decoder input: [start, y_1 .. y_{T-1}], -100 -> pad."""
+    dec = labels.new_full(labels.shape, pad)
+    dec[:, 0] = start
+    dec[:, 1:] = labels[:, :-1]
+    return dec.masked_fill(dec == IGNORE, pad)
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token NLL over non-ignored labels, their count). An all-padding batch gives (0, 0) with a
+    graph, so DeepSpeed's backward still runs on every rank."""
+    nll = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    return nll, (labels != IGNORE).sum()
+
+
+def build_trie(table: IDTable, tokens: Mapping[str, list[int]], decoder_start: int, eos: int) -> CompiledTrie:
+    items = list(table)
+    return CompiledTrie.build(
+        [tokens[i] for i in items], items, decoder_start_token_id=decoder_start, eos_token_id=eos
+    )
+
+
+def _tokenizer_files(folder: Path) -> dict[str, str]:
+    files = {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.json"))}
+    if "tokenizer.json" not in files:
+        raise ValueError(f"{folder}: no tokenizer.json")
+    return files
+
+
+def _sha(files: Mapping[str, str]) -> str:
+    return hashlib.sha256(files["tokenizer.json"].encode()).hexdigest()
+
+
+class _TrainLoader:
+    """A ShardLoader bound to one collator; its state is gathered over ranks (resumable on any topology)."""
+
+    def __init__(self, dataset: ShardDataset, collate: IDGenRecCollator) -> None:
+        self.collate = collate
+        self.loader = ShardLoader(dataset, collate)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return gather_state(self.loader.state_dict())  # collective: every rank saves the merged state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+class _ValidLoader:
+    """Validation batches built from the module's *current* ID table at every pass (never stale)."""
+
+    def __init__(self, module: IDGenRecModule, split: str) -> None:
+        self.module, self.split = module, split
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        dataset = self.module.split_dataset(self.split, even_batches=True)
+        loader = ShardLoader(dataset, self.module.collator("eval", dataset))
+        try:
+            yield from loader
+        finally:
+            loader.close()
+
+
+# ---------------------------------------------------------------------- the module
+class IDGenRecModule(BaseTrainModule):
+    """TrainModule of the idgenrec recipe (see the module docstring)."""
+
+    main_engine = "recommender"
+
+    def __init__(self, cfg: IDGenRecConfig, run_dir: str | Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.texts, self.titles = load_items(cfg.data.corpus)
+        self.engines: dict[str, Engine] = {}
+        self.table: IDTable | None = None
+        self.tokens: dict[str, list[int]] = {}
+        self.history: list[str] = []  # versions of every table this run used, oldest first
+        self.stats: dict[str, int] = {"regenerations": 0, "table_mismatch": 0}
+        self._trie: CompiledTrie | None = None
+        self._loader: _TrainLoader | None = None
+
+    # ------------------------------------------------------------------ setup
+    def configure(self, strategy: DeepspeedStrategy, optim: OptimConfig) -> dict[str, Engine]:
+        self.strategy = strategy
+        self.tokenizer, self.tokenizer_files = self._materialize_tokenizer()
+        rec = build_seq2seq(self.cfg.recommender, tokenizer=self.tokenizer)
+        gen = build_seq2seq(self.cfg.id_generator, tokenizer=self.tokenizer)
+        check_shared_vocab(rec, gen, self.tokenizer)
+        self.rec_start = int(rec.config.decoder_start_token_id)
+        self.gen_start = int(gen.config.decoder_start_token_id)
+        self.engines = {
+            "recommender": strategy.prepare(SoftIDRecommender(rec), optim, name="recommender"),
+            "id_generator": strategy.prepare(
+                gen, dataclasses.replace(optim, lr=self.cfg.id_lr), name="id_generator"
+            ),
+        }
+        self.train_data = self.split_dataset("train", even_batches=True)
+        return self.engines
+
+    def _materialize_tokenizer(self) -> tuple[Any, dict[str, str]]:
+        """Rank 0 trains (or copies) the tokenizer into RUN/tokenizer once; every rank loads that folder."""
+        folder = self.run_dir / "tokenizer"
+        if self.strategy.is_rank0 and not (folder / "tokenizer.json").is_file():
+            if self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path:
+                from transformers import AutoTokenizer
+
+                src = self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path
+                AutoTokenizer.from_pretrained(src).save_pretrained(str(folder))
+            else:  # item texts + templates + digits: prompt words and number suffixes are never <unk>
+                corpus = list(self.texts.values()) + list(TEMPLATES) * 20 + [" ".join("0123456789")] * 20
+                train_tokenizer(corpus, folder, self.cfg.tokenizer.vocab_size)
+        self.strategy.barrier()
+        return load_tokenizer(folder), _tokenizer_files(folder)
+
+    def split_dataset(self, split: str, even_batches: bool) -> ShardDataset:
+        cap = self.cfg.data.max_train_samples if split == "train" else self.cfg.data.max_valid_samples
+        cfg = LoaderConfig(
+            seed=self.cfg.data.seed,
+            splits=[split],
+            shuffle=split == "train",
+            max_samples=cap,
+            batch_size=self.strategy.batch_plan.micro_batch_size,
+            even_batches=even_batches,
+            num_workers=self.cfg.data.num_workers,
+        )
+        return ShardDataset(
+            self.cfg.data.corpus, cfg, rank=self.strategy.rank, world_size=self.strategy.world_size
+        )
+
+    def val_loader(self, split: str = "valid") -> Iterable[dict[str, torch.Tensor]]:
+        """For ``Trainer(val_loader=...)``: batches of ``split`` under the current table at every pass."""
+        return _ValidLoader(self, split)
+
+    # ------------------------------------------------------------------ ID table
+    def _ensure_table(self) -> None:
+        if self.table is not None:
+            return
+        if self.cfg.initial_ids == "title":
+            self._set_table(title_table(self.titles, self.cfg.title_words, encodable_fn(self.tokenizer)))
+        else:
+            self._set_table(self._generate_table(round=0))
+
+    def _generate_table(self, round: int) -> IDTable:
+        """Algorithm 1 on every rank from the gathered generator weights; ranks must agree on the hash."""
+        local = self.local_model("id_generator")
+        with torch.no_grad():
+            table = generate_ids(local, self.tokenizer, self.texts, self.cfg.idgen, round=round)
+        hashes = self.strategy.all_gather_object(table.hash)
+        if len(set(hashes)) > 1:  # nondeterministic kernels (GPU): adopt rank 0's table, visibly
+            log.warning("ID tables differ across ranks (%s); using rank 0's", [h[:12] for h in hashes])
+            self.stats["table_mismatch"] += 1
+            ids, stats = self.strategy.broadcast_object((table.as_dict(), table.stats))
+            table = IDTable(ids, "generative", round, stats)
+        return table
+
+    def _set_table(self, table: IDTable) -> None:
+        self.table, self.tokens, self._trie = table, id_tokens(table, self.tokenizer), None
+        self.history.append(table.version)
+        if self.strategy.is_rank0:
+            table.save(self.run_dir / "id_tables" / f"{table.version}.json")
+
+    @property
+    def trie(self) -> CompiledTrie:
+        if self._trie is None:
+            self._trie = build_trie(self.table, self.tokens, self.rec_start, self.tokenizer.eos_token_id)
+        return self._trie
+
+    def collator(self, mode: str, dataset: ShardDataset) -> IDGenRecCollator:
+        """A collator bound to the current table (rebuilt whenever the table changes)."""
+        self._ensure_table()
+        return IDGenRecCollator(
+            mode,
+            self.tokenizer,
+            PromptBuilder(self.cfg.prompt, self.table.as_dict()),
+            self.tokens,
+            self.table.version,
+            texts=self.texts,
+            cfg=self.cfg.data.collate,
+            epoch=lambda: dataset.epoch,
+            decoder_start=self.gen_start,
+        )
+
+    def local_model(self, name: str) -> torch.nn.Module:
+        """A plain (non-DeepSpeed) copy of an engine's full weights (collective: gathers ZeRO-3 shards)."""
+        weights = self.strategy.full_state_dict(self.engines[name])
+        cfg = self.cfg.recommender if name == "recommender" else self.cfg.id_generator
+        model = build_seq2seq(cfg, tokenizer=self.tokenizer)
+        target = SoftIDRecommender(model) if name == "recommender" else model
+        target.load_state_dict(weights)
+        return model.eval()
+
+    # ------------------------------------------------------------------ phases
+    def plan(self, max_steps: int) -> list[Phase]:
+        phases = []
+        if self.cfg.warmup_steps:
+            phases.append(Phase("warmup", ENGINES["warmup"], steps=self.cfg.warmup_steps))
+        for r in range(self.cfg.rounds):
+            phases += [Phase(n, ENGINES[n], round=r, **self.cfg.phase_length(n)) for n in self.cfg.order]
+        return phases
+
+    def on_phase_start(self, phase: Phase) -> Iterable[Any]:
+        self._ensure_table()
+        for name, engine in sorted(self.engines.items()):
+            engine.set_trainable(name == phase.engine)
+            engine.train(name == phase.engine)  # the frozen model runs in eval mode (no dropout)
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
+        if phase.name == "warmup":
+            make = text_to_id_batch(
+                self.tokenizer, self.texts, self.tokens, self.cfg.data.collate.max_source_len
+            )
+            plan = self.strategy.batch_plan
+            return ItemBatches(
+                list(self.texts),
+                make,
+                plan.micro_batch_size,
+                self.strategy.rank,
+                self.strategy.world_size,
+                self.cfg.data.seed,
+            )
+        self._loader = _TrainLoader(self.train_data, self.collator(phase.name, self.train_data))
+        return self._loader
+
+    def on_phase_end(self, phase: Phase) -> None:
+        if phase.name == "id":
+            self._set_table(self._generate_table(round=phase.round + 1))
+            self.stats["regenerations"] += 1
+            log.info(
+                "round %d: regenerated ID table %s (%s)", phase.round, self.table.version, self.table.stats
+            )
+
+    # ------------------------------------------------------------------ steps
+    def _rec_logits(self, batch: Mapping[str, torch.Tensor], soft: dict[str, torch.Tensor]) -> torch.Tensor:
+        dec = shift_right(batch["labels"], self.rec_start, self.tokenizer.pad_token_id)
+        out = self.engines["recommender"](
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=dec,
+            **soft,
+        )
+        return out.logits
+
+    def soft_ids(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """softmax of the generator's teacher-forced logits, one row per soft prompt token (eq. 5)."""
+        logits = self.engines["id_generator"](
+            input_ids=batch["gen_input_ids"],
+            attention_mask=batch["gen_attention_mask"],
+            decoder_input_ids=batch["gen_decoder_input_ids"],
+        ).logits
+        item, step = batch["soft_item_step"][:, 0], batch["soft_item_step"][:, 1]
+        probs = torch.softmax(logits[item, step].float(), dim=-1)
+        return {"soft_probs": probs, "soft_index": batch["soft_index"]}
+
+    def train_batch(self, batch: Mapping[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor]:
+        if phase.name == "warmup":
+            dec = shift_right(batch["labels"], self.gen_start, self.tokenizer.pad_token_id)
+            logits = self.engines["id_generator"](
+                input_ids=batch["gen_input_ids"],
+                attention_mask=batch["gen_attention_mask"],
+                decoder_input_ids=dec,
+            ).logits
+            nll, n = token_nll(logits, batch["labels"])
+            return {"loss": nll / n.clamp(min=1)}
+        soft = self.soft_ids(batch) if phase.name == "id" else {}
+        nll, n = token_nll(self._rec_logits(batch, soft), batch["labels"])
+        out = {"loss": nll / n.clamp(min=1)}
+        if soft:  # how peaked the soft IDs are: 1.0 = one-hot (= the hard IDs)
+            out["soft_max_prob"] = soft["soft_probs"].detach().max(dim=-1).values.mean()
+        return out
+
+    @torch.no_grad()
+    def eval_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        nll, n = token_nll(self._rec_logits(batch, {}), batch["labels"])
+        return {"loss_sum": nll.double(), "count": n.double(), "samples": batch["real"].sum().double()}
+
+    def batch_stats(self, batch: Mapping[str, torch.Tensor]) -> BatchStats:
+        mask = batch.get("attention_mask", batch.get("gen_attention_mask"))
+        tokens = int(mask.sum()) + int((batch["labels"] != IGNORE).sum())
+        return BatchStats(samples=int(batch["real"].sum()), tokens=tokens)
+
+    # ------------------------------------------------------------------ ranking evaluation
+    def evaluate_split(self, split: str = "valid") -> dict[str, float]:
+        """HR/NDCG@k of ``split`` users by constrained beam search, exact over all ranks (collective)."""
+        model = self.local_model("recommender")
+        dataset = self.split_dataset(split, even_batches=False)
+        samples = (s for s in dataset if not s["_pad"])
+        if self.cfg.eval.max_users:
+            share = -(-self.cfg.eval.max_users // self.strategy.world_size)
+            samples = (s for i, s in zip(range(share), samples, strict=False))
+        sums = evaluate(
+            model, self.tokenizer, self.table, self.trie, samples, self.cfg.eval, self.cfg.prompt, self.tokens
+        )
+        return sum(self.strategy.all_gather_object(sums)).to_dict()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        assert self.table is not None, "state_dict before the first phase started"
+        return {
+            "table": {
+                "ids": self.table.as_dict(),
+                "round": self.table.round,
+                "sha256": self.table.hash,
+                "stats": dict(self.table.stats),
+            },
+            "history": list(self.history),
+            "stats": dict(self.stats),
+            "recommender_config": dataclasses.asdict(self.cfg.recommender),
+            "id_generator_config": dataclasses.asdict(self.cfg.id_generator),
+            "tokenizer_files": dict(self.tokenizer_files),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if _sha(state["tokenizer_files"]) != _sha(self.tokenizer_files):
+            raise ValueError(
+                "checkpoint was trained with another tokenizer than RUN/tokenizer; refusing to resume"
+            )
+        for key, cfg in (
+            ("recommender_config", self.cfg.recommender),
+            ("id_generator_config", self.cfg.id_generator),
+        ):
+            if state[key] != dataclasses.asdict(cfg):
+                raise ValueError(f"checkpoint {key} {state[key]} != current {dataclasses.asdict(cfg)}")
+        table = table_from_state(state["table"])
+        self.history, self.stats = list(state["history"])[:-1], dict(state["stats"])
+        self._set_table(table)
+
+
+def table_from_state(state: Mapping[str, Any]) -> IDTable:
+    table = IDTable(state["ids"], "generative", int(state["round"]), state.get("stats"))
+    if table.hash != state["sha256"]:
+        raise ValueError(f"checkpoint ID table hash {table.hash[:12]} != recorded {state['sha256'][:12]}")
+    return table
+
+
+# ---------------------------------------------------------------------- ranking + checkpoint loading
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    table: IDTable,
+    trie: CompiledTrie,
+    samples: Iterable[Mapping[str, Any]],
+    cfg: RankingConfig,
+    prompt: PromptConfig | None = None,
+    tokens: Mapping[str, list[int]] | None = None,
+) -> MetricSums:
+    """Rank each sample's target among all items of ``trie`` by constrained beam search (eval template).
+
+    ``samples`` are loader samples ({history, target, ...}); targets must be in the table. Returns the
+    mergeable :class:`MetricSums` (top-``cfg.top_k`` lists; HR/NDCG@``cfg.ks``, MRR@top_k).
+    """
+    tokens = tokens if tokens is not None else id_tokens(table, tokenizer)
+    builder = PromptBuilder(prompt or PromptConfig(), table.as_dict())
+    collate = IDGenRecCollator("eval", tokenizer, builder, tokens, table.version)
+    total = MetricSums(tuple(cfg.ks), cfg.top_k)
+    it = iter(samples)
+    while chunk := list(itertools.islice(it, cfg.batch_size)):
+        total = total + _rank_chunk(model, collate, trie, chunk, cfg)
+    return total
+
+
+def _rank_chunk(model, collate, trie, chunk, cfg: RankingConfig) -> MetricSums:
+    batch = collate([dict(s) for s in chunk])
+    exclude = [trie.indices(s["history"]) for s in chunk] if cfg.exclude_history else None
+    res = constrained_beam_search(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        trie,
+        cfg.num_beams,
+        cfg.top_k,
+        exclude_items=exclude,
+    )
+    targets = torch.tensor(trie.indices([s["target"] for s in chunk]))
+    return MetricSums.from_topk(res.items, targets, tuple(cfg.ks))
+
+
+def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module, Any, IDTable, CompiledTrie]:
+    """(recommender, tokenizer, id_table, trie) from a ``step-N`` checkpoint, no process group needed.
+
+    The checkpoint is verified (marker, sizes, hashes); the tokenizer and the model config travel in the
+    module state, the weights are consolidated from any ZeRO stage, and the trie is rebuilt from the table
+    the checkpoint carries (never from another round's table).
+    """
+    import tempfile
+
+    from fusionrec.trainer.checkpoint import TRAINER_STATE, verify_checkpoint
+
+    path = Path(checkpoint_dir)
+    verify_checkpoint(path)
+    module = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
+    with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
+        for name, text in module["tokenizer_files"].items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        tokenizer = load_tokenizer(tmp)
+    model = build_seq2seq(ModelConfig(**module["recommender_config"]), tokenizer=tokenizer)
+    wrapper = SoftIDRecommender(model)
+    weights = DeepspeedStrategy.consolidated_state_dict(path, "recommender")
+    wrapper.load_state_dict(weights, strict=False)  # tied embeddings appear once in ZeRO's consolidated dict
+    absent = [n for n, _ in wrapper.named_parameters() if n not in weights]
+    if absent:
+        raise ValueError(f"checkpoint {path}: recommender lacks weights for {absent[:5]}")
+    table = table_from_state(module["table"])
+    tokens = id_tokens(table, tokenizer)
+    trie = build_trie(table, tokens, int(model.config.decoder_start_token_id), tokenizer.eos_token_id)
+    return model.eval(), tokenizer, table, trie
+
+
+def build_idgenrec_module(cfg: IDGenRecConfig, run_dir: str | Path) -> IDGenRecModule:
+    """The recipe's TrainModule; pass ``module.val_loader()`` as the Trainer's val_loader."""
+    return IDGenRecModule(cfg, run_dir)
