@@ -66,8 +66,8 @@ class GenRecDataConfig:
     def __post_init__(self) -> None:
         if self.max_history < 1:
             raise ValueError(f"genrec.data.max_history must be >= 1, got {self.max_history}")
-        if self.max_input_tokens < 8:
-            raise ValueError(f"genrec.data.max_input_tokens must be >= 8, got {self.max_input_tokens}")
+        if self.max_input_tokens < 4:
+            raise ValueError(f"genrec.data.max_input_tokens must be >= 4, got {self.max_input_tokens}")
         if not self.user_prefix or not self.item_prefix or self.user_prefix == self.item_prefix:
             raise ValueError(
                 f"genrec.data.user_prefix={self.user_prefix!r} and item_prefix={self.item_prefix!r} must be "
