@@ -167,8 +167,9 @@ class EvalResult:
     dataset: str
     metrics: dict[str, float]
     users: int
-    seconds: float
-    users_per_s: float
+    seconds: float  # wall time of the whole call, including actor start-up and scorer loading
+    load_seconds: float  # actor start-up + scorer loading (once per actor)
+    users_per_s: float  # users evaluated in this call / time after the actors were ready
     units: int
     units_resumed: int
     units_retried: int
@@ -293,8 +294,12 @@ class _Pool:
         self._cls = ray.remote(EvalWorker).options(**opts)
         self._args = (factory, data_ref, cfg.batch_size, cfg.ks)
         self.actors = [self._cls.remote(*self._args) for _ in range(cfg.num_actors)]
-        self.nodes = self._ready(self.actors)
         self.replaced = 0
+        try:
+            self.nodes = self._ready(self.actors)
+        except BaseException:
+            self.shutdown()  # no orphan actors holding CPUs in a shared session
+            raise
 
     @staticmethod
     def _ready(actors: list) -> list[str]:
@@ -430,7 +435,12 @@ def evaluate(
         bar.update(sums.count)
 
     todo = [u for u in range(len(bounds)) if u not in done]
-    pool = _Pool(factory, ray.put(data), cfg) if todo else None
+    try:
+        pool = _Pool(factory, ray.put(data), cfg) if todo else None
+    except BaseException:
+        bar.close()
+        raise
+    load_seconds = time.perf_counter() - t0
     try:
         retried = _run_units(pool, todo, bounds, cfg, on_done, on_progress) if pool else 0
         nodes = list(pool.nodes) if pool else []
@@ -448,7 +458,8 @@ def evaluate(
         metrics=total.to_dict(),
         users=total.count,
         seconds=seconds,
-        users_per_s=evaluated_now / seconds if seconds > 0 else float("inf"),
+        load_seconds=load_seconds,
+        users_per_s=evaluated_now / max(seconds - load_seconds, 1e-9),
         units=len(bounds),
         units_resumed=resumed,
         units_retried=retried,
