@@ -75,7 +75,15 @@ def _train(recipe, run_dir: Path, plan: BenchPlan) -> tuple[object, float, int]:
     t0 = time.perf_counter()
     trainer.fit()
     seconds = time.perf_counter() - t0
-    return module, seconds, trainer.state.tokens_seen
+    return module, seconds, recipe.epochs * _tokens(module.examples)
+
+
+def _tokens(examples) -> int:
+    """Tokens per epoch: SFT pairs, or the 1 + k sequences of every DMPO group."""
+    from fusionrec.trainer.llm.dmpo import flatten_groups
+
+    pairs = examples if not hasattr(examples[0], "rejected") else flatten_groups(examples)
+    return sum(len(p) for p in pairs)
 
 
 def _eval(model, tok, records, max_length: int):

@@ -213,3 +213,54 @@ def test_zero3_lora_sft_two_processes(tmp_path):
 
     merged = AutoModelForCausalLM.from_pretrained(r0["export"])
     assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def _write_dpo_file(path: Path, n: int, k: int) -> None:
+    rows = [r for g in _tiny_groups(n, k, seed=2) for r in g.rows]
+    path.write_text(
+        json.dumps([{"instruction": r.prompt.render(), "output": [r.chosen, r.rejected]} for r in rows])
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("reference", ["precomputed", "model"])
+def test_dmpo_stage_starts_at_ln2_and_learns(tmp_path, reference):
+    from fusionrec.trainer.callbacks import Callback
+    from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
+    from fusionrec.trainer.loop import Trainer
+    from fusionrec.trainer.modules.dmpo import DMPOModule, DMPORecipeConfig
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    dpo = tmp_path / "dpo.json"
+    _write_dpo_file(dpo, 8, 2)
+    recipe = DMPORecipeConfig(
+        stage="dmpo",
+        dpo_file=str(dpo),
+        epochs=4,
+        model=CausalLMConfig(max_length=512),
+        dmpo=DMPOConfig(k=2, beta=0.5, reference=reference),
+    )
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "run"),
+        max_steps=100,
+        log_every=1,
+        tensorboard=False,
+        progress=False,
+        deepspeed=DeepSpeedConfig(zero_stage=0, micro_batch_size=4),
+        optim=OptimConfig(lr=1e-2),
+    )
+    cfg.checkpoint.save_at_end = False
+    logs: list[dict] = []
+
+    class Keep(Callback):
+        def on_log(self, trainer, metrics) -> None:
+            logs.append(metrics)
+
+    module = DMPOModule(recipe)
+    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[Keep()]).fit()
+    assert ("reference" in module.engines) == (reference == "model")
+    losses = [m["dmpo/loss"] for m in logs]
+    assert len(losses) == 8
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert logs[-1]["dmpo/reward_accuracy"] > 0.5

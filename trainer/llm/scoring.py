@@ -74,6 +74,11 @@ def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.
     }
 
 
+def _is_training(model: nn.Module) -> bool:
+    """Train/eval mode of a plain module or of an engine wrapper (which exposes `.module`)."""
+    return bool(getattr(model, "module", model).training)
+
+
 @dataclass
 class AnswerLogProbs:
     """Per-token log-probabilities of the answers, [B, A], zero where `mask` is False."""
@@ -137,7 +142,7 @@ def score_pairs(
     span = max(len(p.answer_ids) for p in pairs)
     token_logp = torch.zeros((len(pairs), span))
     mask = torch.zeros((len(pairs), span), dtype=torch.bool)
-    was_training = model.training
+    was_training = _is_training(model)
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
@@ -164,7 +169,7 @@ def score_candidates(
     """
     if not candidate_ids or any(not c for c in candidate_ids):
         raise ValueError("score_candidates needs at least one non-empty candidate")
-    was_training = model.training
+    was_training = _is_training(model)
     model.eval()
     try:
         prompt = torch.tensor([prompt_ids])
