@@ -55,7 +55,7 @@ def test_training_examples_use_share_of_users_and_no_heldout_items():
     assert sum("candidate list" in p for p, _ in ex) == 2
     heldout = {f'"{text[s[k]]}"' for s in seqs.values() for k in (-1, -2)}
     assert not any(h in p or h in a for p, a in ex for h in heldout)  # valid/test targets never leak
-    for prompt, ans in ex:
+    for _, ans in ex:
         assert ans.count('"') == 4  # two targets: the 3rd- and 4th-last training items
 
 
