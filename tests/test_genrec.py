@@ -448,6 +448,20 @@ def test_config_rejects_bad_values():
     assert [n for n, _ in GenRecConfig(pretrain_epochs=0).phase_lengths()] == ["finetune"]
 
 
+@pytest.mark.unit
+def test_module_state_carries_vocab_and_rejects_another(corpus, tok_dir, vocab):
+    cfg = GenRecConfig()
+    module = build_genrec_module(cfg, corpus, tokenizer=load_tokenizer(tok_dir), vocab=vocab)
+    state = module.state_dict()
+    assert state["vocab"]["items"] == list(vocab.items) and state["vocab"]["users"] == list(vocab.users)
+    module.load_state_dict(state)
+    other = GenRecVocab(vocab.users, vocab.items[:-1])
+    with pytest.raises(ValueError, match="differs from this corpus"):
+        module.load_state_dict({**state, "vocab": other.state_dict()})
+    with pytest.raises(RuntimeError, match="configure"):
+        module.train_loader("finetune")
+
+
 # ------------------------------------------------------------------------------------------ ZeRO-2, 2 ranks
 
 
@@ -480,9 +494,10 @@ def _train_rank(corpus: str, tok_dir: str, run_dir: str) -> dict:
     strategy.setup()
     module = build_genrec_module(gcfg, corpus, tokenizer=load_tokenizer(tok_dir))
     history = HistoryCallback()
-    trainer = Trainer(cfg, strategy, module, [], [history])
+    # The val loader is built before fit (only the process group exists yet): it must still be rank-sharded.
+    trainer = Trainer(cfg, strategy, module, [], [history], val_loader=module.eval_loader())
     state = trainer.fit()
-    metrics = trainer.validate(module.eval_loader())
+    metrics = trainer.validate()
     return {
         "losses": [(k, v) for log in history.logs for k, v in log.items() if k.endswith("/loss")],
         "fingerprint": weights_fingerprint(strategy, trainer.engines),

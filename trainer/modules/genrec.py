@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from fusionrec.data_pipeline.loader import SPLITS, LoaderConfig, ShardDataset, ShardLoader
 from fusionrec.trainer.config import OptimConfig
@@ -178,13 +179,20 @@ class GenRecModule(BaseTrainModule):
         return self.train_loader(phase.name)
 
     def _rank_world(self) -> tuple[int, int]:
-        s = self.strategy
-        return (s.rank, s.world_size) if s is not None else (0, 1)
+        """This process' rank; also right before ``configure`` (e.g. building the Trainer's val_loader after
+        ``strategy.setup()``), when only the process group exists."""
+        if self.strategy is not None:
+            return self.strategy.rank, self.strategy.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
 
     def train_loader(self, phase: str) -> ShardLoader:
         """The rank's loader of a phase: cloze samples for ``pretrain``, next-item samples for ``finetune``."""
+        if self.strategy is None:
+            raise RuntimeError("GenRecModule.train_loader needs configure() first (micro-batch size, rank)")
         rank, world = self._rank_world()
-        micro = self.strategy.batch_plan.micro_batch_size if self.strategy is not None else 8
+        micro = self.strategy.batch_plan.micro_batch_size
         if phase == "pretrain":
             splits = ["valid"] if self.cfg.data.pretrain_source == "sequences" else ["train"]
             collate: Any = ClozeCollate(self.encoder, seed=self.cfg.seed)
