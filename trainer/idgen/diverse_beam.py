@@ -96,15 +96,26 @@ def _init_state(n: int, g: int, b: int, t: int, pad: int, device: torch.device) 
 
 
 def _group_step(
-    st: _State, logp: torch.Tensor, g: int, step: int, cfg: DiverseBeamConfig, eos: int
+    st: _State,
+    logp: torch.Tensor,
+    penalty: tuple[torch.Tensor, torch.Tensor] | None,
+    g: int,
+    step: int,
+    cfg: DiverseBeamConfig,
+    eos: int,
 ) -> torch.Tensor:
     """Advance group `g` by one token (transformers' beam step); returns the parent beam of each new beam.
 
-    `logp` (n, B, V) already carries the diversity penalty. Updates `st` in place for this group.
+    `penalty` = (tokens (n, m), amounts (n, m)): the Hamming penalty, subtracted sparsely (a token chosen
+    twice by earlier groups is penalised twice). Updates `st` in place for this group.
     """
     n, b, v = logp.shape
     t_max = st.run_seq.shape[-1]
-    scores = (logp + st.run_score[:, g, :, None]).reshape(n, b * v)
+    scores = logp + st.run_score[:, g, :, None]  # a fresh tensor: the penalty may go in in place
+    if penalty is not None:
+        tokens, amount = penalty
+        scores.scatter_add_(2, tokens[:, None, :].expand(n, b, -1), -amount[:, None, :].expand(n, b, -1))
+    scores = scores.reshape(n, b * v)
     top_score, top_idx = torch.topk(scores, 2 * b)
     parent, token = top_idx // v, top_idx % v
     cand = torch.take_along_dim(st.run_seq[:, g], parent[..., None], dim=1)
@@ -135,19 +146,18 @@ def _group_step(
 
 def _advance(st: _State, logp: torch.Tensor, step: int, cfg: DiverseBeamConfig, eos: int) -> torch.Tensor:
     """One step for all groups; returns (n, G, B) parent beam indices. logp: (n, G, B, V)."""
-    n, groups, b, v = logp.shape
+    n, groups, b, _ = logp.shape
     lam = cfg.diversity_penalty
-    counts = torch.zeros(n, v, device=logp.device) if lam > 0 and groups > 1 else None
     parents = torch.empty(n, groups, b, dtype=torch.long, device=logp.device)
+    was_open = st.open.clone()  # status at the start of the step
     for g in range(groups):
-        group_logp = logp[:, g]
-        if counts is not None and g > 0:
-            group_logp = group_logp - lam * counts[:, None, :]
-        was_open = st.open[:, g].clone()
-        parents[:, g] = _group_step(st, group_logp, g, step, cfg, eos)
-        if counts is not None:
-            # Tokens this group just chose; a group that had already stopped no longer takes part.
-            counts.scatter_add_(1, st.run_seq[:, g, :, step], was_open[:, None].float().expand(n, b))
+        penalty = None
+        if lam > 0 and g > 0:
+            # Tokens chosen at this step by groups < g; a group that had already stopped takes no part.
+            tokens = st.run_seq[:, :g, :, step].reshape(n, g * b)
+            amount = (lam * was_open[:, :g, None].float()).expand(n, g, b).reshape(n, g * b)
+            penalty = (tokens, amount)
+        parents[:, g] = _group_step(st, logp[:, g], penalty, g, step, cfg, eos)
     return parents
 
 
