@@ -79,26 +79,23 @@ class FusionConfig:
 class ShardConfig:
     """WebDataset shard sizing and the engine that writes them.
 
-    Exactly one of `target_mb` / `samples_per_shard` sizes the shards (setting both is ambiguous and
-    rejected; setting neither means 64 MB shards).
+    `samples_per_shard > 0` fixes the number of samples per shard and takes precedence; otherwise shards
+    hold ~`target_mb` megabytes (the size per sample is estimated from the data, deterministically).
     """
 
-    target_mb: float = 0.0
+    target_mb: float = 64.0  # large enough for sequential reads, small enough to spread over workers
     samples_per_shard: int = 0
     engine: str = "ray"  # "local" runs the same shard writer in-process (tests, tiny corpora)
     ray_address: str | None = None  # None: in-process local Ray; "auto" or "ray://host:port" for a cluster
     num_cpus: int = 2  # CPUs of the in-process local Ray (ignored when joining a cluster)
 
     def __post_init__(self) -> None:
-        if self.target_mb < 0 or self.samples_per_shard < 0:
+        if self.samples_per_shard < 0:
+            raise ValueError(f"data.shards.samples_per_shard={self.samples_per_shard}: must be >= 0")
+        if not self.samples_per_shard and self.target_mb <= 0:
             raise ValueError(
-                f"data.shards: target_mb={self.target_mb}, samples_per_shard={self.samples_per_shard} "
-                "must be >= 0"
+                f"data.shards.target_mb={self.target_mb}: must be > 0 (or set samples_per_shard)"
             )
-        if self.target_mb and self.samples_per_shard:
-            raise ValueError("data.shards: set either target_mb or samples_per_shard, not both")
-        if not self.target_mb and not self.samples_per_shard:
-            self.target_mb = 64.0  # default: 64 MB shards, large enough for sequential reads
         if self.engine not in SHARD_ENGINES:
             raise ValueError(f"data.shards.engine={self.engine!r}: expected one of {SHARD_ENGINES}")
         if self.num_cpus < 1:

@@ -202,3 +202,24 @@ def test_amazon_beauty_corpus_through_ray(tmp_path, shared_data):
     tests = [s for s in got if s["split"] == "test"]
     assert len(tests) == 22363 and all(s["target"] == last[s["user"]] for s in tests)
     assert len(got) == manifest["samples"] == 131413 + 2 * 22363
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kcore": 0}, r"data.kcore=0"),
+        ({"max_history": 0}, r"data.max_history=0"),
+        ({"missing_text": "guess"}, r"data.missing_text='guess'"),
+        ({"short_users": "keep"}, r"data.short_users='keep'"),
+        ({"datasets": [{"name": "a:b", "format": "p5", "input": "x"}]}, r"name='a:b'"),
+        ({"datasets": [{"name": "a", "format": "csv", "input": "x"}]}, r"format='csv'"),
+        ({"shards": {"target_mb": 0}}, r"data.shards.target_mb=0"),
+        ({"shards": {"engine": "spark"}}, r"data.shards.engine='spark'"),
+        ({"fusion": {"user_cap": -1}}, r"data.fusion.user_cap=-1"),
+        ({"fusion": {"on_leakage": "ignore"}}, r"data.fusion.on_leakage='ignore'"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**kwargs)
