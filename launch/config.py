@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionrec.data_pipeline.config import DataConfig
+from fusionrec.data_pipeline.loader import LoaderConfig
 from fusionrec.launch.configtree import (
     ConfigError,
     apply_overrides,
@@ -20,6 +21,7 @@ from fusionrec.launch.configtree import (
     write_resolved,
 )
 from fusionrec.trainer.config import TrainConfig
+from fusionrec.trainer.modules.genrec import GenRecConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -28,8 +30,15 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 class Config:
     """Every section a fusionrec run can have; absent sections keep their defaults."""
 
+    # The prepared corpus (output of `fusionrec prepare`) that train/evaluate read; "" = <train.run_dir>/corpus.
+    corpus: str = ""
     data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    genrec: GenRecConfig = field(default_factory=GenRecConfig)
+
+    def corpus_dir(self) -> Path:
+        return Path(self.corpus) if self.corpus else Path(self.train.run_dir) / "corpus"
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -19,3 +19,11 @@ def build_toy(cfg: Config, strategy) -> Built:
         {"x": x, "y": y}, cfg.train.deepspeed.micro_batch_size, strategy.rank, strategy.world_size
     )
     return Built(module=ToyModule(), train_loader=loader)
+
+
+def build_genrec(cfg: Config, strategy) -> Built:
+    """GenRec (BART + user/item ID embeddings): its phases bring their own loaders; validation = beam search."""
+    from fusionrec.trainer.modules.genrec import build_genrec_module
+
+    module = build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader)
+    return Built(module=module, train_loader=[], val_loader=module.eval_loader())

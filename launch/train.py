@@ -27,6 +27,7 @@ from fusionrec.launch.config import Config, load_config, write_resolved
 # recipe -> "module:function" of its builder (imported lazily: recipes pull in heavy libraries).
 RECIPES = {
     "toy": "fusionrec.launch.recipes:build_toy",
+    "genrec": "fusionrec.launch.recipes:build_genrec",
 }
 
 
@@ -71,7 +72,7 @@ def spawn_local(recipe: str, cfg: Config, nproc: int, launcher: str) -> int:
 
 def run_worker(recipe: str, cfg: Config) -> dict[str, Any]:
     """The body every rank runs: build strategy + recipe, fit, return the final state (rank 0 writes it)."""
-    from fusionrec.trainer.callbacks import default_callbacks
+    from fusionrec.trainer.callbacks import HistoryCallback, ValidationCallback, default_callbacks
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
@@ -85,16 +86,20 @@ def run_worker(recipe: str, cfg: Config) -> dict[str, Any]:
     if strategy.is_rank0:
         write_resolved(cfg, run_dir)
     built: Built = builder(cfg, strategy)
+    history = HistoryCallback()
+    callbacks = [*default_callbacks(cfg.train, with_validation=built.val_loader is not None), history]
+    if built.val_loader is not None and not cfg.train.eval_every:
+        callbacks.insert(0, ValidationCallback(every=0, at_end=True))  # always report final validation
     trainer = Trainer(
-        cfg.train,
-        strategy,
-        built.module,
-        built.train_loader,
-        callbacks=default_callbacks(cfg.train, with_validation=built.val_loader is not None),
-        val_loader=built.val_loader,
+        cfg.train, strategy, built.module, built.train_loader, callbacks, val_loader=built.val_loader
     )
     state = trainer.fit()
-    summary = {"recipe": recipe, "run_dir": str(run_dir), **state.to_dict()}
+    summary = {
+        "recipe": recipe,
+        "run_dir": str(run_dir),
+        "logs": history.logs,  # train/* losses per log interval, val/* metrics per validation
+        **state.to_dict(),
+    }
     if strategy.is_rank0:
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     strategy.teardown()
