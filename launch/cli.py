@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     _add_overrides(p)
 
+    p = sub.add_parser("export", help="write a checkpoint's models as HF save_pretrained folders")
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/step-N")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("bench", help="run a benchmark; one JSON line per measurement")
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("--quick", action="store_true", help="smaller inputs (said so in each line)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusionrec.launch.config import dumps_toml, load_config
 
-COMMANDS = ("synth", "prepare", "inspect")
+COMMANDS = ("synth", "prepare", "inspect", "export")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         out = Path(args.out)
     elif args.config:
         cfg = load_config(args.config, list(args.overrides))
-        out = Path(args.out) if args.out else Path(cfg.train.run_dir) / "corpus"
+        out = Path(args.out or cfg.data.out or cfg.corpus_dir())
         prepare(cfg.data, out, config_text=dumps_toml(cfg))
     else:
         raise ValueError("prepare: give --config X.toml, or --input DIR --format F --out OUT")
@@ -68,4 +68,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print()
     else:
         print(format_inspect(report))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fusionrec.launch.train import export_checkpoint
+
+    written = export_checkpoint(args.checkpoint, args.out)
+    for name, path in sorted(written.items()):
+        print(f"{name}: {path}")
     return 0

@@ -27,3 +27,9 @@ def build_genrec(cfg: Config, strategy) -> Built:
 
     module = build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader)
     return Built(module=module, train_loader=[], val_loader=module.eval_loader())
+
+
+def models_genrec(cfg: Config) -> dict:
+    from fusionrec.trainer.modules.genrec import build_genrec_module
+
+    return {"model": build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader).build_model()}

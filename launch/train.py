@@ -85,6 +85,8 @@ def run_worker(recipe: str, cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.train.run_dir)
     if strategy.is_rank0:
         write_resolved(cfg, run_dir)
+        # What `fusionrec export` / `evaluate` need to rebuild the models of a checkpoint of this run.
+        (run_dir / "run.json").write_text(json.dumps({"recipe": recipe, "world_size": strategy.world_size}))
     built: Built = builder(cfg, strategy)
     history = HistoryCallback()
     callbacks = [*default_callbacks(cfg.train, with_validation=built.val_loader is not None), history]
@@ -115,3 +117,33 @@ def main(recipe: str, config: str | None, overrides: list[str], nproc: int, laun
         return 0
     print(f"[fusionrec] launching {nproc} ranks with {launcher} on 127.0.0.1", file=sys.stderr)
     return spawn_local(recipe, cfg, nproc, launcher)
+
+
+def run_of_checkpoint(checkpoint: str | Path) -> tuple[str, Config, Path]:
+    """(recipe, config, run_dir) of a checkpoint folder `RUN/checkpoints/step-N`."""
+    ckpt = Path(checkpoint)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    run_dir = ckpt.resolve().parent.parent
+    meta, config = run_dir / "run.json", run_dir / "config.toml"
+    if not meta.is_file() or not config.is_file():
+        raise ValueError(f"{ckpt}: not inside a fusionrec run dir (missing {meta.name} or {config.name} in {run_dir})")
+    return json.loads(meta.read_text())["recipe"], load_config(config), run_dir
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """HF `save_pretrained` folders for every model of a checkpoint (+ module state, e.g. ID tables)."""
+    from fusionrec.trainer.checkpoint import export
+
+    recipe, cfg, _ = run_of_checkpoint(checkpoint)
+    if recipe not in EXPORTERS:
+        raise ValueError(f"recipe {recipe!r} has no exporter; known: {', '.join(sorted(EXPORTERS))}")
+    mod_name, fn_name = EXPORTERS[recipe].split(":")
+    models = getattr(importlib.import_module(mod_name), fn_name)(cfg)
+    return export(Path(checkpoint), Path(out_dir), models)
+
+
+# recipe -> "module:function(cfg) -> {engine name: freshly built model}" for export.
+EXPORTERS = {
+    "genrec": "fusionrec.launch.recipes:models_genrec",
+}

@@ -2,7 +2,7 @@
 
 Always `AutoTokenizer.from_pretrained(<folder>)`: in transformers 5, `T5Tokenizer(vocab_file=...)` silently
 maps everything to `<unk>` (ENVIRONMENT.md), so a tokenizer is only ever a folder with `tokenizer.json`.
-The trained tokenizer mimics T5's conventions (pad=0, eos=1, unk=2, SentencePiece-style Unigram with a
+The trained tokenizer mimics T5's conventions (pad=0, eos=1, unk=2, SentencePiece-style (Metaspace) BPE with a
 metaspace pre-tokenizer, `</s>` appended by the post-processor) so that tiny T5 models built in code and
 the real T5 tokenizer are interchangeable everywhere in the project.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the transformers import (ENVIRONMENT.md)
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
-from tokenizers.models import Unigram  # noqa: E402
+from tokenizers.models import BPE  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast  # noqa: E402
 
 # T5's special-token layout: ids 0, 1, 2 in this order (the model configs built in code rely on it).
@@ -31,7 +31,7 @@ SPECIAL_TOKENS = (PAD, EOS, UNK)
 class TokenizerConfig:
     """Where the tokenizer comes from.
 
-    `path` set: load that folder (must hold `tokenizer.json`). `path` empty: train a Unigram tokenizer of
+    `path` set: load that folder (must hold `tokenizer.json`). `path` empty: train a BPE tokenizer of
     `vocab_size` pieces on the corpus text (the offline default) and save it under `save_dir` if given.
     """
 
@@ -60,14 +60,19 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def _unigram_backend(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A SentencePiece-like Unigram model trained by `tokenizers` (1-3 s on ~6 MB, ENVIRONMENT.md)."""
-    backend = Tokenizer(Unigram())
+def _bpe_backend(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A SentencePiece-style (Metaspace) BPE model trained by `tokenizers` (1-3 s on ~6 MB).
+
+    BPE, not Unigram: `tokenizers`' Unigram trainer is not reproducible (three trainings on the same text
+    gave three vocabularies here, even single-threaded), and a run that re-trains its tokenizer on resume
+    or export must get the very same ids. BPE training is deterministic (tests/test_tokenizer_determinism.py).
+    """
+    backend = Tokenizer(BPE(unk_token=UNK))
     backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(r"\s+", " ")])
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token=UNK, show_progress=False
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
     )
     backend.train_from_iterator(texts, trainer=trainer)
     eos_id = backend.token_to_id(EOS)
@@ -86,7 +91,7 @@ def train_tokenizer(
     The folder is written under a temporary name and renamed, so a crash never leaves a half tokenizer
     that a later run would silently load.
     """
-    backend = _unigram_backend(texts, vocab_size)
+    backend = _bpe_backend(texts, vocab_size)
     ids = [backend.token_to_id(t) for t in SPECIAL_TOKENS]
     assert ids == [0, 1, 2], f"special tokens must be ids 0,1,2 (T5 layout), got {ids}"
     wrapped = PreTrainedTokenizerFast(
