@@ -32,4 +32,5 @@ def build_genrec(cfg: Config, strategy) -> Built:
 def models_genrec(cfg: Config) -> dict:
     from fusionrec.trainer.modules.genrec import build_genrec_module
 
-    return {"model": build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader).build_model()}
+    module = build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader)
+    return {"model": module.build_model()}, {"model": module.tokenizer}

@@ -139,11 +139,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> dict[str, 
     if recipe not in EXPORTERS:
         raise ValueError(f"recipe {recipe!r} has no exporter; known: {', '.join(sorted(EXPORTERS))}")
     mod_name, fn_name = EXPORTERS[recipe].split(":")
-    models = getattr(importlib.import_module(mod_name), fn_name)(cfg)
-    return export(Path(checkpoint), Path(out_dir), models)
+    models, tokenizers = getattr(importlib.import_module(mod_name), fn_name)(cfg)
+    written = export(Path(checkpoint), Path(out_dir), models)
+    for name, tokenizer in tokenizers.items():  # each HF folder is complete: weights + config + tokenizer
+        tokenizer.save_pretrained(str(written[name]))
+    return written
 
 
-# recipe -> "module:function(cfg) -> {engine name: freshly built model}" for export.
+# recipe -> "module:function(cfg) -> ({engine: freshly built model}, {engine: tokenizer})" for export.
 EXPORTERS = {
     "genrec": "fusionrec.launch.recipes:models_genrec",
 }
