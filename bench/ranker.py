@@ -123,11 +123,15 @@ def run(quick: bool = False) -> list[dict]:
         sft = DMPORecipeConfig(stage="sft", sft_file=sft_file, limit=plan.n_sft, model=base_cfg)
         module, sft_s, sft_tokens = _train(sft, tmp / "sft", plan)
         sft_dir = module.export(tmp / "sft-merged")
+        sft_trunc = module.truncation.as_dict()
         sft_auc = {
             d: _eval(module.engines["policy"].module, tok, recs, plan.max_length) for d, recs in evals.items()
         }
         del module
-        lines.append(_speed("ranker-sft-tokens-per-s", sft_tokens / sft_s, sft_s, "SFT"))
+        lines.append(
+            _speed("ranker-sft-tokens-per-s", sft_tokens / sft_s, sft_s, "SFT")
+            | {"train_truncation": sft_trunc}
+        )
         for k in (1, 3):
             cfg = DMPORecipeConfig(
                 stage="dmpo",
@@ -139,6 +143,7 @@ def run(quick: bool = False) -> list[dict]:
             module, s, tokens = _train(cfg, tmp / f"dmpo-k{k}", plan)
             lines.append(
                 _speed(f"ranker-dmpo-k{k}-tokens-per-s", tokens / s, s, f"DMPO k={k}, precomputed ref")
+                | {"train_truncation": module.truncation.as_dict()}
             )
             policy = module.engines["policy"].module
             for d, recs in evals.items():
