@@ -171,13 +171,23 @@ def test_misaligned_id_tokens_raise(corpus, tokenizer, table):
 
 
 # ---------------------------------------------------------------------- soft IDs through the module
+class _Bare:
+    """Stands in for an Engine: callable like the model, ``module`` is the model (no DeepSpeed)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
 def _bare_module(corpus, tokenizer, table, tmp_path) -> IDGenRecModule:
     """The module with plain (non-DeepSpeed) models in place of engines: the math of train_batch."""
     module = IDGenRecModule(tiny_config(str(corpus)), tmp_path)
     module.tokenizer, module.table, module.tokens = tokenizer, table, id_tokens(table, tokenizer)
     rec = build_seq2seq(module.cfg.recommender, tokenizer=tokenizer).eval()
     gen = build_seq2seq(module.cfg.id_generator, tokenizer=tokenizer).train()
-    module.engines = {"recommender": SoftIDRecommender(rec), "id_generator": gen}
+    module.engines = {"recommender": _Bare(SoftIDRecommender(rec)), "id_generator": _Bare(gen)}
     module.rec_start = module.gen_start = 0
     return module
 
@@ -187,7 +197,7 @@ def test_id_phase_soft_ids_are_softmax_and_gradients_reach_only_the_generator(
     corpus, tokenizer, table, tmp_path
 ):
     module = _bare_module(corpus, tokenizer, table, tmp_path)
-    module.engines["recommender"].requires_grad_(False)
+    module.engines["recommender"].module.requires_grad_(False)
     batch = _collator("id", tokenizer, table, corpus)(_samples(corpus)[:4])
     soft = module.soft_ids(batch)
     logits = module.engines["id_generator"](
@@ -202,8 +212,8 @@ def test_id_phase_soft_ids_are_softmax_and_gradients_reach_only_the_generator(
     assert torch.allclose(soft["soft_probs"].sum(-1), torch.ones(len(u)))
     loss = module.train_batch(batch, Phase("id", "id_generator", steps=1))["loss"]
     loss.backward()
-    assert all(p.grad is None for p in module.engines["recommender"].parameters())
-    assert sum(float(p.grad.abs().sum()) for p in module.engines["id_generator"].parameters()) > 0
+    assert all(p.grad is None for p in module.engines["recommender"].module.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in module.engines["id_generator"].module.parameters()) > 0
 
 
 @pytest.mark.unit

@@ -412,13 +412,17 @@ class IDGenRecModule(BaseTrainModule):
 
     # ------------------------------------------------------------------ steps
     def _rec_logits(self, batch: Mapping[str, torch.Tensor], soft: dict[str, torch.Tensor]) -> torch.Tensor:
+        engine = self.engines["recommender"]
         dec = shift_right(batch["labels"], self.rec_start, self.tokenizer.pad_token_id)
-        out = self.engines["recommender"](
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=dec,
-            **soft,
-        )
+        if soft:
+            # ZeRO-3: the embedding module's forward pre-hook resets its "gradients remaining" counter on
+            # every call, so the soft (grad-carrying) lookup must be the module's LAST call of the forward or
+            # its post-backward release never runs and the shared weight stays "active" (a later gather then
+            # fails). Embedding the decoder input first, and passing it as embeddings, ensures that.
+            soft = {**soft, "decoder_inputs_embeds": engine.module.embedding(dec)}
+        else:
+            soft = {"decoder_input_ids": dec}
+        out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **soft)
         return out.logits
 
     def soft_ids(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
