@@ -116,15 +116,22 @@ def test_config_validation():
         EvaluatorConfig(ks=())
 
 
+@pytest.fixture(scope="module")
+def one_and_two(ray_session, tiny):
+    data, factory, _, _ = tiny
+    one = evaluate(data, factory, EvaluatorConfig(num_actors=1, unit_size=37, progress=False))
+    two = evaluate(data, factory, EvaluatorConfig(num_actors=2, unit_size=37, progress=False))
+    return one, two
+
+
 @pytest.mark.integration
-def test_one_actor_equals_two_actors_equals_reference(ray_session, tiny):
+def test_one_actor_equals_two_actors_equals_reference(one_and_two, tiny):
     data, factory, _, _ = tiny
     reference = evaluate_in_process(factory(), data, (5, 10, 20)).to_dict()
     # Hand-computed check of one number: most-popular gives everyone the same list.
     order = factory().order[:10].tolist()
     assert reference["HR@10"] == pytest.approx(np.isin(data.targets, order).mean(), abs=0)
-    one = evaluate(data, factory, EvaluatorConfig(num_actors=1, unit_size=37, progress=False))
-    two = evaluate(data, factory, EvaluatorConfig(num_actors=2, unit_size=37, progress=False))
+    one, two = one_and_two
     assert one.metrics == two.metrics == reference
     assert one.users == two.users == len(data) == 300
     assert one.units == two.units == 9  # 8 x 37 + a short last unit of 4: no drop_last
@@ -153,7 +160,7 @@ def test_killed_actor_is_replaced_without_double_counting(ray_session, tiny):
 @pytest.mark.integration
 def test_resume_and_foreign_results_dir(ray_session, tiny, tmp_path):
     data, factory, seqs, items = tiny
-    cfg = EvaluatorConfig(num_actors=2, unit_size=50, progress=False)
+    cfg = EvaluatorConfig(num_actors=1, unit_size=50, progress=False)
     full = evaluate(data, factory, cfg, results_dir=tmp_path / "units")
     units = sorted((tmp_path / "units").glob("unit-*.json"))
     assert len(units) == 6
@@ -179,9 +186,8 @@ def test_bad_checkpoint_fails_clearly(ray_session, tiny, tmp_path):
 
 
 @pytest.mark.integration
-def test_results_files(ray_session, tiny, tmp_path):
-    data, factory, _, _ = tiny
-    res = evaluate(data, factory, EvaluatorConfig(num_actors=1, progress=False))
+def test_results_files(one_and_two, tmp_path):
+    res = one_and_two[1]
     path = write_results(tmp_path, res, config={"k": 1}, checkpoint="ck")
     rec = json.loads(path.read_text())
     assert path == tmp_path / "eval" / "tiny.json"
