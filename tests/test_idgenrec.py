@@ -389,3 +389,42 @@ def test_shipped_configs_parse_and_validate(name):
     else:
         assert cfg.recommender.name_or_path == cfg.id_generator.name_or_path == "tiny-t5"
         assert not cfg.pretrained_tokenizer and not cfg.tokenizer.path
+
+
+# ---------------------------------------------------------------------- real data, real T5 tokenizer
+@pytest.mark.slow
+def test_real_t5_tokenizer_soft_positions_on_beauty(shared_data, t5_tokenizer_dir):
+    """Title IDs of real Beauty items under the real SentencePiece T5 tokenizer: every history item's soft
+    positions in 500 users' prompts (all 10 templates) hold exactly its ID tokens; no ID has <unk>."""
+    root = shared_data / "amazon_beauty"
+    text = {}
+    for line in (root / "item_plain_text.txt").read_text(encoding="utf-8").splitlines():
+        item, _, rest = line.partition(" ")
+        text[item] = rest
+    tok = load_tokenizer(t5_tokenizer_dir)
+    titles = {i: t.split(";")[0].removeprefix("title:").strip() or t for i, t in text.items()}
+    table = title_table(titles, 3, encodable_fn(tok))
+    assert len(table) == len(text) > 12000
+    tokens = id_tokens(table, tok)  # raises on <unk> / empty
+    lines = (root / "user_sequence.txt").read_text().splitlines()[:500]
+    samples = []
+    for line in lines:
+        user, *items = line.split()
+        samples += [
+            {"user": user, "history": items[:t], "target": items[t], "__key__": f"{user}/{t}"}
+            for t in range(1, len(items))
+        ]
+    builder = PromptBuilder(PromptConfig(), table.as_dict())
+    collate = IDGenRecCollator("id", tok, builder, tokens, table.version, texts=text)
+    n_soft = 0
+    for start in range(0, len(samples), 64):
+        batch = collate(samples[start : start + 64])
+        rows, pos = batch["soft_index"].T
+        u, j = batch["soft_item_step"].T
+        dec = batch["gen_decoder_input_ids"]
+        # token at (row, pos) == step j of item u's ID == the teacher-forced input of step j + 1
+        nxt = torch.where(j + 1 < dec.shape[1], dec[u, (j + 1).clamp(max=dec.shape[1] - 1)], -1)
+        last = (j + 1 == dec.shape[1]) | (nxt == tok.pad_token_id)
+        assert ((batch["input_ids"][rows, pos] == nxt) | last).all()
+        n_soft += len(rows)
+    assert n_soft > 10000

@@ -232,9 +232,13 @@ class _ValidLoader:
 
     def __init__(self, module: IDGenRecModule, split: str) -> None:
         self.module, self.split = module, split
+        self.dataset: ShardDataset | None = None  # built at the first pass (needs the configured module)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        dataset = self.module.split_dataset(self.split, even_batches=True)
+        if self.dataset is None:
+            self.dataset = self.module.split_dataset(self.split, even_batches=True)
+        dataset = self.dataset
+        dataset.set_epoch(0)  # every pass is the whole split
         loader = ShardLoader(dataset, self.module.collator("eval", dataset))
         try:
             yield from loader
