@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.models.tokenizer import train_tokenizer
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from fusionrec.trainer.models.tokenizer import load_tokenizer, train_tokenizer
 from fusionrec.trainer.prompts import (
     TEMPLATES,

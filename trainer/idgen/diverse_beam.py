@@ -97,7 +97,8 @@ def _init_state(n: int, g: int, b: int, t: int, pad: int, device: torch.device) 
 
 def _group_step(
     st: _State,
-    logp: torch.Tensor,
+    cand_lp: torch.Tensor,
+    cand_tok: torch.Tensor,
     penalty: tuple[torch.Tensor, torch.Tensor] | None,
     g: int,
     step: int,
@@ -106,18 +107,19 @@ def _group_step(
 ) -> torch.Tensor:
     """Advance group `g` by one token (transformers' beam step); returns the parent beam of each new beam.
 
-    `penalty` = (tokens (n, m), amounts (n, m)): the Hamming penalty, subtracted sparsely (a token chosen
-    twice by earlier groups is penalised twice). Updates `st` in place for this group.
+    `cand_lp`/`cand_tok` (n, B, K): each beam's K best next tokens — enough to hold the group's top 2B after
+    the penalty (see `_advance`). `penalty` = (tokens (n, m), amounts (n, m)) chosen by earlier groups; a
+    token chosen twice is penalised twice. Updates `st` in place for this group.
     """
-    n, b, v = logp.shape
+    n, b, k = cand_lp.shape
     t_max = st.run_seq.shape[-1]
-    scores = logp + st.run_score[:, g, :, None]  # a fresh tensor: the penalty may go in in place
     if penalty is not None:
         tokens, amount = penalty
-        scores.scatter_add_(2, tokens[:, None, :].expand(n, b, -1), -amount[:, None, :].expand(n, b, -1))
-    scores = scores.reshape(n, b * v)
+        hits_prev = cand_tok[..., None] == tokens[:, None, None, :]  # (n, B, K, m)
+        cand_lp = cand_lp - (hits_prev * amount[:, None, None, :]).sum(-1)
+    scores = (cand_lp + st.run_score[:, g, :, None]).reshape(n, b * k)
     top_score, top_idx = torch.topk(scores, 2 * b)
-    parent, token = top_idx // v, top_idx % v
+    parent, token = top_idx // k, torch.gather(cand_tok.reshape(n, b * k), 1, top_idx)
     cand = torch.take_along_dim(st.run_seq[:, g], parent[..., None], dim=1)
     cand[:, :, step] = token
     hits = (token == eos) | (step + 1 >= t_max)  # EOS or max length: the hypothesis is finished
@@ -127,7 +129,7 @@ def _group_step(
     st.run_seq[:, g] = torch.take_along_dim(cand, nxt[..., None], dim=1)
     st.run_score[:, g] = torch.take_along_dim(run_cand, nxt, dim=1)
     # Finished: only the top-B candidates may enter, only while the group can still improve.
-    in_top = torch.arange(2 * b, device=logp.device) < b
+    in_top = torch.arange(2 * b, device=top_score.device) < b
     ok = hits & in_top & st.open[:, g, None]
     norm = torch.where(
         ok, top_score / float(step + 1) ** cfg.length_penalty, torch.full_like(top_score, 2 * NEG)
@@ -144,11 +146,24 @@ def _group_step(
     return torch.take_along_dim(parent, nxt, dim=1)
 
 
-def _advance(st: _State, logp: torch.Tensor, step: int, cfg: DiverseBeamConfig, eos: int) -> torch.Tensor:
-    """One step for all groups; returns (n, G, B) parent beam indices. logp: (n, G, B, V)."""
-    n, groups, b, _ = logp.shape
+def _num_candidates(cfg: DiverseBeamConfig, vocab: int) -> int:
+    b, groups = cfg.beams_per_group, cfg.num_groups
+    return min(vocab, 2 * b + ((groups - 1) * b if cfg.diversity_penalty > 0 else 0))
+
+
+def _advance(
+    st: _State, cand_lp: torch.Tensor, cand_tok: torch.Tensor, step: int, cfg: DiverseBeamConfig, eos: int
+) -> torch.Tensor:
+    """One step for all groups; returns (n, G, B) parent beam indices. cand_*: (n, G, B, K).
+
+    The vocabulary is touched once per step: each beam keeps its K = 2B + (G-1)·B best tokens. That is
+    exact — at most (G-1)·B tokens are penalised, so at least 2B unpenalised tokens of the K outrank every
+    token outside them, and a group's top 2B over B·V always lies inside the B·K candidates. The loop over
+    groups then works on (n, B, K) tensors instead of (n, B, V).
+    """
+    n, groups, b, _ = cand_lp.shape
     lam = cfg.diversity_penalty
-    parents = torch.empty(n, groups, b, dtype=torch.long, device=logp.device)
+    parents = torch.empty(n, groups, b, dtype=torch.long, device=cand_lp.device)
     was_open = st.open.clone()  # status at the start of the step
     for g in range(groups):
         penalty = None
@@ -157,13 +172,14 @@ def _advance(st: _State, logp: torch.Tensor, step: int, cfg: DiverseBeamConfig, 
             tokens = st.run_seq[:, :g, :, step].reshape(n, g * b)
             amount = (lam * was_open[:, :g, None].float()).expand(n, g, b).reshape(n, g * b)
             penalty = (tokens, amount)
-        parents[:, g] = _group_step(st, logp[:, g], penalty, g, step, cfg, eos)
+        parents[:, g] = _group_step(st, cand_lp[:, g], cand_tok[:, g], penalty, g, step, cfg, eos)
     return parents
 
 
 def _decode(
     model: PreTrainedModel, tokens: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor, cache
 ) -> torch.Tensor:
+    """One decoder step for every row; returns the next-token logits (rows, V) in float32."""
     out = model(
         encoder_outputs=BaseModelOutput(last_hidden_state=enc),
         attention_mask=mask,
@@ -172,7 +188,23 @@ def _decode(
         use_cache=True,
         return_dict=True,
     )
-    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    return out.logits[:, -1, :].float()
+
+
+def _candidates(logits: torch.Tensor, k: int, eos: int, bar_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k best tokens with their log-probabilities.
+
+    Only k values are normalised (logit - logsumexp) instead of writing a full log-softmax over the
+    vocabulary: the vocabulary-sized work per step is one logsumexp and one top-k. Equal to log_softmax
+    up to float rounding (~1e-7).
+    """
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    if bar_eos:
+        # EOS barred until the minimum length, *after* normalising (as transformers' min-length processor
+        # does on log-probs: the other tokens are not renormalised). `logits` is a fresh tensor.
+        logits[:, eos] = float("-inf")
+    top, tok = torch.topk(logits, k, dim=-1)
+    return top - lse, tok
 
 
 @torch.no_grad()
@@ -190,21 +222,21 @@ def diverse_beam_search(
     enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     # Step 0 is identical for every beam of an item: run it once per item, then fan the cache out.
-    logp = _decode(model, torch.full((n,), start, device=device), enc, attention_mask, cache)
+    logits = _decode(model, torch.full((n,), start, device=device), enc, attention_mask, cache)
     cache.batch_repeat_interleave(rows_per_item)
     enc = enc.repeat_interleave(rows_per_item, dim=0)
     mask = attention_mask.repeat_interleave(rows_per_item, dim=0)
-    logp = logp[:, None, None, :].expand(n, groups, b, -1)
+    k = _num_candidates(cfg, logits.shape[-1])
+    cand = _candidates(logits, k, eos, cfg.min_new_tokens > 0)
+    cand_lp, cand_tok = (x[:, None, None, :].expand(n, groups, b, k) for x in cand)
     st = _init_state(n, groups, b, t_max, pad, device)
     out_seq, out_score = st.fin_seq.clone(), st.fin_score.clone()
     for step in range(t_max):
         if step > 0:
-            logp = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)
-            logp = logp.view(-1, groups, b, logp.shape[-1])
-        if step < cfg.min_new_tokens:
-            logp = logp.clone()
-            logp[..., eos] = float("-inf")
-        parents = _advance(st, logp, step, cfg, eos)
+            logits = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)
+            cand = _candidates(logits, k, eos, step < cfg.min_new_tokens)
+            cand_lp, cand_tok = (x.view(-1, groups, b, k) for x in cand)
+        parents = _advance(st, cand_lp, cand_tok, step, cfg, eos)
         keep = st.open.any(dim=1)
         if step + 1 == t_max or not bool(keep.any()):
             break
