@@ -13,11 +13,12 @@ The evaluation uses the first `n_eval` pairs of each 1,000-pair eval file (state
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -113,6 +114,7 @@ def run(quick: bool = False) -> list[dict]:
     lines.append(_prefix_sharing(base, tok, evals["Amazon_Movie"][: 8 if quick else 24], plan.max_length))
     base_auc = {d: _eval(base, tok, recs, plan.max_length) for d, recs in evals.items()}
     del base
+    gc.collect()
     lines += [
         _line(f"dmpo-auc-base-{d}", r.auc, 0.5, "AUC (vs random 0.5)", note, r) for d, r in base_auc.items()
     ]
@@ -128,6 +130,7 @@ def run(quick: bool = False) -> list[dict]:
             d: _eval(module.engines["policy"].module, tok, recs, plan.max_length) for d, recs in evals.items()
         }
         del module
+        gc.collect()
         lines.append(
             _speed("ranker-sft-tokens-per-s", sft_tokens / sft_s, sft_s, "SFT")
             | {"train_truncation": sft_trunc}
@@ -140,7 +143,9 @@ def run(quick: bool = False) -> list[dict]:
                 model=CausalLMConfig(name_or_path=str(sft_dir), max_length=plan.max_length, lora=lora),
                 dmpo=DMPOConfig(k=k),
             )
-            module, s, tokens = _train(cfg, tmp / f"dmpo-k{k}", plan)
+            # ~4 sequences per micro-batch whatever k is: a group holds 1 + k of them (bounds activation memory)
+            dmpo_plan = replace(plan, micro_batch=max(1, plan.micro_batch // (1 + k)))
+            module, s, tokens = _train(cfg, tmp / f"dmpo-k{k}", dmpo_plan)
             lines.append(
                 _speed(f"ranker-dmpo-k{k}-tokens-per-s", tokens / s, s, f"DMPO k={k}, precomputed ref")
                 | {"train_truncation": module.truncation.as_dict()}
@@ -151,7 +156,8 @@ def run(quick: bool = False) -> list[dict]:
                 line = _line(f"dmpo-auc-Amazon_Movie-{d}-k{k}", r.auc, sft_auc[d].auc, "AUC", note, r)
                 line.update(sft_pairwise=sft_auc[d].pairwise, base_auc=base_auc[d].auc, paper_x100=PAPER[d])
                 lines.append(line)
-            del module
+            del module, policy
+            gc.collect()  # free the engine before the next stage loads a model
     lines.append(
         {
             "bench": "ranker-total-seconds",
