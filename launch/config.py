@@ -22,6 +22,7 @@ from fusionrec.launch.configtree import (
 )
 from fusionrec.trainer.config import TrainConfig
 from fusionrec.trainer.modules.genrec import GenRecConfig
+from fusionrec.trainer.modules.idgenrec import IDGenRecConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -36,6 +37,7 @@ class Config:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     genrec: GenRecConfig = field(default_factory=GenRecConfig)
+    idgenrec: IDGenRecConfig | None = None  # needs a corpus: present only in configs that train it
 
     def corpus_dir(self) -> Path:
         return Path(self.corpus) if self.corpus else Path(self.train.run_dir) / "corpus"
@@ -60,7 +62,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """TOML file (optional) + dotted overrides → validated `Config`; unknown keys raise ConfigError."""
     data = load_toml(resolve_config_path(path)) if path else {}
     data = apply_overrides(data, overrides or [])
+    _propagate_corpus(data)
     return from_dict(Config, data)
+
+
+def _propagate_corpus(data: dict) -> None:
+    """The root `corpus` (e.g. `corpus=OUT` on the command line) feeds recipe sections; two different
+    corpus paths in one config are ambiguous and rejected."""
+    corpus = data.get("corpus")
+    if corpus and isinstance(data.get("idgenrec"), dict):
+        section = data["idgenrec"].setdefault("data", {})
+        if isinstance(section, dict):
+            if section.get("corpus") and section["corpus"] != corpus:
+                raise ConfigError(
+                    f"corpus={corpus!r} but idgenrec.data.corpus={section['corpus']!r}: set only one"
+                )
+            section["corpus"] = corpus
 
 
 __all__ = ["Config", "ConfigError", "dumps_toml", "load_config", "resolve_config_path", "write_resolved"]

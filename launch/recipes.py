@@ -34,3 +34,13 @@ def models_genrec(cfg: Config) -> dict:
 
     module = build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader)
     return {"model": module.build_model()}, {"model": module.tokenizer}
+
+
+def build_idgenrec(cfg: Config, strategy) -> Built:
+    """IDGenRec alternate training: phases build their loaders (the ID table changes between phases)."""
+    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
+
+    if cfg.idgenrec is None:
+        raise ValueError("the idgenrec recipe needs an [idgenrec] section (e.g. --config idgenrec_tiny)")
+    module = build_idgenrec_module(cfg.idgenrec, cfg.train.run_dir)
+    return Built(module=module, train_loader=[], val_loader=module.val_loader())

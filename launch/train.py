@@ -28,6 +28,7 @@ from fusionrec.launch.config import Config, load_config, write_resolved
 RECIPES = {
     "toy": "fusionrec.launch.recipes:build_toy",
     "genrec": "fusionrec.launch.recipes:build_genrec",
+    "idgenrec": "fusionrec.launch.recipes:build_idgenrec",
 }
 
 
@@ -127,7 +128,9 @@ def run_of_checkpoint(checkpoint: str | Path) -> tuple[str, Config, Path]:
     run_dir = ckpt.resolve().parent.parent
     meta, config = run_dir / "run.json", run_dir / "config.toml"
     if not meta.is_file() or not config.is_file():
-        raise ValueError(f"{ckpt}: not inside a fusionrec run dir (missing {meta.name} or {config.name} in {run_dir})")
+        raise ValueError(
+            f"{ckpt}: not inside a fusionrec run dir (missing {meta.name} or {config.name} in {run_dir})"
+        )
     return json.loads(meta.read_text())["recipe"], load_config(config), run_dir
 
 

@@ -372,13 +372,11 @@ def test_evaluate_equals_hf_generate_ranking_by_hand(corpus, tokenizer, table):
 @pytest.mark.unit
 @pytest.mark.parametrize("name", ["idgenrec_tiny", "idgenrec_paper"])
 def test_shipped_configs_parse_and_validate(name):
-    from fusionrec.launch.config import resolve_config_path
-    from fusionrec.launch.configtree import from_dict, load_toml
-    from fusionrec.trainer.config import TrainConfig
+    from fusionrec.launch.config import load_config
 
-    data = load_toml(resolve_config_path(name))
-    train = TrainConfig.from_dict(data["train"])
-    cfg = from_dict(IDGenRecConfig, data["idgenrec"], "idgenrec")
+    root = load_config(name)  # the root tree: the corpus path may sit at the top level
+    train, cfg = root.train, root.idgenrec
+    assert isinstance(cfg, IDGenRecConfig) and cfg.data.corpus
     assert train.deepspeed.resolve_batch(2).train_batch_size >= 2
     if name == "idgenrec_paper":  # IDGenRec §3.2: 1 ID epoch, 10 rec epochs, 3 rounds, rec lr 1e-3
         assert (cfg.id_epochs, cfg.rec_epochs, cfg.rounds, cfg.order) == (1, 10, 3, ["id", "rec"])
