@@ -114,7 +114,8 @@ def _worker(corpus: str, tokenizer: str, run_dir: str, zero_stage: int) -> dict:
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_alternate_training_two_processes(tmp_path: Path, zero_stage: int) -> None:
     from fusionrec.trainer.checkpoint import list_checkpoints
-    from fusionrec.trainer.modules.idgenrec import evaluate, load_idgenrec_for_eval
+    from fusionrec.trainer.idgen.id_table import IDTable
+    from fusionrec.trainer.modules.idgenrec import evaluate, export_idgenrec, load_idgenrec_for_eval
     from fusionrec.trainer.testing import run_distributed_test
 
     corpus = make_corpus(tmp_path / "corpus")
@@ -164,6 +165,14 @@ def test_alternate_training_two_processes(tmp_path: Path, zero_stage: int) -> No
     assert table.version == r0["history"][-1] and trie.num_items == len(table)
     metrics = _evaluate_valid(model, tokenizer, table, trie, corpus, evaluate)
     assert metrics == pytest.approx(r0["metrics"]) and metrics["count"] == 48
+    # Export: HF folders that reload to the same weights, plus the tokenizer and the ID table.
+    written = export_idgenrec(ckpt, tmp_path / "export")
+    from transformers import AutoModelForSeq2SeqLM
+
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(str(written["recommender"]))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(dict(reloaded.named_parameters())[name], p)
+    assert IDTable.load(written["id_table"]).hash == table.hash
 
 
 def _evaluate_valid(model, tokenizer, table, trie, corpus: Path, evaluate) -> dict[str, float]:

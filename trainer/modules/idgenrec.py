@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -538,10 +539,12 @@ def evaluate(
     mergeable :class:`MetricSums` (top-``cfg.top_k`` lists; HR/NDCG@``cfg.ks``, MRR@top_k).
     """
     tokens = tokens if tokens is not None else id_tokens(table, tokenizer)
+    device = next(model.parameters()).device
+    trie = trie.to(device) if trie.device != device else trie
     builder = PromptBuilder(prompt or PromptConfig(), table.as_dict())
     collate = IDGenRecCollator("eval", tokenizer, builder, tokens, table.version)
     total = MetricSums(tuple(cfg.ks), cfg.top_k)
-    it = iter(samples)
+    it = (s for s in samples if not s.get("_pad"))  # loader padding copies are not users
     while chunk := list(itertools.islice(it, cfg.batch_size)):
         total = total + _rank_chunk(model, collate, trie, chunk, cfg)
     return total
@@ -550,17 +553,10 @@ def evaluate(
 def _rank_chunk(model, collate, trie, chunk, cfg: RankingConfig) -> MetricSums:
     batch = collate([dict(s) for s in chunk])
     exclude = [trie.indices(s["history"]) for s in chunk] if cfg.exclude_history else None
-    res = constrained_beam_search(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        trie,
-        cfg.num_beams,
-        cfg.top_k,
-        exclude_items=exclude,
-    )
+    ids, mask = batch["input_ids"].to(trie.device), batch["attention_mask"].to(trie.device)
+    res = constrained_beam_search(model, ids, mask, trie, cfg.num_beams, cfg.top_k, exclude_items=exclude)
     targets = torch.tensor(trie.indices([s["target"] for s in chunk]))
-    return MetricSums.from_topk(res.items, targets, tuple(cfg.ks))
+    return MetricSums.from_topk(res.items.cpu(), targets, tuple(cfg.ks))
 
 
 def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module, Any, IDTable, CompiledTrie]:
@@ -592,6 +588,34 @@ def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module,
     tokens = id_tokens(table, tokenizer)
     trie = build_trie(table, tokens, int(model.config.decoder_start_token_id), tokenizer.eos_token_id)
     return model.eval(), tokenizer, table, trie
+
+
+def export_idgenrec(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """HF ``save_pretrained`` folders of both models + the tokenizer + the checkpoint's ID table (JSON).
+
+    ``out_dir/recommender``, ``out_dir/id_generator``, ``out_dir/tokenizer``, ``out_dir/id_table.json``.
+    """
+    from fusionrec.trainer.checkpoint import TRAINER_STATE
+
+    path, out = Path(checkpoint_dir), Path(out_dir)
+    recommender, tokenizer, table, _ = load_idgenrec_for_eval(path)
+    module = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
+    generator = build_seq2seq(ModelConfig(**module["id_generator_config"]), tokenizer=tokenizer)
+    weights = DeepspeedStrategy.consolidated_state_dict(path, "id_generator")
+    generator.load_state_dict(weights, strict=False)
+    absent = [n for n, _ in generator.named_parameters() if n not in weights]
+    if absent:
+        raise ValueError(f"checkpoint {path}: id_generator lacks weights for {absent[:5]}")
+    written = {}
+    for name, obj in (("recommender", recommender), ("id_generator", generator), ("tokenizer", tokenizer)):
+        tmp = out / f".{name}.tmp"
+        obj.save_pretrained(str(tmp))
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        tmp.rename(out / name)
+        written[name] = out / name
+    written["id_table"] = table.save(out / "id_table.json")
+    return written
 
 
 def build_idgenrec_module(cfg: IDGenRecConfig, run_dir: str | Path) -> IDGenRecModule:
