@@ -1,0 +1,236 @@
+"""Packaging and import rules: every package folder is installed under the `fusionrec` namespace (checked in
+pyproject.toml, by importing, and in a wheel built from a copy of the sources), the shipped configs and
+scripts travel as package data, the generic top-level names stay free, and heavy dependencies are imported
+only where docs/ARCHITECTURE.md allows (checked on the syntax tree, so comments and strings do not count).
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import importlib
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+PARTS = ("trainer", "data_pipeline", "launch", "cluster", "bench")
+ROOT_PKG_DIR = "fusionrec_pkg"
+
+# Known defects, each reported with a fix; the strict xfails below turn into failures once fixed.
+KNOWN_UNLISTED = {"fusionrec.trainer.llm"}  # trainer/llm/__init__.py exists, pyproject does not list it
+KNOWN_RAY_OUTSIDE = {"bench/eval.py"}  # `import ray` only to call ray.shutdown()
+# cluster/ray_train.py (work in progress, untracked at the time of writing) imports fusionrec.launch lazily,
+# on purpose (its docstring's layering note); listed so that any *other* reverse import fails.
+KNOWN_REVERSE_IMPORTS = {"cluster/ray_train.py"}
+
+
+def found_packages() -> dict[str, Path]:
+    """Dotted package name -> folder, for every folder with an __init__.py under the installed parts."""
+    out = {"fusionrec": REPO / ROOT_PKG_DIR}
+    for part in PARTS:
+        for init in sorted((REPO / part).rglob("__init__.py")):
+            rel = init.parent.relative_to(REPO / part)
+            if "__pycache__" in rel.parts:
+                continue
+            out[".".join(["fusionrec", part, *rel.parts])] = init.parent
+    return out
+
+
+FOUND = found_packages()
+
+
+def source_files() -> list[Path]:
+    return sorted(p for part in (*PARTS, ROOT_PKG_DIR) for p in (REPO / part).rglob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute module names imported anywhere in the file (top level or inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # `from torch import distributed`
+    return names
+
+
+def importers(predicate) -> set[str]:
+    return {
+        str(p.relative_to(REPO)) for p in source_files() if any(predicate(m) for m in imported_modules(p))
+    }
+
+
+def _is(module: str, top: str) -> bool:
+    return module == top or module.startswith(top + ".")
+
+
+# ----------------------------------------------------------------------------------------- pyproject
+def test_package_dir_maps_the_namespace_onto_the_top_level_folders():
+    assert SETUPTOOLS["package-dir"] == {"fusionrec": ROOT_PKG_DIR} | {f"fusionrec.{p}": p for p in PARTS}
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        pytest.param(
+            name,
+            marks=[pytest.mark.xfail(strict=True, reason=f"{name} missing from pyproject packages")]
+            if name in KNOWN_UNLISTED
+            else [],
+        )
+        for name in FOUND
+    ],
+)
+def test_every_package_folder_is_listed_in_pyproject(package):
+    assert package in SETUPTOOLS["packages"], f"{FOUND[package]} has __init__.py but is not packaged"
+
+
+def test_every_listed_package_has_its_folder():
+    assert set(SETUPTOOLS["packages"]) <= set(FOUND)
+
+
+@pytest.mark.parametrize("package", sorted(FOUND))
+def test_each_package_imports_from_its_folder(package):
+    module = importlib.import_module(package)
+    assert Path(module.__file__).resolve().parent == FOUND[package].resolve()
+
+
+def test_package_data_globs_cover_configs_and_scripts():
+    data = SETUPTOOLS["package-data"]
+
+    def covered(package: str, folder: Path) -> set[str]:
+        files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+        return {f for f in files if any(fnmatch.fnmatch(f, g) for g in data.get(package, []))}
+
+    launch = REPO / "launch"
+    wanted = {str(p.relative_to(launch)) for p in [*launch.glob("configs/*.toml"), *launch.glob("*.sh")]}
+    assert len(wanted) >= 10 and wanted <= covered("fusionrec.launch", launch)
+    cluster_cfg = {str(p.relative_to(REPO / "cluster")) for p in (REPO / "cluster" / "configs").iterdir()}
+    assert cluster_cfg <= covered("fusionrec.cluster", REPO / "cluster")
+
+
+def test_console_script_entry_point():
+    assert PYPROJECT["project"]["scripts"] == {"fusionrec": "fusionrec.launch.cli:main"}
+
+
+def test_generic_top_level_names_are_not_provided_by_us(tmp_path):
+    # Outside the repository (so the working directory is not on sys.path) the install must only add
+    # `fusionrec`; `trainer`, `launch`, ... belong to unrelated PyPI distributions.
+    code = (
+        "import importlib.util as u\n"
+        "for n in ('trainer', 'launch', 'cluster', 'data_pipeline', 'bench'):\n"
+        "    s = u.find_spec(n); print(n, s.origin if s else None)\n"
+        "print('fusionrec', u.find_spec('fusionrec').origin)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    origins = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    for name in ("trainer", "launch", "cluster", "data_pipeline", "bench"):
+        assert origins[name] == "None" or not origins[name].startswith(str(REPO)), (name, origins[name])
+    assert origins["fusionrec"] == str(REPO / ROOT_PKG_DIR / "__init__.py")
+
+
+# ----------------------------------------------------------------------------------------- wheel
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """A wheel built by setuptools from a copy of the sources (a build in the shared tree would leave
+    build/ and egg-info behind)."""
+    src = tmp_path_factory.mktemp("src")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in (*PARTS, ROOT_PKG_DIR):
+        shutil.copytree(REPO / part, src / part, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    code = "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(src / "dist")], cwd=src, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return zipfile.ZipFile(src / "dist" / proc.stdout.strip().splitlines()[-1])
+
+
+def _wheel_path(path: Path) -> str:
+    rel = path.relative_to(REPO)
+    head = rel.parts[0]
+    prefix = ["fusionrec"] if head == ROOT_PKG_DIR else ["fusionrec", head]
+    return "/".join([*prefix, *rel.parts[1:]])
+
+
+def test_wheel_ships_configs_scripts_entry_point_and_one_top_level_name(wheel):
+    names = set(wheel.namelist())
+    for path in [*(REPO / "launch").glob("configs/*.toml"), *(REPO / "launch").glob("*.sh")]:
+        assert _wheel_path(path) in names
+    info = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+    assert wheel.read(info).decode().split() == ["fusionrec"]
+    entry = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "fusionrec = fusionrec.launch.cli:main" in entry
+
+
+@pytest.mark.xfail(
+    strict=True, reason="trainer/llm/*.py are not in the wheel: fusionrec.trainer.llm unlisted"
+)
+def test_wheel_contains_every_module(wheel):
+    names = set(wheel.namelist())
+    missing = sorted(str(p.relative_to(REPO)) for p in source_files() if _wheel_path(p) not in names)
+    assert not missing, f"not in the wheel: {missing}"
+
+
+# ----------------------------------------------------------------------------------------- import rules
+def test_deepspeed_is_imported_only_in_the_strategy():
+    assert importers(lambda m: _is(m, "deepspeed")) == {"trainer/strategy.py"}
+
+
+def _ray_allowed(path: str) -> bool:
+    # cluster/, the Ray Data stage of data_pipeline, and launch/ job entry points (none exist yet).
+    allowed = {"data_pipeline/shards.py", "data_pipeline/preprocess_ray.py"}
+    return path.startswith(("cluster/", "launch/")) or path in allowed
+
+
+def test_ray_is_imported_only_where_allowed_apart_from_known_cases():
+    outside = {p for p in importers(lambda m: _is(m, "ray")) if not _ray_allowed(p)}
+    assert outside <= KNOWN_RAY_OUTSIDE, f"new files importing ray: {sorted(outside - KNOWN_RAY_OUTSIDE)}"
+    assert "data_pipeline/shards.py" in importers(lambda m: _is(m, "ray"))
+
+
+@pytest.mark.xfail(strict=True, reason="bench/eval.py imports ray (only for ray.shutdown)")
+def test_ray_is_imported_only_where_allowed():
+    outside = {p for p in importers(lambda m: _is(m, "ray")) if not _ray_allowed(p)}
+    assert not outside, sorted(outside)
+
+
+def test_model_files_hold_no_distributed_code():
+    models = sorted((REPO / "trainer" / "models").rglob("*.py"))
+    assert len(models) >= 4
+    for path in models:
+        bad = {m for m in imported_modules(path) if _is(m, "torch.distributed") or _is(m, "deepspeed")}
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+LAYERS = ("data_pipeline", "trainer", "cluster", "launch")  # each may import only the ones before it
+
+
+def test_packages_import_one_way_launch_cluster_trainer_data():
+    reverse = set()
+    for path in source_files():
+        part = path.relative_to(REPO).parts[0]
+        if part not in LAYERS:
+            continue
+        above = {f"fusionrec.{p}" for p in LAYERS[LAYERS.index(part) + 1 :]}
+        if any(_is(m, a) for m in imported_modules(path) for a in above):
+            reverse.add(str(path.relative_to(REPO)))
+    assert reverse <= KNOWN_REVERSE_IMPORTS, f"reverse imports: {sorted(reverse - KNOWN_REVERSE_IMPORTS)}"
