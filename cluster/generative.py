@@ -1,0 +1,495 @@
+"""Generative (IDGenRec) evaluation on the Ray actor pool, next to the baselines, from one checkpoint.
+
+`IDGenRecScorerFactory` plugs the trained recommender into `cluster/evaluator.py`: each actor loads the
+recommender, tokenizer and ID table once, builds the prefix trie once (over the evaluated dataset's items)
+and ranks batches of users with the vectorised trie-constrained beam search of `trainer/decoding`.
+
+Two sources of textual IDs:
+- ``id_source="checkpoint"``: the table the checkpoint carries (standard evaluation). Every item of the
+  evaluated dataset must be in it; a missing item is a ValueError naming it.
+- ``id_source="generate"``: items never seen in training (zero-shot). The trained ID generator runs
+  Algorithm 1 (diverse ID generation) over the items' texts ONCE on the driver (`generate_dataset_table`);
+  the table travels to the actors inside the factory. Regenerating it per actor would cost N times the
+  work and, with nondeterministic kernels, could give actors different tables.
+
+Which users a figure covers is always recorded (`users_selection`): all test users, or a seeded sample of N
+(generative evaluation is ~1000x slower than a full-ranking baseline, so samples are common).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from .evaluator import (
+    EvalResult,
+    EvalSet,
+    EvaluatorConfig,
+    UserBatch,
+    evaluate,
+    plot_results,
+    results_csv,
+    results_markdown,
+)
+from .ray_local import RayConfig, check_reachable
+
+ID_SOURCES = ("checkpoint", "generate")
+
+
+def _offline() -> None:
+    """Before transformers is imported (driver or actor): no hub lookups (~46 s of retries each)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class GenerativeEvalConfig:
+    """How the generative model ranks: beam width, list depth, batching, which users."""
+
+    num_beams: int = 20
+    top_k: int = 20
+    batch_size: int = 32  # users per beam-search call inside an actor
+    exclude_history: bool = False  # IDGenRec/P5 protocol: history items may be recommended
+    split: str = "test"
+    max_users: int = 0  # 0 = every user of the split; N = a seeded sample of N users
+    seed: int = 0  # seeds the user sample
+    threads: int = 1  # torch threads per actor (one core each: N actors on N cores do not oversubscribe)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.num_beams:
+            raise ValueError(f"eval.top_k={self.top_k} must be in [1, num_beams={self.num_beams}]")
+        if self.batch_size < 1 or self.threads < 1:
+            raise ValueError(f"eval.batch_size={self.batch_size} and threads={self.threads} must be >= 1")
+        if self.split not in ("test", "valid"):
+            raise ValueError(f"eval.split must be 'test' or 'valid', got {self.split!r}")
+        if self.max_users < 0:
+            raise ValueError(f"eval.max_users must be >= 0 (0 = all users), got {self.max_users}")
+
+
+@dataclass
+class EvaluateConfig:
+    """`fusionrec evaluate`: the generative scorer, the actor pool, Ray, where results go, baselines."""
+
+    generative: GenerativeEvalConfig = field(default_factory=GenerativeEvalConfig)
+    evaluator: EvaluatorConfig = field(default_factory=lambda: EvaluatorConfig(ks=(5, 10, 20)))
+    ray: RayConfig = field(default_factory=RayConfig)
+    results_dir: str = ""  # "" = RUN/eval of the checkpoint's run
+    most_popular: bool = True
+    sasrec: dict[str, str] = field(default_factory=dict)  # dataset -> SASRec checkpoint folder
+
+    def __post_init__(self) -> None:
+        if max(self.evaluator.ks) > self.generative.top_k:
+            raise ValueError(
+                f"evaluator.ks={self.evaluator.ks} needs top_k >= {max(self.evaluator.ks)}, "
+                f"got generative.top_k={self.generative.top_k}"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _ckpt(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def module_state(checkpoint: str | Path) -> dict[str, Any]:
+    """The IDGenRec module state of a verified checkpoint; a checkpoint without its ID table is an error."""
+    from ..trainer.checkpoint import TRAINER_STATE, verify_checkpoint
+
+    path = _ckpt(checkpoint)
+    verify_checkpoint(path)
+    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True).get("module") or {}
+    table = state.get("table")
+    if not isinstance(table, Mapping) or not table.get("ids"):
+        raise ValueError(
+            f"checkpoint {path}: has no ID table (module state keys: {sorted(state)}); every IDGenRec "
+            "checkpoint must carry the item -> textual ID table its recommender was trained with"
+        )
+    for key in ("tokenizer_files", "recommender_config", "id_generator_config"):
+        if key not in state:
+            raise ValueError(f"checkpoint {path}: module state lacks {key!r}; not an IDGenRec checkpoint")
+    return state
+
+
+def run_section(checkpoint: str | Path) -> dict[str, Any]:
+    """The `[idgenrec]` section of the run's resolved config (RUN/config.json beside RUN/checkpoints)."""
+    path = _ckpt(checkpoint).parent.parent / "config.json"
+    if not path.is_file():
+        raise ValueError(
+            f"{path}: missing; a checkpoint must sit in RUN/checkpoints/step-N of a fusionrec run"
+        )
+    section = json.loads(path.read_text()).get("idgenrec")
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: no [idgenrec] section; {checkpoint} is not an IDGenRec run")
+    return section
+
+
+def _prompt_config(checkpoint: str | Path) -> Any:
+    from ..trainer.prompts import PromptConfig
+
+    return PromptConfig(**run_section(checkpoint).get("prompt", {}))
+
+
+def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
+    """(ID generator in eval mode, tokenizer) from a checkpoint, in this process (no process group)."""
+    _offline()
+    import tempfile
+
+    from ..trainer.models.seq2seq import ModelConfig, build_seq2seq
+    from ..trainer.models.tokenizer import load_tokenizer
+    from ..trainer.strategy import DeepspeedStrategy
+
+    path, state = _ckpt(checkpoint), module_state(checkpoint)
+    if not (path / "id_generator").is_dir():
+        raise ValueError(f"checkpoint {path}: no id_generator/ weights; zero-shot IDs cannot be generated")
+    with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
+        for name, text in state["tokenizer_files"].items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        tokenizer = load_tokenizer(tmp)
+    model = build_seq2seq(ModelConfig(**state["id_generator_config"]), tokenizer=tokenizer)
+    weights = DeepspeedStrategy.consolidated_state_dict(path, "id_generator")
+    model.load_state_dict(weights, strict=False)  # tied embeddings appear once in ZeRO's dict
+    absent = [n for n, _ in model.named_parameters() if n not in weights]
+    if absent:
+        raise ValueError(f"checkpoint {path}: id_generator lacks weights for {absent[:5]}")
+    return model.eval(), tokenizer
+
+
+def dataset_item_ids(dataset_dir: str | Path) -> list[str]:
+    """The item vocabulary of a dataset folder (`items.parquet`, row order) = the EvalSet's index space."""
+    path = Path(dataset_dir) / "items.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; a processed dataset folder holds items.parquet")
+    return pq.read_table(path, columns=["item_id"])["item_id"].to_pylist()
+
+
+def generate_dataset_table(
+    checkpoint: str | Path, dataset_dir: str | Path, idgen: Any = None, generator: tuple | None = None
+) -> Any:
+    """IDs for every item of `dataset_dir` by Algorithm 1 with the checkpoint's trained ID generator.
+
+    Runs once per dataset on the driver. `idgen` (an IDGenConfig) defaults to the run's `[idgenrec.idgen]`;
+    `generator` = a preloaded (model, tokenizer) to share across datasets. Items without text → ValueError
+    naming the file, row and item (from `load_items`).
+    """
+    _offline()
+    from ..trainer.idgen.generator import IDGenConfig, generate_ids
+    from ..trainer.idgenrec_data import load_items
+
+    texts, _ = load_items(dataset_dir)
+    if idgen is None:
+        idgen = IDGenConfig(**run_section(checkpoint).get("idgen", {}))
+    model, tokenizer = generator if generator is not None else load_id_generator(checkpoint)
+    with torch.no_grad():
+        return generate_ids(model, tokenizer, texts, idgen)
+
+
+# ------------------------------------------------------------------------------------------------ scorer
+
+
+class IDGenRecScorer:
+    """Ranks users by trie-constrained beam search; returns item indices of the EvalSet's vocabulary."""
+
+    def __init__(self, model, tokenizer, table, item_ids: Sequence[str], prompt, cfg: GenerativeEvalConfig):
+        from ..trainer.idgenrec_data import id_tokens
+        from ..trainer.modules.idgenrec import build_trie
+
+        missing = [i for i in item_ids if i not in table]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} of {len(item_ids)} evaluated items have no textual ID in ID table "
+                f"{table.version}: {missing[:5]}"
+            )
+        self.model, self.tokenizer, self.prompt, self.cfg = model.eval(), tokenizer, prompt, cfg
+        self.top_k = cfg.top_k
+        # The trie spans the evaluated dataset's items only ("rank over all items" of that dataset), in the
+        # table's order; `trie_to_eval` maps its item indices back to the EvalSet's.
+        wanted = set(item_ids)
+        sub = type(table)({i: t for i, t in table.items() if i in wanted}, table.scheme, table.round)
+        self.trie = build_trie(sub, id_tokens(sub, tokenizer), model.config.decoder_start_token_id,
+                               tokenizer.eos_token_id)  # fmt: skip
+        eval_index = {item: i for i, item in enumerate(item_ids)}
+        self.trie_to_eval = np.asarray([eval_index[i] for i in self.trie.item_ids], dtype=np.int64)
+        self.eval_to_trie = np.asarray(self.trie.indices(list(item_ids)), dtype=np.int64)
+        self.textual = [table[i] for i in item_ids]  # eval index -> textual ID (prompt building)
+        self.table_version = table.version
+
+    def encode(self, histories: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluation prompt of each history (IDGenRecCollator's "eval" mode), right-padded."""
+        from ..trainer.prompts import build_prompt, cap_history
+
+        texts = []
+        for hist in histories:
+            recent = cap_history([self.textual[i] for i in hist], self.prompt.max_history)
+            texts.append(build_prompt(recent, self.prompt.eval_template).text)
+        rows = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.as_tensor(r)
+            mask[i, : len(r)] = 1
+        return ids, mask
+
+    def rank(self, batch: UserBatch) -> np.ndarray:
+        from ..trainer.decoding import constrained_beam_search
+
+        out = np.full((len(batch.histories), self.top_k), -1, dtype=np.int64)
+        for lo in range(0, len(batch.histories), self.cfg.batch_size):
+            hists = batch.histories[lo : lo + self.cfg.batch_size]
+            ids, mask = self.encode(hists)
+            exclude = [self.eval_to_trie[h].tolist() for h in hists] if self.cfg.exclude_history else None
+            res = constrained_beam_search(self.model, ids, mask, self.trie, self.cfg.num_beams, self.top_k,
+                                          exclude_items=exclude)  # fmt: skip
+            items = res.items.numpy()
+            out[lo : lo + len(hists)] = np.where(items >= 0, self.trie_to_eval[items.clip(min=0)], -1)
+        return out
+
+
+@dataclass
+class IDGenRecScorerFactory:
+    """Picklable recipe for an actor's scorer: checkpoint + the dataset whose items are ranked.
+
+    `dataset_dir` holds `items.parquet` (the EvalSet's vocabulary, row order). With id_source="generate",
+    `id_table` must hold the table built once by `generate_dataset_table` (shipped to the actors).
+    """
+
+    checkpoint: str
+    dataset_dir: str
+    top_k: int = 20
+    num_beams: int = 20
+    batch_size: int = 32
+    exclude_history: bool = False
+    id_source: str = "checkpoint"
+    id_table: Any = field(default=None, repr=False)  # an IDTable (id_source="generate")
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.id_source not in ID_SOURCES:
+            raise ValueError(f"id_source must be one of {ID_SOURCES}, got {self.id_source!r}")
+        if self.id_source == "generate" and self.id_table is None:
+            raise ValueError("id_source='generate' needs id_table= (built once by generate_dataset_table)")
+        if self.id_source == "checkpoint" and self.id_table is not None:
+            raise ValueError("id_table is only used with id_source='generate'")
+        GenerativeEvalConfig(self.num_beams, self.top_k, self.batch_size, threads=self.threads)  # validate
+
+    def config(self) -> GenerativeEvalConfig:
+        return GenerativeEvalConfig(self.num_beams, self.top_k, self.batch_size, self.exclude_history,
+                                    threads=self.threads)  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this scorer in a run fingerprint (the table by version, not by content)."""
+        marker = _ckpt(self.checkpoint) / "COMPLETE.json"
+        desc = {k: v for k, v in dataclasses.asdict(self).items() if k != "id_table"}
+        desc["checkpoint"] = str(_ckpt(self.checkpoint))
+        desc["type"] = type(self).__name__
+        desc["checkpoint_marker_sha256"] = (
+            hashlib.sha256(marker.read_bytes()).hexdigest() if marker.exists() else None
+        )
+        desc["id_table"] = self.id_table.version if self.id_table is not None else "checkpoint"
+        return desc
+
+    def __call__(self) -> IDGenRecScorer:
+        _offline()
+        torch.set_num_threads(self.threads)
+        from ..trainer.modules.idgenrec import load_idgenrec_for_eval
+
+        module_state(self.checkpoint)  # a checkpoint without its ID table: a clear error, not a KeyError
+        model, tokenizer, ckpt_table, _ = load_idgenrec_for_eval(self.checkpoint)
+        table = self.id_table if self.id_source == "generate" else ckpt_table
+        items = dataset_item_ids(self.dataset_dir)
+        return IDGenRecScorer(model, tokenizer, table, items, _prompt_config(self.checkpoint), self.config())
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def sample_users(data: EvalSet, max_users: int, seed: int) -> tuple[EvalSet, dict[str, Any]]:
+    """All users (max_users 0 or >= len), or a seeded sample of `max_users` (kept in EvalSet order)."""
+    if not max_users or max_users >= len(data):
+        return data, {"selection": "all", "users": len(data), "of": len(data)}
+    keep = np.sort(np.random.default_rng(seed).choice(len(data), size=max_users, replace=False))
+    hist = [data.history(int(i)) for i in keep]
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum([len(h) for h in hist], out=offsets[1:])
+    sub = EvalSet(data.name, data.item_ids, [data.user_ids[int(i)] for i in keep],
+                  np.concatenate(hist).astype(np.int64), offsets, data.targets[keep].copy(), dict(data.skipped))  # fmt: skip
+    info = {"selection": f"seeded sample of {max_users}", "users": max_users, "of": len(data), "seed": seed}
+    return sub, info
+
+
+def load_evalset(dataset_dir: str | Path, split: str, name: str | None = None) -> EvalSet:
+    """EvalSet of a processed dataset folder (sequences.parquet + items.parquet), leave-one-out."""
+    from .baselines import load_corpus
+
+    seqs, vocab, folder = load_corpus(dataset_dir)
+    return EvalSet.from_sequences(seqs, split, name or folder, vocab)
+
+
+def check_ray_address(ray_cfg: RayConfig) -> None:
+    """Fail fast (seconds, naming the address) before loading anything when a cluster is unreachable."""
+    if ray_cfg.address is not None:
+        check_reachable(ray_cfg.address, ray_cfg.connect_timeout_s)
+
+
+def claim_results_dir(out: Path, identity: dict[str, Any]) -> None:
+    """Tie `out` to one run (checkpoint, data, settings): another run's directory is a clear error; the same
+    run's is resumed. Stale summary tables are removed first, so a failed run never leaves a table that
+    looks complete."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run_identity.json"
+    text = json.dumps(identity, sort_keys=True, indent=1, default=str)
+    if path.exists() and path.read_text() != text:
+        raise ValueError(
+            f"{out}: results directory belongs to another run ({path} differs: "
+            f"{json.loads(path.read_text()).get('checkpoint')} vs {identity.get('checkpoint')}); "
+            "use a fresh results_dir or delete it"
+        )
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    for stale in out.glob("results.*"):
+        stale.unlink()
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_tables(
+    out: Path, records: list[dict[str, Any]], stem: str = "results", metric: str = "NDCG@10"
+) -> dict:
+    """Markdown + CSV + PNG of per-(model, dataset) records, written only once every record exists."""
+    paths = {
+        "markdown": atomic_write(out / f"{stem}.md", results_markdown(records)),
+        "csv": atomic_write(out / f"{stem}.csv", results_csv(records)),
+        "png": plot_results(records, out / f"{stem}.png", metric=metric),
+    }
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _record(model: str, res: EvalResult, selection: dict, checkpoint: str, config: dict) -> dict[str, Any]:
+    return {**res.as_dict(), "model": model, "users_selection": selection, "checkpoint": checkpoint,
+            "config": config}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    corpus_dir: str | Path,
+    cfg: EvaluateConfig | None = None,
+    *,
+    split: str | None = None,
+    num_actors: int | None = None,
+    max_users: int | None = None,
+    ray_address: str | None = None,
+    results_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate an IDGenRec checkpoint on every dataset of a prepared corpus (`OUT/processed/*`) on Ray actors,
+    beside most-popular (fit on the same training split) and SASRec (when `cfg.sasrec` names a checkpoint).
+
+    Keyword arguments override the matching `cfg` fields. Writes RESULTS/<dataset>.json (all models of that
+    dataset) as each dataset finishes, then RESULTS/results.{md,csv,png}; RESULTS defaults to RUN/eval.
+    Returns one record per (model, dataset): metrics, users, users_selection, seconds, users/s, ...
+    """
+    cfg = _with_overrides(cfg or EvaluateConfig(), split, num_actors, max_users, ray_address, results_dir)
+    check_ray_address(cfg.ray)
+    ckpt = _ckpt(checkpoint)
+    module_state(ckpt)  # a checkpoint without its ID table fails here, before any actor starts
+    corpus = Path(corpus_dir).resolve()
+    names = sorted(p.name for p in (corpus / "processed").glob("*") if (p / "sequences.parquet").is_file())
+    if not names:
+        raise FileNotFoundError(f"{corpus}/processed: no dataset folders with sequences.parquet")
+    out = Path(cfg.results_dir) if cfg.results_dir else ckpt.parent.parent / "eval"
+    claim_results_dir(
+        out, {"checkpoint": str(ckpt), "corpus": str(corpus), "config": dataclasses.asdict(cfg)}
+    )
+    records: list[dict[str, Any]] = []
+    for name in names:
+        records += _evaluate_dataset(ckpt, corpus / "processed" / name, name, cfg, out)
+    write_tables(out, records)
+    return records
+
+
+def _with_overrides(
+    cfg: EvaluateConfig, split, num_actors, max_users, ray_address, results_dir
+) -> EvaluateConfig:
+    gen = dataclasses.replace(
+        cfg.generative, **{k: v for k, v in (("split", split), ("max_users", max_users)) if v is not None}
+    )
+    ev = (
+        dataclasses.replace(cfg.evaluator, num_actors=num_actors) if num_actors is not None else cfg.evaluator
+    )
+    ray_cfg = dataclasses.replace(cfg.ray, address=ray_address) if ray_address is not None else cfg.ray
+    res = str(results_dir) if results_dir is not None else cfg.results_dir
+    return dataclasses.replace(cfg, generative=gen, evaluator=ev, ray=ray_cfg, results_dir=res)
+
+
+def _evaluate_dataset(ckpt: Path, ds_dir: Path, name: str, cfg: EvaluateConfig, out: Path) -> list[dict]:
+    from .baselines import (
+        MostPopularFactory,
+        SASRecFactory,
+        fit_most_popular,
+        load_corpus,
+        save_most_popular,
+        train_sequences,
+    )
+
+    gen = cfg.generative
+    full = load_evalset(ds_dir, gen.split, name)
+    data, selection = sample_users(full, gen.max_users, gen.seed)
+    factories: dict[str, tuple[Any, dict]] = {}
+    g = IDGenRecScorerFactory(str(ckpt), str(ds_dir), gen.top_k, gen.num_beams, gen.batch_size,
+                              gen.exclude_history, threads=gen.threads)  # fmt: skip
+    factories["idgenrec"] = (g, g.describe())
+    if cfg.most_popular:
+        seqs, vocab, _ = load_corpus(ds_dir)
+        mp = save_most_popular(out / "baselines" / f"most_popular-{name}",
+                               fit_most_popular(train_sequences(seqs, vocab), len(vocab)), vocab)  # fmt: skip
+        f = MostPopularFactory(str(mp), gen.top_k, gen.exclude_history)
+        factories["most_popular"] = (f, dataclasses.asdict(f))
+    if name in cfg.sasrec:
+        f = SASRecFactory(cfg.sasrec[name], gen.top_k, gen.exclude_history, gen.threads)
+        _check_vocab(Path(f.checkpoint) / "id_table.json", full.item_ids)
+        factories["sasrec"] = (f, dataclasses.asdict(f))
+    records = []
+    for model, (factory, desc) in factories.items():
+        res = evaluate(data, factory, cfg.evaluator, scorer_desc=desc, results_dir=out / "units" / name / model,
+                       ray_cfg=cfg.ray)  # fmt: skip
+        records.append(_record(model, res, selection, str(ckpt), dataclasses.asdict(gen)))
+    doc = {"dataset": name, "split": gen.split, "users_selection": selection, "complete": True,
+           "finished_unix": time.time(), "results": records}  # fmt: skip
+    atomic_write(out / f"{name}.json", json.dumps(doc, indent=2, sort_keys=True, default=str))
+    return records
+
+
+def _check_vocab(id_table_json: Path, item_ids: list[str]) -> None:
+    if not id_table_json.is_file():
+        raise FileNotFoundError(f"{id_table_json}: missing (every checkpoint carries its ID table)")
+    theirs = json.loads(id_table_json.read_text())
+    if theirs != item_ids:
+        raise ValueError(
+            f"{id_table_json}: its {len(theirs)} items differ from the dataset's {len(item_ids)} items"
+        )
