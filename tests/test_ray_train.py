@@ -1,0 +1,215 @@
+"""Ray Train (TorchTrainer + DeepSpeed) training: cluster/ray_train.py.
+
+Unit tests check what the driver decides before any worker starts (preflight errors, paths, the config sent
+to workers, error messages built from real Ray Train exception types). The distributed tests run real
+TorchTrainer worker groups of 2 DeepSpeed ranks on the embedded local Ray: a toy run that must train and
+checkpoint, and a GenRec run without a corpus that must fail naming the recipe and the missing manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fusionrec.cluster.ray_train import (
+    POINTER_FILE,
+    RAY_STORAGE_DIR,
+    SUMMARY_FILE,
+    RayTrainConfig,
+    RayTrainError,
+    WorkerFailure,
+    _absolute_paths,
+    _as_error,
+    _describe,
+    _pickles,
+    _scalar_metrics,
+    train_on_ray,
+)
+from fusionrec.launch.config import Config, load_config
+from fusionrec.launch.configtree import from_dict, to_dict
+
+MAX_STEPS, MICRO, WORKERS = 12, 8, 2
+
+
+def toy_config(run_dir: Path, *extra: str) -> Config:
+    return load_config(
+        None,
+        [
+            f"train.run_dir={json.dumps(str(run_dir))}",
+            f"train.max_steps={MAX_STEPS}",
+            "train.log_every=3",
+            f"train.deepspeed.micro_batch_size={MICRO}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            *extra,
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ unit
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"num_workers": 0}, "num_workers"),
+        ({"cpus_per_worker": 0}, "cpus_per_worker"),
+        ({"max_failures": -1}, "max_failures"),
+        ({"name": "a/b"}, "name"),
+        ({"name": ""}, "name"),
+    ],
+)
+def test_config_validation_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"ray_train\.{field}"):
+        RayTrainConfig(**kwargs)
+
+
+@pytest.mark.unit
+def test_unknown_recipe_fails_before_ray(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown recipe 'nope'; known: .*toy"):
+        train_on_ray("nope", toy_config(tmp_path / "run"), num_workers=2)
+    assert not (tmp_path / "run").exists()  # nothing written, no Ray started
+
+
+@pytest.mark.unit
+def test_impossible_batch_arithmetic_fails_before_ray(tmp_path):
+    cfg = toy_config(tmp_path / "run", "train.deepspeed.global_batch_size=7")
+    with pytest.raises(ValueError, match=r"global_batch_size=7 .* x world_size=2 = 16"):
+        train_on_ray("toy", cfg, num_workers=2)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.unit
+def test_relative_paths_become_absolute_and_the_config_round_trips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["train.run_dir=runs/a", "corpus=data/c", "train.optim.lr=0.003"])
+    out = _absolute_paths(cfg)
+    assert out.train.run_dir == str(tmp_path / "runs" / "a")
+    assert out.corpus == str(tmp_path / "data" / "c")
+    assert cfg.train.run_dir == "runs/a"  # the caller's config is not mutated
+    assert from_dict(Config, to_dict(out)) == out  # what the workers rebuild is what the driver validated
+    assert _absolute_paths(load_config(None, [])).corpus == ""  # "" keeps meaning <run_dir>/corpus
+
+
+@pytest.mark.unit
+def test_scalar_metrics_take_the_last_logged_value_and_final_counters():
+    summary = {
+        "recipe": "toy",
+        "logs": [
+            {"step": 3, "train/loss": 0.5},
+            {"step": 6, "train/loss": 0.25},
+            {"step": 6, "val/hr@10": 0.1},
+        ],
+        "step": 7,
+        "samples_seen": 112,
+        "skipped": {"short": 2},
+    }
+    assert _scalar_metrics(summary) == {
+        "step": 7.0,
+        "train/loss": 0.25,
+        "val/hr@10": 0.1,
+        "samples_seen": 112.0,
+    }
+
+
+@pytest.mark.unit
+def test_worker_failures_become_one_error_naming_recipe_ranks_and_causes():
+    from ray.exceptions import RayTaskError
+    from ray.train import ControllerError, WorkerGroupError
+
+    try:
+        raise FileNotFoundError("/x/manifest.json: not a corpus")
+    except FileNotFoundError as cause:
+        wrapped = RayTaskError("train_fn", "traceback", cause).as_instanceof_cause()
+    err = _as_error(
+        "genrec",
+        RayTrainConfig(num_workers=2),
+        WorkerGroupError("snippet", {1: ValueError("bad\nbatch"), 0: wrapped}),
+    )
+    assert isinstance(err, RayTrainError) and err.recipe == "genrec" and sorted(err.failures) == [0, 1]
+    assert str(err) == (
+        "Ray Train run of recipe 'genrec' (2 workers) failed: "
+        "rank 0: FileNotFoundError: /x/manifest.json: not a corpus; rank 1: ValueError: bad batch"
+    )
+    ctrl = _as_error("toy", RayTrainConfig(num_workers=3), ControllerError(RuntimeError("no placement")))
+    assert str(ctrl) == "Ray Train run of recipe 'toy' (3 workers) failed: RuntimeError: no placement"
+    assert ctrl.failures == {}
+    assert _describe(wrapped).startswith("FileNotFoundError: ")
+
+
+@pytest.mark.unit
+def test_unpicklable_worker_errors_keep_their_type_name_and_message():
+    from fusionrec.data_pipeline.errors import DataError
+
+    assert _pickles(ValueError("x")) and not _pickles(DataError("/c/manifest.json", 3, "bad"))
+    failure = WorkerFailure("DataError", str(DataError("/c/manifest.json", 3, "bad")))
+    assert _pickles(failure)
+    assert _describe(failure) == "DataError: /c/manifest.json:3: bad"
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One embedded Ray for this module (2 CPUs: one per DeepSpeed rank), shut down at the end."""
+    import ray
+    from fusionrec.cluster.ray_local import RayConfig, init_ray
+
+    started = not ray.is_initialized()
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.distributed
+def test_toy_trains_on_two_ray_train_workers(tmp_path, local_ray):
+    run_dir = tmp_path / "run"
+    summary = train_on_ray("toy", toy_config(run_dir), num_workers=WORKERS, name="toy-test")
+
+    # Rank 0's summary came back through Ray and is exactly what rank 0 wrote to the run dir.
+    assert summary == json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert summary["recipe"] == "toy" and summary["run_dir"] == str(run_dir)
+    assert json.loads((run_dir / "run.json").read_text()) == {"recipe": "toy", "world_size": WORKERS}
+    assert summary["step"] == MAX_STEPS
+    assert summary["samples_seen"] == MAX_STEPS * MICRO * WORKERS  # both ranks fed every step
+    losses = [e["train/loss"] for e in summary["logs"] if "train/loss" in e]
+    assert [e["step"] for e in summary["logs"]] == [3, 6, 9, 12]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+    # The DeepSpeed checkpoint is complete and written by both ranks (ZeRO-1 optimizer shards).
+    ckpt = run_dir / "checkpoints" / f"step-{MAX_STEPS}"
+    assert (ckpt / "COMPLETE.json").is_file()
+    assert json.loads((ckpt / "COMPLETE.json").read_text())["world_size"] == WORKERS
+    assert len(list((ckpt / "model").glob("zero_pp_rank_*_optim_states.pt"))) == WORKERS
+
+    # Ray Train's run lives inside the run dir; its checkpoint points at the DeepSpeed one.
+    pointers = list((run_dir / RAY_STORAGE_DIR / "toy-test").glob(f"checkpoint_*/{POINTER_FILE}"))
+    assert len(pointers) == 1
+    assert json.loads(pointers[0].read_text()) == {
+        "run_dir": str(run_dir),
+        "recipe": "toy",
+        "step": MAX_STEPS,
+        "checkpoint": str(ckpt),
+    }
+
+
+@pytest.mark.distributed
+def test_worker_error_fails_the_call_naming_recipe_and_cause(tmp_path, local_ray):
+    missing = tmp_path / "no-corpus"
+    cfg = load_config(
+        None, [f"train.run_dir={json.dumps(str(tmp_path / 'run'))}", f"corpus={json.dumps(str(missing))}"]
+    )
+    with pytest.raises(RayTrainError) as info:
+        train_on_ray("genrec", cfg, num_workers=WORKERS)
+    msg = str(info.value)
+    assert msg.startswith("Ray Train run of recipe 'genrec' (2 workers) failed: rank 0: DataError: "), msg
+    assert f"{missing}/manifest.json: not a corpus: no manifest.json" in msg
+    # Every failing rank is named with the real cause (DataError does not pickle; it arrives as WorkerFailure).
+    for rank, failure in info.value.failures.items():
+        assert f"rank {rank}: DataError: {missing}/manifest.json" in msg
+        assert isinstance(failure, WorkerFailure) and failure.kind == "DataError"
+    assert not (tmp_path / "run" / SUMMARY_FILE).exists()
