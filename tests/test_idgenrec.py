@@ -301,7 +301,6 @@ def test_plan_rounds_order_steps_and_epochs(corpus, tmp_path):
         ({"initial_ids": "random"}, "initial_ids"),
         ({"rounds": 0}, "rounds"),
         ({"id_lr": 0.0}, "id_lr"),
-        ({"data": IDGenRecDataConfig(corpus="")}, "corpus"),
         ({"eval": None}, None),
     ],
 )
@@ -312,6 +311,15 @@ def test_config_validation(corpus, kw, match):
         return
     with pytest.raises(ValueError, match=match):
         tiny_config(str(corpus), **kw)
+
+
+@pytest.mark.unit
+def test_default_config_builds_but_a_module_needs_a_corpus(tmp_path):
+    cfg = IDGenRecConfig()  # the root config tree can hold a default [idgenrec] section
+    with pytest.raises(ValueError, match="corpus is empty"):
+        IDGenRecModule(cfg, tmp_path)
+    with pytest.raises(ValueError, match="items.parquet: missing"):
+        IDGenRecModule(IDGenRecConfig(data=IDGenRecDataConfig(corpus=str(tmp_path))), tmp_path)
 
 
 @pytest.mark.unit

@@ -125,8 +125,6 @@ class IDGenRecConfig:
     warmup_steps: int = 0  # ID-generator distillation of the initial table (text -> ID) before round 0
 
     def __post_init__(self) -> None:
-        if not self.data.corpus:
-            raise ValueError("idgenrec.data.corpus is empty: give a prepared corpus folder")
         if self.rounds < 1:
             raise ValueError(f"idgenrec.rounds must be >= 1, got {self.rounds}")
         if sorted(self.order) != ["id", "rec"]:
@@ -254,6 +252,10 @@ class IDGenRecModule(BaseTrainModule):
     main_engine = "recommender"
 
     def __init__(self, cfg: IDGenRecConfig, run_dir: str | Path) -> None:
+        if not cfg.data.corpus:
+            raise ValueError(
+                "idgenrec.data.corpus is empty: give a prepared corpus folder (fusionrec prepare)"
+            )
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.texts, self.titles = load_items(cfg.data.corpus)
         self.engines: dict[str, Engine] = {}
