@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     _add_overrides(p)
 
+    p = sub.add_parser("demo", help="the whole pipeline on generated data, local Ray + DeepSpeed on CPU")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks for training")
+    p.add_argument("--users", type=int, default=300, help="synthetic users per dataset")
+    p.add_argument("--items", type=int, default=150, help="synthetic items per dataset")
+    _add_overrides(p)
+
     p = sub.add_parser("export", help="write a checkpoint's models as HF save_pretrained folders")
     p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/step-N")
     p.add_argument("--out", required=True)
@@ -80,9 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import contextlib
     import importlib
 
-    module = importlib.import_module(f"fusionrec.bench.{args.name}")
+    # Libraries that log to stdout at import time (DeepSpeed's accelerator notice) bind their handlers to
+    # the stream current at import: importing under this redirect keeps stdout pure JSON lines.
+    with contextlib.redirect_stdout(sys.stderr):
+        module = importlib.import_module(f"fusionrec.bench.{args.name}")
+        import fusionrec.trainer.strategy  # noqa: F401  (imports DeepSpeed, whose logger binds to stderr)
     for line in module.run(quick=args.quick):
         print(json.dumps(line), flush=True)
     return 0

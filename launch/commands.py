@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusionrec.launch.config import dumps_toml, load_config
 
-COMMANDS = ("synth", "prepare", "inspect", "export")
+COMMANDS = ("synth", "prepare", "inspect", "export", "demo")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -77,4 +77,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     written = export_checkpoint(args.checkpoint, args.out)
     for name, path in sorted(written.items()):
         print(f"{name}: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fusionrec.launch.demo import run_demo
+
+    run_demo(args.out, nproc=args.nproc, users=args.users, items=args.items, overrides=list(args.overrides))
     return 0

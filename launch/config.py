@@ -7,11 +7,12 @@ module only composes them and adds the CLI conveniences (TOML + dotted overrides
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fusionrec.data_pipeline.config import DataConfig
-from fusionrec.data_pipeline.loader import LoaderConfig
 from fusionrec.launch.configtree import (
     ConfigError,
     apply_overrides,
@@ -21,26 +22,53 @@ from fusionrec.launch.configtree import (
     write_resolved,
 )
 from fusionrec.trainer.config import TrainConfig
-from fusionrec.trainer.modules.genrec import GenRecConfig
-from fusionrec.trainer.modules.idgenrec import IDGenRecConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Sections whose dataclass lives beside heavy code (torch, transformers, deepspeed): imported only when a
+# config has that section, so `fusionrec synth/prepare/inspect` start in a second, not after ~10 s of imports.
+LAZY_SECTIONS = {
+    "loader": "fusionrec.data_pipeline.loader:LoaderConfig",
+    "genrec": "fusionrec.trainer.modules.genrec:GenRecConfig",
+    "idgenrec": "fusionrec.trainer.modules.idgenrec:IDGenRecConfig",
+}
 
 
 @dataclass
 class Config:
-    """Every section a fusionrec run can have; absent sections keep their defaults."""
+    """Every section a fusionrec run can have. `data` and `train` always exist (defaults when absent);
+    the sections of LAZY_SECTIONS are None when absent, else their typed dataclass (see `section`)."""
 
     # The prepared corpus (output of `fusionrec prepare`) that train/evaluate read; "" = <train.run_dir>/corpus.
     corpus: str = ""
     data: DataConfig = field(default_factory=DataConfig)
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    genrec: GenRecConfig = field(default_factory=GenRecConfig)
-    idgenrec: IDGenRecConfig | None = None  # needs a corpus: present only in configs that train it
+    loader: Any = None  # data_pipeline.loader.LoaderConfig
+    genrec: Any = None  # trainer.modules.genrec.GenRecConfig
+    idgenrec: Any = None  # trainer.modules.idgenrec.IDGenRecConfig (needs a corpus)
 
     def corpus_dir(self) -> Path:
         return Path(self.corpus) if self.corpus else Path(self.train.run_dir) / "corpus"
+
+    def section(self, name: str) -> Any:
+        """The typed sub-config `name`; its defaults when the config has no such section."""
+        value = getattr(self, name)
+        return value if value is not None else section_class(name)()
+
+
+def section_class(name: str) -> type:
+    module, cls = LAZY_SECTIONS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _build_lazy_sections(cfg: Config) -> Config:
+    for name in LAZY_SECTIONS:
+        value = getattr(cfg, name)
+        if isinstance(value, dict):
+            setattr(cfg, name, from_dict(section_class(name), value, name))
+        elif value is not None and not isinstance(value, section_class(name)):
+            raise ConfigError(f"[{name}] must be a table, got {value!r}")
+    return cfg
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -63,7 +91,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = load_toml(resolve_config_path(path)) if path else {}
     data = apply_overrides(data, overrides or [])
     _propagate_corpus(data)
-    return from_dict(Config, data)
+    return _build_lazy_sections(from_dict(Config, data))
 
 
 def _propagate_corpus(data: dict) -> None:

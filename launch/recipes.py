@@ -25,14 +25,14 @@ def build_genrec(cfg: Config, strategy) -> Built:
     """GenRec (BART + user/item ID embeddings): its phases bring their own loaders; validation = beam search."""
     from fusionrec.trainer.modules.genrec import build_genrec_module
 
-    module = build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader)
+    module = build_genrec_module(cfg.section("genrec"), cfg.corpus_dir(), loader=cfg.section("loader"))
     return Built(module=module, train_loader=[], val_loader=module.eval_loader())
 
 
 def models_genrec(cfg: Config) -> dict:
     from fusionrec.trainer.modules.genrec import build_genrec_module
 
-    module = build_genrec_module(cfg.genrec, cfg.corpus_dir(), loader=cfg.loader)
+    module = build_genrec_module(cfg.section("genrec"), cfg.corpus_dir(), loader=cfg.section("loader"))
     return {"model": module.build_model()}, {"model": module.tokenizer}
 
 

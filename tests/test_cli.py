@@ -300,12 +300,6 @@ def test_console_script_exit_status_and_stderr_on_failure(tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="launch/config.py imports trainer.modules.genrec (GenRecConfig) -> trainer.strategy -> deepspeed, "
-    "whose import prints '[WARNING] [real_accelerator.py] Setting accelerator to CPU' on STDOUT, so "
-    "`fusionrec inspect --json` does not print one JSON object (and every CLI call pays ~10 s of imports)",
-)
 def test_console_script_inspect_json_stdout_is_one_json_object(prepared):
     proc = subprocess.run(
         [str(FUSIONREC), "inspect", str(prepared[0]), "--json"],

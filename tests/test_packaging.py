@@ -27,7 +27,7 @@ PARTS = ("trainer", "data_pipeline", "launch", "cluster", "bench")
 ROOT_PKG_DIR = "fusionrec_pkg"
 
 # Known defects, each reported with a fix; the strict xfails below turn into failures once fixed.
-KNOWN_UNLISTED = {"fusionrec.trainer.llm"}  # trainer/llm/__init__.py exists, pyproject does not list it
+KNOWN_UNLISTED: set[str] = set()  # (fusionrec.trainer.llm was; fixed)
 KNOWN_RAY_OUTSIDE = {"bench/eval.py"}  # `import ray` only to call ray.shutdown()
 # cluster/ray_train.py (work in progress, untracked at the time of writing) imports fusionrec.launch lazily,
 # on purpose (its docstring's layering note); listed so that any *other* reverse import fails.
@@ -181,9 +181,6 @@ def test_wheel_ships_configs_scripts_entry_point_and_one_top_level_name(wheel):
     assert "fusionrec = fusionrec.launch.cli:main" in entry
 
 
-@pytest.mark.xfail(
-    strict=True, reason="trainer/llm/*.py are not in the wheel: fusionrec.trainer.llm unlisted"
-)
 def test_wheel_contains_every_module(wheel):
     names = set(wheel.namelist())
     missing = sorted(str(p.relative_to(REPO)) for p in source_files() if _wheel_path(p) not in names)
