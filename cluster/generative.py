@@ -349,7 +349,7 @@ def check_ray_address(ray_cfg: RayConfig) -> None:
         check_reachable(ray_cfg.address, ray_cfg.connect_timeout_s)
 
 
-def claim_results_dir(out: Path, identity: dict[str, Any]) -> None:
+def claim_results_dir(out: Path, identity: dict[str, Any], summaries: str = "results.*") -> None:
     """Tie `out` to one run (checkpoint, data, settings): another run's directory is a clear error; the same
     run's is resumed. Stale summary tables are removed first, so a failed run never leaves a table that
     looks complete."""
@@ -365,7 +365,7 @@ def claim_results_dir(out: Path, identity: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
-    for stale in out.glob("results.*"):
+    for stale in out.glob(summaries):
         stale.unlink()
 
 

@@ -1,0 +1,249 @@
+"""Zero-shot harness: synthetic multi-platform corpus (Amazon Beauty pretraining; Amazon Sports and Yelp held
+out) → tiny IDGenRec trained by the real CLI → Algorithm-1 IDs for unseen items → Ray actors → tables.
+
+`build_tiny_run` is shared with test_generative_eval.py: it builds into the pytest session's base temp dir
+once, so a session running both files trains one checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+# Cheap Algorithm 1 (one length window of 6 tokens, 3 diversity strengths): used by training's table
+# regeneration and, from the run's config, by the zero-shot ID generation.
+TRAIN_OVERRIDES = [
+    "idgenrec.warmup_steps=2", "idgenrec.rounds=1", "idgenrec.id_steps=2", "idgenrec.rec_steps=10",
+    "idgenrec.tokenizer.vocab_size=1000", "idgenrec.eval.max_users=8", "idgenrec.idgen.window=6",
+    "idgenrec.idgen.max_windows=1", "idgenrec.idgen.lambda_max=3.0", "train.optim.warmup_steps=2",
+    "train.checkpoint.every_steps=0", "train.tensorboard=false", "train.progress=false",
+]  # fmt: skip
+ZS_DATASETS = ["sports", "yelp"]
+
+
+def build_tiny_run(base: Path) -> dict[str, Path]:
+    """Synthetic raw data → prepared Fusion corpus (pretrain beauty; zero-shot sports + yelp) → a tiny
+    IDGenRec trained for a few steps with `fusionrec train idgenrec` (1 DeepSpeed rank). Cached in `base`."""
+    from fusionrec.data_pipeline.config import DataConfig, DatasetSpec, FusionConfig, ShardConfig
+    from fusionrec.data_pipeline.prepare import prepare
+    from fusionrec.data_pipeline.synth import synth
+    from fusionrec.trainer.checkpoint import list_checkpoints
+
+    paths = {"corpus": base / "corpus", "run": base / "run"}
+    ready = base / "READY"
+    if ready.exists():
+        return {**paths, "checkpoint": Path(ready.read_text())}
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    raw = base / "raw"
+    synth(raw, categories=("Beauty", "Sports"), users_per_category=40, items_per_category=30,
+          yelp=True, yelp_users=40, yelp_items=30)  # fmt: skip
+    specs = [DatasetSpec("beauty", "amazon2014", str(raw), "Beauty"),
+             DatasetSpec("sports", "amazon2014", str(raw), "Sports"), DatasetSpec("yelp", "yelp", str(raw))]  # fmt: skip
+    cfg = DataConfig(datasets=specs, kcore=3, max_history=20,
+                     fusion=FusionConfig(pretrain=["beauty"], zeroshot=ZS_DATASETS),
+                     shards=ShardConfig(engine="local", samples_per_shard=2000))  # fmt: skip
+    prepare(cfg, paths["corpus"])
+    cmd = [sys.executable, "-m", "fusionrec.launch.cli", "train", "idgenrec", "--config", "idgenrec_tiny",
+           "--nproc", "1", f"corpus={paths['corpus']}", f"train.run_dir={paths['run']}", *TRAIN_OVERRIDES]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = list_checkpoints(paths["run"] / "checkpoints")[-1][1]
+    ready.write_text(str(ckpt))
+    return {**paths, "checkpoint": ckpt}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
+    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_idgenrec_run")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+    from fusionrec.cluster.ray_local import RayConfig, init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+def small_cfg(**kw):
+    from fusionrec.cluster.evaluator import EvaluatorConfig
+    from fusionrec.cluster.generative import GenerativeEvalConfig
+    from fusionrec.cluster.zeroshot import ZeroShotConfig
+
+    gen = GenerativeEvalConfig(num_beams=10, top_k=10, batch_size=32)
+    ev = EvaluatorConfig(num_actors=1, ks=(5, 10), unit_size=64, batch_size=64, progress=False)
+    return ZeroShotConfig(generative=gen, evaluator=ev, **kw)
+
+
+@pytest.fixture(scope="module")
+def zeroshot_run(tiny_run, ray_session, tmp_path_factory):
+    from fusionrec.cluster.zeroshot import run_zeroshot
+
+    out = tmp_path_factory.mktemp("zs") / "results"
+    t0 = time.perf_counter()
+    records = run_zeroshot(tiny_run["checkpoint"], tiny_run["corpus"], cfg=small_cfg(), results_dir=out)
+    return records, out, time.perf_counter() - t0
+
+
+@pytest.mark.integration
+def test_every_heldout_dataset_evaluated_on_all_its_test_users(tiny_run, zeroshot_run):
+    from fusionrec.cluster.generative import load_evalset
+    from fusionrec.trainer.idgen.id_table import IDTable
+
+    records, out, _ = zeroshot_run
+    corpus = tiny_run["corpus"]
+    assert [r["dataset"] for r in records] == ZS_DATASETS
+    for rec in records:
+        name = rec["dataset"]
+        manifest = json.loads((corpus / "zeroshot" / name / "manifest.json").read_text())
+        test_users = manifest["datasets"][name]["samples"]["test"]
+        data = load_evalset(corpus / "zeroshot" / name / "processed" / name, "test", name)
+        assert rec["users"] == test_users == len(data) > 0
+        assert rec["users_selection"] == {"selection": "all", "users": test_users, "of": test_users}
+        assert rec["metrics"]["count"] == test_users
+        # IDs for every unseen item came from the trained generator (Algorithm 1), saved with the results.
+        table = IDTable.load(out / "id_tables" / f"{name}.json")
+        items = pq.read_table(corpus / "zeroshot" / name / "items.parquet")["item_id"].to_pylist()
+        assert sorted(table) == sorted(items) and rec["id_table"]["version"] == table.version
+        assert rec["id_table"]["stats"]["items"] == len(items)
+        on_disk = json.loads((out / f"{name}.json").read_text())
+        assert on_disk["metrics"] == rec["metrics"] and on_disk["users"] == test_users
+    assert {r["dataset"]: r["scenario"] for r in records} == {
+        "sports": "intra-platform",
+        "yelp": "inter-platform",
+    }
+
+
+@pytest.mark.integration
+def test_zeroshot_metrics_equal_in_process_ranking_with_the_same_table(tiny_run, zeroshot_run):
+    """The actor result equals one in-process scorer over the same users, built from the saved table."""
+    from fusionrec.cluster.baselines import evaluate_in_process
+    from fusionrec.cluster.generative import IDGenRecScorerFactory, load_evalset
+    from fusionrec.trainer.idgen.id_table import IDTable
+
+    records, out, _ = zeroshot_run
+    rec = next(r for r in records if r["dataset"] == "yelp")
+    ds_dir = tiny_run["corpus"] / "zeroshot" / "yelp" / "processed" / "yelp"
+    table = IDTable.load(out / "id_tables" / "yelp.json")
+    factory = IDGenRecScorerFactory(
+        str(tiny_run["checkpoint"]), str(ds_dir), 10, 10, 32, False, "generate", table
+    )
+    ref = evaluate_in_process(factory(), load_evalset(ds_dir, "test", "yelp"), (5, 10), batch_size=64)
+    assert ref.to_dict() == rec["metrics"]
+
+
+@pytest.mark.integration
+def test_tables_show_ours_beside_paper_table7(zeroshot_run):
+    from fusionrec.cluster.zeroshot import PAPER_TABLE7
+
+    records, out, _ = zeroshot_run
+    assert {r["dataset"]: r["paper"] for r in records} == {n: PAPER_TABLE7[n] for n in ZS_DATASETS}
+    rows = list(csv.reader(io.StringIO((out / "zeroshot.csv").read_text())))
+    head = rows[0]
+    assert [r[0] for r in rows[1:]] == ZS_DATASETS
+    yelp = dict(zip(head, rows[2], strict=True))
+    assert yelp["paper IDGenRec HR@10"] == "0.0329" and yelp["paper UniSRec NDCG@5"] == "0.0051"
+    assert yelp["users"] == str(records[1]["users"]) and yelp["users_selection"] == "all"
+    assert float(yelp["NDCG@10"]) == pytest.approx(records[1]["metrics"]["NDCG@10"], abs=5e-5)
+    md = (out / "zeroshot.md").read_text()
+    assert "| sports | intra-platform | ours (all) |" in md and "| yelp | | paper UniSRec (Table 7) |" in md
+    png = (out / "zeroshot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.unit
+def test_paper_numbers_and_aliases():
+    from fusionrec.cluster.zeroshot import paper_numbers
+
+    assert paper_numbers("Digital_Music")["IDGenRec"]["HR@10"] == 0.0238
+    assert paper_numbers("instruments")["UniSRec"]["NDCG@10"] == 0.0125
+    assert paper_numbers("movielens") is None
+
+
+@pytest.mark.unit
+def test_config_needs_cutoffs_5_and_10():
+    from fusionrec.cluster.evaluator import EvaluatorConfig
+    from fusionrec.cluster.zeroshot import ZeroShotConfig
+
+    with pytest.raises(ValueError, match="must include 5 and 10"):
+        ZeroShotConfig(evaluator=EvaluatorConfig(ks=(1, 20)))
+    with pytest.raises(ValueError, match="top_k"):
+        ZeroShotConfig(evaluator=EvaluatorConfig(ks=(5, 10, 50)))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.integration
+def test_heldout_item_without_text_fails_before_any_evaluation(tiny_run, tmp_path):
+    from fusionrec.cluster.zeroshot import run_zeroshot
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_run["corpus"], corpus)
+    items_path = corpus / "zeroshot" / "yelp" / "processed" / "yelp" / "items.parquet"
+    table = pq.read_table(items_path)
+    texts = table["text"].to_pylist()
+    texts[3] = "   "
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts)), items_path
+    )
+    bad_item = table["item_id"][3].as_py()
+    out = tmp_path / "results"
+    with pytest.raises(ValueError, match=rf"items\.parquet: row 3, item '{bad_item}': empty text"):
+        run_zeroshot(tiny_run["checkpoint"], corpus, cfg=small_cfg(), results_dir=out)
+    assert not out.exists()  # sports (valid) was not evaluated either: inputs are checked up front
+
+
+@pytest.mark.unit
+def test_unreachable_ray_address_fails_fast(tmp_path):
+    from fusionrec.cluster.ray_local import RayConfig, free_port
+    from fusionrec.cluster.zeroshot import run_zeroshot
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match=f"Ray address '{address}' is unreachable"):
+        # Checked first: neither the checkpoint nor the corpus is touched (they need not even exist).
+        run_zeroshot(tmp_path / "ckpt", tmp_path / "corpus", cfg=small_cfg(ray=RayConfig(address=address,
+                     connect_timeout_s=1.0)), results_dir=tmp_path / "r")  # fmt: skip
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.integration
+def test_results_dir_of_another_run_is_refused(tiny_run, tmp_path):
+    from fusionrec.cluster.generative import claim_results_dir
+    from fusionrec.cluster.zeroshot import run_zeroshot
+
+    out = tmp_path / "results"
+    claim_results_dir(out, {"checkpoint": "/elsewhere/run/checkpoints/step-9", "corpus": "/x"})
+    (out / "zeroshot.md").write_text("| stale |")  # must not survive as if complete
+    with pytest.raises(ValueError, match="belongs to another run"):
+        run_zeroshot(tiny_run["checkpoint"], tiny_run["corpus"], cfg=small_cfg(), results_dir=out)
+    assert (out / "zeroshot.md").read_text() == "| stale |"  # another run's files are left alone
+    assert sorted(p.name for p in out.iterdir()) == ["run_identity.json", "zeroshot.md"]
+
+
+@pytest.mark.integration
+def test_unknown_heldout_dataset_and_missing_zeroshot_folder(tiny_run, tmp_path):
+    from fusionrec.cluster.zeroshot import run_zeroshot
+
+    with pytest.raises(ValueError, match=r"zeroshot.datasets \['toys'\] are not in"):
+        run_zeroshot(tiny_run["checkpoint"], tiny_run["corpus"], ["toys"], cfg=small_cfg())
+    empty = tmp_path / "corpus"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no held-out datasets"):
+        run_zeroshot(tiny_run["checkpoint"], empty, cfg=small_cfg())
