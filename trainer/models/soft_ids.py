@@ -9,6 +9,10 @@ distributed code. Two details matter for ZeRO-3:
   gathering hooks, which fire on a module's forward, see it; reading `embedding.weight` from outside would
   find an empty, partitioned tensor.
 * The replacement embedding keeps the very same `Parameter`, so a tied LM head (T5) stays tied.
+* The soft lookup must be the embedding's *last* call in a forward: DeepSpeed's pre-forward hook resets the
+  parameter's pending-gradient count on every call, and a hard lookup after the soft one (the decoder's,
+  inside the HF model) leaves the shared weight un-released after backward; the next gather then fails.
+  So the decoder inputs are embedded here, first, and handed over as `decoder_inputs_embeds`.
 """
 
 from __future__ import annotations
@@ -68,8 +72,11 @@ class SoftIDRecommender(nn.Module):
     ):
         if soft_probs is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        if labels is not None and "decoder_input_ids" not in kwargs and "decoder_inputs_embeds" not in kwargs:
+            dec_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+            kwargs["decoder_inputs_embeds"] = self.embedding(dec_ids)
         embeds = self.embedding(input_ids)
-        soft = self.embedding(soft_probs)
+        soft = self.embedding(soft_probs)  # last embedding call of this forward (see the module docstring)
         # Out-of-place scatter keeps autograd happy: gradients reach `soft_probs` (the ID generator), and
         # the replaced hard-token embeddings get none.
         embeds = embeds.index_put((soft_index[:, 0], soft_index[:, 1]), soft.to(embeds.dtype))
