@@ -1,6 +1,8 @@
 """Training under Ray Train: a `TorchTrainer` whose workers each run one DeepSpeed rank of any recipe.
 
-    summary = train_on_ray("idgenrec", cfg, num_workers=8, use_gpu=True, address="auto")
+    summary = train_on_ray("genrec", cfg, num_workers=8, use_gpu=True, address="auto")
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m fusionrec.cluster.ray_train toy --workers 2 train.run_dir=/shared/runs/toy
 
 Ray Train starts `num_workers` actors (1 CPU each on CPU, 1 GPU each with `use_gpu`), brings up the torch
 process group between them (gloo on CPU, NCCL on GPU) and calls :func:`train_loop_per_worker` in each.
@@ -9,8 +11,9 @@ whose `DeepspeedStrategy.setup()` joins the already initialised process group in
 So a recipe behaves identically under torchrun, the deepspeed launcher, `launch/multinode.sh` and Ray Train.
 
 What crosses the driver/worker boundary, and why:
-- The resolved config travels as a plain dict (`configtree.to_dict`, the same form as `config.json`) and is
-  re-validated by `from_dict` in every worker: version-robust, and the driver checks the round trip first.
+- The resolved `Config` (a tree of plain dataclasses, all importable) travels pickled inside Ray Train's
+  `train_loop_config` dict; the driver checks first that it survives the round trip unchanged, so every
+  worker trains with exactly the config the driver validated and wrote to `RUN/config.toml`.
 - Rank 0 reports a tiny Ray `Checkpoint` holding `train_summary.json` and a pointer to the newest DeepSpeed
   checkpoint of the run. Ray Train 2.60 (Train V2) only attaches metrics to reported checkpoints, so this is
   how rank 0's summary reaches the driver through Ray rather than through a shared disk. The DeepSpeed
@@ -26,10 +29,12 @@ Layering note: `cluster` normally sits below `launch`; `launch.train` (the worke
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -131,16 +136,16 @@ def train_on_ray(
 def _preflight(recipe: str, cfg: Config, rt: RayTrainConfig) -> Config:
     """Checks that fail in milliseconds here rather than after the worker group starts; returns the config
     with absolute paths (workers may run in another working directory) and writes it to the run dir."""
-    from fusionrec.launch.config import Config, write_resolved
-    from fusionrec.launch.configtree import from_dict, to_dict
+    from fusionrec.launch.config import write_resolved
     from fusionrec.launch.train import RECIPES
+    from ray import cloudpickle
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
     cfg = _absolute_paths(cfg)
     cfg.train.deepspeed.resolve_batch(rt.num_workers)  # ValueError naming micro x accum x world
-    if from_dict(Config, to_dict(cfg)) != cfg:
-        raise ValueError("config does not survive the dict round trip sent to Ray Train workers")
+    if cloudpickle.loads(cloudpickle.dumps(cfg)) != cfg:
+        raise ValueError("the config does not survive pickling, so Ray Train workers cannot receive it")
     write_resolved(cfg, Path(cfg.train.run_dir))  # kept even if the workers never start
     return cfg
 
@@ -167,7 +172,6 @@ def _check_capacity(rt: RayTrainConfig) -> None:
 
 
 def _build_trainer(recipe: str, cfg: Config, rt: RayTrainConfig) -> Any:
-    from fusionrec.launch.configtree import to_dict
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -189,7 +193,7 @@ def _build_trainer(recipe: str, cfg: Config, rt: RayTrainConfig) -> Any:
         train_loop_per_worker,
         train_loop_config={
             "recipe": recipe,
-            "config": to_dict(cfg),
+            "config": cfg,
             "use_gpu": rt.use_gpu,
             "cwd": os.getcwd(),
         },
@@ -246,14 +250,12 @@ def _summary_from(result: Any, recipe: str, run_dir: Path) -> dict[str, Any]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One rank: rebuild the config, run `run_worker` (process group already up), report to Ray Train.
+    """One rank: run `run_worker` (process group already up), report to Ray Train.
 
     Module-level (importable) on purpose: a function defined in `__main__` that touches torch fails to
     unpickle in Ray workers (ENVIRONMENT.md).
     """
     import ray.train
-    from fusionrec.launch.config import Config
-    from fusionrec.launch.configtree import from_dict
     from fusionrec.launch.train import run_worker
 
     if config["use_gpu"]:
@@ -265,7 +267,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # env already sets it at process start; this also covers workers started without it.
         os.environ["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     _enter_driver_cwd(config["cwd"])
-    cfg = from_dict(Config, config["config"])
+    cfg: Config = config["config"]
     try:
         summary = run_worker(config["recipe"], cfg)
     except Exception as err:
@@ -335,4 +337,57 @@ def _scalar_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-__all__ = ["RayTrainConfig", "RayTrainError", "WorkerFailure", "train_loop_per_worker", "train_on_ray"]
+# ------------------------------------------------------------------------------------------------ job entry
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fusionrec.cluster.ray_train",
+        description="Train a recipe under Ray Train (TorchTrainer + DeepSpeed); prints rank 0's summary as JSON.",
+    )
+    p.add_argument("recipe", help="a recipe of fusionrec.launch.train.RECIPES (toy, genrec, ...)")
+    p.add_argument("--config", help="TOML config (a path or a shipped config name)")
+    p.add_argument("--workers", type=int, default=2, help="DeepSpeed ranks = Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address; default: RAY_ADDRESS or embedded Ray"
+    )
+    p.add_argument("--name", default=None, help="Ray Train run name (RUN/ray_train/<name>)")
+    p.add_argument("overrides", nargs="*", metavar="a.b=v", help="dotted config overrides")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ray job submit ... -- python -m fusionrec.cluster.ray_train RECIPE ...`: inside a job RAY_ADDRESS is
+    set, so the trainer joins the job's cluster. Exit status 1 with one line on stderr when training fails."""
+    for key, value in WORKER_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    apply_ray_env()
+    args, extra = _parser().parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray:
+        _parser().error(f"unrecognized arguments: {' '.join(stray)}")
+    try:
+        from fusionrec.launch.config import load_config
+
+        cfg = load_config(args.config, [*args.overrides, *extra])
+        summary = train_on_ray(args.recipe, cfg, args.workers, args.gpu, args.address, name=args.name)
+    except (ValueError, RuntimeError, FileNotFoundError, ConnectionError) as err:
+        print(f"fusionrec ray_train {args.recipe}: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+__all__ = [
+    "RayTrainConfig",
+    "RayTrainError",
+    "WorkerFailure",
+    "main",
+    "train_loop_per_worker",
+    "train_on_ray",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
