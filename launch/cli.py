@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     _add_overrides(p)
 
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on Ray actors beside the baselines")
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/step-N of an IDGenRec run")
+    p.add_argument("--data", required=True, help="a prepared corpus (every OUT/processed/* dataset)")
+    p.add_argument("--actors", type=int, default=None, help="evaluator actors (default: eval.evaluator)")
+    p.add_argument("--config", help="TOML with an [eval] section (optional)")
+    _add_overrides(p)
+
+    p = sub.add_parser("zeroshot", help="evaluate a pretrained checkpoint on held-out platforms, no training")
+    p.add_argument("--config", help="TOML with a [zeroshot] section")
+    p.add_argument("--checkpoint", help="overrides zeroshot.checkpoint")
+    p.add_argument("--data", help="the Fusion corpus whose OUT/zeroshot/* are evaluated (zeroshot.corpus)")
+    _add_overrides(p)
+
     p = sub.add_parser("demo", help="the whole pipeline on generated data, local Ray + DeepSpeed on CPU")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks for training")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusionrec.launch.config import dumps_toml, load_config
 
-COMMANDS = ("synth", "prepare", "inspect", "export", "demo")
+COMMANDS = ("synth", "prepare", "inspect", "export", "evaluate", "zeroshot", "demo")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -84,4 +84,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fusionrec.launch.demo import run_demo
 
     run_demo(args.out, nproc=args.nproc, users=args.users, items=args.items, overrides=list(args.overrides))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fusionrec.cluster.evaluator import results_markdown
+    from fusionrec.cluster.generative import evaluate_checkpoint
+
+    cfg = load_config(args.config, list(args.overrides))
+    records = evaluate_checkpoint(args.checkpoint, args.data, cfg.section("eval"), num_actors=args.actors)
+    print(results_markdown(records))
+    return 0
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from fusionrec.cluster.zeroshot import run_zeroshot, zeroshot_markdown
+
+    cfg = load_config(args.config, list(args.overrides))
+    zs = cfg.section("zeroshot")
+    checkpoint = args.checkpoint or zs.checkpoint
+    corpus = args.data or zs.corpus or (str(cfg.corpus_dir()) if cfg.corpus else "")
+    if not checkpoint or not corpus:
+        raise ValueError(
+            "zeroshot: give the checkpoint and corpus (--checkpoint/--data or zeroshot.checkpoint/corpus)"
+        )
+    records = run_zeroshot(checkpoint, corpus, cfg=zs)
+    print(zeroshot_markdown(records))
     return 0

@@ -31,6 +31,8 @@ LAZY_SECTIONS = {
     "loader": "fusionrec.data_pipeline.loader:LoaderConfig",
     "genrec": "fusionrec.trainer.modules.genrec:GenRecConfig",
     "idgenrec": "fusionrec.trainer.modules.idgenrec:IDGenRecConfig",
+    "eval": "fusionrec.cluster.generative:EvaluateConfig",
+    "zeroshot": "fusionrec.cluster.zeroshot:ZeroShotConfig",
 }
 
 
@@ -46,6 +48,8 @@ class Config:
     loader: Any = None  # data_pipeline.loader.LoaderConfig
     genrec: Any = None  # trainer.modules.genrec.GenRecConfig
     idgenrec: Any = None  # trainer.modules.idgenrec.IDGenRecConfig (needs a corpus)
+    eval: Any = None  # cluster.generative.EvaluateConfig (`fusionrec evaluate`)
+    zeroshot: Any = None  # cluster.zeroshot.ZeroShotConfig (`fusionrec zeroshot`)
 
     def corpus_dir(self) -> Path:
         return Path(self.corpus) if self.corpus else Path(self.train.run_dir) / "corpus"
