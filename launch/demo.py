@@ -66,6 +66,34 @@ def train(cfg: Config, nproc: int) -> int:
     return code
 
 
+def latest_checkpoint(cfg: Config) -> Path:
+    from fusionrec.trainer.checkpoint import resolve_resume
+
+    root = Path(cfg.train.run_dir) / cfg.train.checkpoint.dir
+    ckpt = resolve_resume(root, "auto")
+    if ckpt is None:
+        raise RuntimeError(f"training finished without a checkpoint in {root}")
+    return ckpt
+
+
+def evaluate_models(cfg: Config, ckpt: Path) -> list[dict]:
+    """IDGenRec vs most-popular on every pretraining dataset's test users, on Ray actors."""
+    from fusionrec.cluster.evaluator import results_markdown
+    from fusionrec.cluster.generative import evaluate_checkpoint
+
+    records = evaluate_checkpoint(ckpt, cfg.corpus_dir(), cfg.section("eval"))
+    print(results_markdown(records))
+    return records
+
+
+def zero_shot(cfg: Config, ckpt: Path) -> list[dict]:
+    from fusionrec.cluster.zeroshot import run_zeroshot, zeroshot_markdown
+
+    records = run_zeroshot(ckpt, cfg.corpus_dir(), cfg=cfg.section("zeroshot"))
+    print(zeroshot_markdown(records))
+    return records
+
+
 def run_demo(out: str | Path = "runs/demo", nproc: int = 2, users: int = 300, items: int = 150,
              overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     out = Path(out)
@@ -77,4 +105,16 @@ def run_demo(out: str | Path = "runs/demo", nproc: int = 2, users: int = 300, it
     )
     _stage(f"3/5 alternate-train IDGenRec (DeepSpeed ZeRO-{cfg.train.deepspeed.zero_stage}, {nproc} CPU ranks)",
            lambda: train(cfg, nproc), timings)  # fmt: skip
-    return {"out": str(out.resolve()), "seconds": timings}
+    ckpt = latest_checkpoint(cfg)
+    _stage(f"4/5 evaluate on Ray actors ({ckpt.name}) against most-popular",
+           lambda: evaluate_models(cfg, ckpt), timings)  # fmt: skip
+    _stage("5/5 zero-shot on held-out platforms (IDs for unseen items from the trained ID generator)",
+           lambda: zero_shot(cfg, ckpt), timings)  # fmt: skip
+    run_dir = Path(cfg.train.run_dir).resolve()
+    print("\n== where things are")
+    print(f"   TensorBoard:  tensorboard --logdir {run_dir / 'tensorboard'} --host 127.0.0.1")
+    print(f"   evaluation:   {run_dir / 'eval'}/results.md|csv|png")
+    print(f"   zero-shot:    {run_dir / 'zeroshot'}/zeroshot.md|csv|png")
+    print(f"   checkpoint:   {ckpt}   (fusionrec export --checkpoint {ckpt} --out DIR)")
+    print(f"   stage times:  {', '.join(f'{k.split()[0]} {v:.0f}s' for k, v in timings.items())}")
+    return {"out": str(out.resolve()), "checkpoint": str(ckpt), "seconds": timings}
