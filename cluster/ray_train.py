@@ -119,10 +119,10 @@ def train_on_ray(
     cannot work with `num_workers` ranks, and RayTrainError (naming the recipe and every failing rank's
     cause) when training fails in the workers.
     """
+    apply_ray_env()  # before anything imports ray: its constants read these variables at import time
     rt = RayTrainConfig(num_workers, use_gpu, address=address, name=name, max_failures=max_failures)
     cfg = _preflight(recipe, cfg, rt)
     run_dir = Path(cfg.train.run_dir)
-    apply_ray_env()  # before anything imports ray: its constants read these variables at import time
     init_ray(RayConfig(address=address, num_cpus=max(2, rt.num_workers * rt.cpus_per_worker)))
     _check_capacity(rt)
     trainer = _build_trainer(recipe, cfg, rt)
