@@ -101,10 +101,10 @@ def init_ray(cfg: RayConfig | None = None) -> str:
 
     An already-initialised Ray in this process is reused (tests share one session per module).
     """
+    apply_ray_env()  # before `import ray`: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import time
     import ray
 
     cfg = cfg or RayConfig()
-    apply_ray_env()
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
     # Inside `ray job submit` the job supervisor exports RAY_ADDRESS: join that cluster, do not start one.

@@ -16,3 +16,7 @@ class DataError(ValueError):
         if line is not None:
             where = f"{where}:{line}"
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        # Crosses process boundaries intact (Ray actors, Ray Train workers, DataLoader workers).
+        return (type(self), (self.path, self.line, self.message))

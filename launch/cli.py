@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config (a path or a shipped config name)")
     p.add_argument("--nproc", type=int, default=1, help="local ranks to launch (ignored inside a launcher)")
     p.add_argument("--launcher", choices=["torchrun", "deepspeed"], default="torchrun")
+    p.add_argument("--ray", action="store_true", help="run the N ranks as Ray Train workers (TorchTrainer)")
+    p.add_argument(
+        "--ray-address", default=None, help="with --ray: a Ray cluster (default: embedded local Ray)"
+    )
+    p.add_argument("--gpu", action="store_true", help="with --ray: one GPU per worker")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     _add_overrides(p)
 
@@ -118,6 +123,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.ray:  # the N ranks as Ray Train (TorchTrainer) workers, locally or on a cluster
+        from fusionrec.cluster.ray_train import train_on_ray
+        from fusionrec.launch.config import load_config
+
+        cfg = load_config(args.config, list(args.overrides))
+        summary = train_on_ray(args.recipe, cfg, args.nproc, use_gpu=args.gpu, address=args.ray_address)
+        print(json.dumps({k: summary.get(k) for k in ("recipe", "run_dir", "step", "samples_seen")}))
+        return 0
     return train_main(args.recipe, args.config, list(args.overrides), args.nproc, args.launcher)
 
 
