@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fusionrec: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as err:
         # User-fixable problems (bad config, bad data, missing files) end as one readable line.
         if os.environ.get("FUSIONREC_DEBUG"):
             raise

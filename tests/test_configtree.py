@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-
 from fusionrec.launch.configtree import (
     ConfigError,
     apply_overrides,
