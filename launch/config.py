@@ -31,6 +31,8 @@ LAZY_SECTIONS = {
     "loader": "fusionrec.data_pipeline.loader:LoaderConfig",
     "genrec": "fusionrec.trainer.modules.genrec:GenRecConfig",
     "idgenrec": "fusionrec.trainer.modules.idgenrec:IDGenRecConfig",
+    "dmpo": "fusionrec.trainer.modules.dmpo:DMPORecipeConfig",
+    "palr": "fusionrec.trainer.modules.palr:PALRRecipeConfig",
     "eval": "fusionrec.cluster.generative:EvaluateConfig",
     "zeroshot": "fusionrec.cluster.zeroshot:ZeroShotConfig",
 }
@@ -48,6 +50,8 @@ class Config:
     loader: Any = None  # data_pipeline.loader.LoaderConfig
     genrec: Any = None  # trainer.modules.genrec.GenRecConfig
     idgenrec: Any = None  # trainer.modules.idgenrec.IDGenRecConfig (needs a corpus)
+    dmpo: Any = None  # trainer.modules.dmpo.DMPORecipeConfig (SFT / DMPO stage, files)
+    palr: Any = None  # trainer.modules.palr.PALRRecipeConfig (processed dataset, retriever)
     eval: Any = None  # cluster.generative.EvaluateConfig (`fusionrec evaluate`)
     zeroshot: Any = None  # cluster.zeroshot.ZeroShotConfig (`fusionrec zeroshot`)
 

@@ -40,7 +40,26 @@ def build_idgenrec(cfg: Config, strategy) -> Built:
     """IDGenRec alternate training: phases build their loaders (the ID table changes between phases)."""
     from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
 
-    if cfg.idgenrec is None:
-        raise ValueError("the idgenrec recipe needs an [idgenrec] section (e.g. --config idgenrec_tiny)")
-    module = build_idgenrec_module(cfg.idgenrec, cfg.train.run_dir)
+    module = build_idgenrec_module(_required(cfg, "idgenrec"), cfg.train.run_dir)
     return Built(module=module, train_loader=[], val_loader=module.val_loader())
+
+
+def _required(cfg: Config, name: str):
+    section = getattr(cfg, name)
+    if section is None:
+        raise ValueError(f"the {name} recipe needs a [{name}] section (e.g. --config {name}_tiny)")
+    return section
+
+
+def build_dmpo(cfg: Config, strategy) -> Built:
+    """DMPO (paper 003): stage `sft`, then stage `dmpo` from the merged SFT export (frozen reference)."""
+    from fusionrec.trainer.modules.dmpo import DMPOModule
+
+    return Built(module=DMPOModule(_required(cfg, "dmpo")), train_loader=[])
+
+
+def build_palr(cfg: Config, strategy) -> Built:
+    """PALR (paper 002): retrieval candidates -> instruction-tuned LLM ranker."""
+    from fusionrec.trainer.modules.palr import PALRModule
+
+    return Built(module=PALRModule(_required(cfg, "palr")), train_loader=[])

@@ -29,6 +29,8 @@ RECIPES = {
     "toy": "fusionrec.launch.recipes:build_toy",
     "genrec": "fusionrec.launch.recipes:build_genrec",
     "idgenrec": "fusionrec.launch.recipes:build_idgenrec",
+    "dmpo": "fusionrec.launch.recipes:build_dmpo",
+    "palr": "fusionrec.launch.recipes:build_palr",
 }
 
 
