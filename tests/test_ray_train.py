@@ -147,10 +147,15 @@ def test_worker_failures_become_one_error_naming_recipe_ranks_and_causes():
 def test_unpicklable_worker_errors_keep_their_type_name_and_message():
     from fusionrec.data_pipeline.errors import DataError
 
-    assert _pickles(ValueError("x")) and not _pickles(DataError("/c/manifest.json", 3, "bad"))
-    failure = WorkerFailure("DataError", str(DataError("/c/manifest.json", 3, "bad")))
+    class Unpicklable(Exception):  # a user exception whose __init__ takes more than the message
+        def __init__(self, path, line):
+            super().__init__(f"{path}:{line}: bad")
+
+    assert _pickles(ValueError("x")) and not _pickles(Unpicklable("/c/manifest.json", 3))
+    assert _pickles(DataError("/c/manifest.json", 3, "bad"))  # DataError defines __reduce__
+    failure = WorkerFailure("Unpicklable", str(Unpicklable("/c/manifest.json", 3)))
     assert _pickles(failure)
-    assert _describe(failure) == "DataError: /c/manifest.json:3: bad"
+    assert _describe(failure) == "Unpicklable: /c/manifest.json:3: bad"
 
 
 @pytest.mark.unit
@@ -226,10 +231,10 @@ def test_worker_error_fails_the_call_naming_recipe_and_cause(tmp_path, local_ray
     assert msg.startswith("Ray Train run of recipe 'genrec' (2 workers) failed: rank "), msg
     assert info.value.failures and set(info.value.failures) <= {0, 1}
     assert f"{missing}/manifest.json: not a corpus: no manifest.json" in msg
-    # Every failing rank is named with the real cause (DataError does not pickle; it arrives as WorkerFailure).
+    # Every failing rank is named with the real cause (DataError pickles, so it arrives as itself).
     for rank, failure in info.value.failures.items():
         assert f"rank {rank}: DataError: {missing}/manifest.json" in msg
-        assert isinstance(failure, WorkerFailure) and failure.kind == "DataError"
+        assert type(failure).__name__ == "DataError" and "not a corpus" in str(failure)
     assert not (tmp_path / "run" / SUMMARY_FILE).exists()
 
 

@@ -239,19 +239,32 @@ class DeepspeedStrategy:
             torch.set_num_threads(self._threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # avoid a 78 s op build
         if not dist.is_initialized():
+            own_port = "RANK" not in os.environ and "MASTER_PORT" not in os.environ
             if "RANK" not in os.environ:
                 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
                 os.environ.setdefault("MASTER_PORT", str(free_port()))
             if not self.on_cpu:
                 self.accelerator.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            deepspeed.init_distributed(
-                dist_backend=self.accelerator.communication_backend_name(),
-                timeout=timedelta(seconds=self.cfg.dist_timeout_s),
-            )
+            self._init_distributed(retries=3 if own_port else 1)
         # Validate the batch arithmetic once the world size is known: before any engine or step.
         _, self._plan = build_ds_config(
             self.cfg, None, self.world_size, on_cpu=self.on_cpu, user=self._user_json
         )
+
+    def _init_distributed(self, retries: int) -> None:
+        """init_distributed; a free port we picked ourselves can be taken by another process before we bind
+        it (a race, not a user error): then retry on a new port. Ports given by a launcher are never changed."""
+        for attempt in range(retries):
+            try:
+                deepspeed.init_distributed(
+                    dist_backend=self.accelerator.communication_backend_name(),
+                    timeout=timedelta(seconds=self.cfg.dist_timeout_s),
+                )
+                return
+            except RuntimeError as err:  # DistNetworkError is a RuntimeError
+                if "EADDRINUSE" not in str(err) or attempt == retries - 1:
+                    raise
+                os.environ["MASTER_PORT"] = str(free_port())
 
     # ---------------------------------------------------------------- world info
     @property
