@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from ..fileio import atomic_write_text as _atomic_write
 from ..trainer.metrics import MetricSums
 from .ray_local import RayConfig, init_ray
 
@@ -219,12 +220,6 @@ class EvalWorker:
 
 
 # ------------------------------------------------------------------------------------------------ resume
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _sums_to_json(sums: MetricSums) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from ..fileio import atomic_write_text
 from .evaluator import (
     EvalResult,
     EvalSet,
@@ -369,11 +370,7 @@ def claim_results_dir(out: Path, identity: dict[str, Any], summaries: str = "res
         stale.unlink()
 
 
-def atomic_write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+atomic_write = atomic_write_text  # re-exported for cluster/zeroshot.py
 
 
 def write_tables(

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..fileio import atomic_write_text
 from .config import ShardConfig
 from .errors import DataError
 from .preprocess import SPLITS, ProcessedDataset, sample_positions
@@ -332,9 +333,7 @@ def _manifest(datasets, rows, seed, sources, config_sha256) -> dict:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def sha256_file(path: str | Path) -> str:

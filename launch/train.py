@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fusionrec.fileio import atomic_write_text
 from fusionrec.launch.config import Config, load_config, write_resolved
 
 # recipe -> "module:function" of its builder (imported lazily: recipes pull in heavy libraries).
@@ -89,7 +90,7 @@ def run_worker(recipe: str, cfg: Config) -> dict[str, Any]:
     if strategy.is_rank0:
         write_resolved(cfg, run_dir)
         # What `fusionrec export` / `evaluate` need to rebuild the models of a checkpoint of this run.
-        _write_atomic(run_dir / "run.json", json.dumps({"recipe": recipe, "world_size": strategy.world_size}))
+        atomic_write_text(run_dir / "run.json", json.dumps({"recipe": recipe, "world_size": strategy.world_size}))
     built: Built = builder(cfg, strategy)
     history = HistoryCallback()
     callbacks = [*default_callbacks(cfg.train, with_validation=built.val_loader is not None), history]
@@ -106,7 +107,7 @@ def run_worker(recipe: str, cfg: Config) -> dict[str, Any]:
         **state.to_dict(),
     }
     if strategy.is_rank0:
-        _write_atomic(run_dir / "train_summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2))
     strategy.teardown()
     return summary
 
@@ -120,12 +121,6 @@ def main(recipe: str, config: str | None, overrides: list[str], nproc: int, laun
         return 0
     print(f"[fusionrec] launching {nproc} ranks with {launcher} on 127.0.0.1", file=sys.stderr)
     return spawn_local(recipe, cfg, nproc, launcher)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_of_checkpoint(checkpoint: str | Path) -> tuple[str, Config, Path]:

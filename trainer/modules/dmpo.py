@@ -179,14 +179,24 @@ class DMPOModule(BaseTrainModule):
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | Path) -> Path | None:
         """Merged HF folder of the policy (LoRA folded in); collective — call on every rank."""
-        state = self.strategy.full_state_dict(self.engines["policy"])
-        out = None
-        if self.strategy.is_rank0:
-            fresh, tok = build_ranker(self.cfg.model)
-            fresh.load_state_dict(state)
-            out = export_merged(fresh, tok, out_dir)
-        self.strategy.barrier()
-        return out
+        return export_ranker(self.strategy, self.engines["policy"], self.cfg.model, out_dir)
 
 
-__all__ = ["DMPOModule", "DMPORecipeConfig", "EncodedGroup"]
+def export_ranker(
+    strategy: DeepspeedStrategy, engine: Engine, model_cfg: CausalLMConfig, out_dir: str | Path
+):
+    """Gather an LLM ranker's weights (any ZeRO stage), fold LoRA in, save an HF folder on rank 0.
+
+    Collective: every rank must call it. Returns the folder on rank 0, None elsewhere.
+    """
+    state = strategy.full_state_dict(engine)
+    out = None
+    if strategy.is_rank0:
+        fresh, tok = build_ranker(model_cfg)
+        fresh.load_state_dict(state)
+        out = export_merged(fresh, tok, out_dir)
+    strategy.barrier()
+    return out
+
+
+__all__ = ["DMPOModule", "DMPORecipeConfig", "EncodedGroup", "export_ranker"]

@@ -23,8 +23,9 @@ from fusionrec.trainer.llm.data import EpochBatches
 from fusionrec.trainer.llm.memory import check_model_fits
 from fusionrec.trainer.llm.palr import Cooccurrence, MostPopular, PALRConfig, Retriever, training_examples
 from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, encode_pair, sft_loss
-from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker, export_merged
+from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker
 from fusionrec.trainer.modules.base import BaseTrainModule, Phase
+from fusionrec.trainer.modules.dmpo import export_ranker
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 
 
@@ -121,11 +122,5 @@ class PALRModule(BaseTrainModule):
         self.skipped = dict(state.get("skipped", self.skipped))
 
     def export(self, out_dir: str | Path) -> Path | None:
-        state = self.strategy.full_state_dict(self.engines["ranker"])
-        out = None
-        if self.strategy.is_rank0:
-            fresh, tok = build_ranker(self.cfg.model)
-            fresh.load_state_dict(state)
-            out = export_merged(fresh, tok, out_dir)
-        self.strategy.barrier()
-        return out
+        """Merged HF folder of the ranker (LoRA folded in); collective — call on every rank."""
+        return export_ranker(self.strategy, self.engines["ranker"], self.cfg.model, out_dir)
