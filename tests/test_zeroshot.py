@@ -57,7 +57,11 @@ def build_tiny_run(base: Path) -> dict[str, Path]:
     prepare(cfg, paths["corpus"])
     cmd = [sys.executable, "-m", "fusionrec.launch.cli", "train", "idgenrec", "--config", "idgenrec_tiny",
            "--nproc", "1", f"corpus={paths['corpus']}", f"train.run_dir={paths['run']}", *TRAIN_OVERRIDES]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    # A clean child env: in-process tests that ran earlier in this pytest process set RANK/WORLD_SIZE/MASTER_*
+    # (a 1-rank process group); inherited, they would make the child think it is a rank of *that* group.
+    dist_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = list_checkpoints(paths["run"] / "checkpoints")[-1][1]
