@@ -484,8 +484,10 @@ def test_gather_state_across_two_gloo_processes(corpus, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    # spawn, not fork: a forked child would inherit a process group an earlier in-process test left
+    # initialised in this pytest process ("trying to initialize the default process group twice").
     tmp_mp.start_processes(
-        _gather_worker, args=(str(root), port, str(tmp_path)), nprocs=2, start_method="fork"
+        _gather_worker, args=(str(root), port, str(tmp_path)), nprocs=2, start_method="spawn"
     )
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results[0]["state"] == results[1]["state"]
