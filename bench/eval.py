@@ -14,21 +14,16 @@ scorer (tiny T5, beam 20) plugs into the same harness once its checkpoint loader
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 
+from fusionrec.bench import find_shared
+
 
 def _beauty() -> Path | None:
-    for cand in (
-        os.environ.get("FUSIONREC_SHARED_DIR"),
-        Path(__file__).resolve().parents[2] / "shared",
-        "/work/shared",
-    ):
-        if cand and (Path(cand) / "data" / "amazon_beauty" / "user_sequence.txt").exists():
-            return Path(cand) / "data" / "amazon_beauty"
-    return None
+    found = find_shared("data/amazon_beauty/user_sequence.txt")
+    return found.parent if found else None
 
 
 def run(quick: bool = False) -> list[dict]:

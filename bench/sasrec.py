@@ -23,6 +23,8 @@ import os
 import time
 from pathlib import Path
 
+from fusionrec.bench import find_shared
+
 PAPER = {"HR@10": 0.0605, "NDCG@10": 0.0318}
 
 # loss -> SASRecTrainConfig overrides. Validation every 2 epochs keeps the best state (early stopping).
@@ -41,14 +43,8 @@ QUICK = {
 
 
 def _beauty() -> Path | None:
-    for cand in (
-        os.environ.get("FUSIONREC_SHARED_DIR"),
-        Path(__file__).resolve().parents[2] / "shared",
-        "/work/shared",
-    ):
-        if cand and (Path(cand) / "data" / "amazon_beauty" / "user_sequence.txt").exists():
-            return Path(cand) / "data" / "amazon_beauty"
-    return None
+    found = find_shared("data/amazon_beauty/user_sequence.txt")
+    return found.parent if found else None
 
 
 def _settings(quick: bool, long: bool) -> tuple[str, dict[str, dict]]:
