@@ -59,7 +59,17 @@ def build_dmpo(cfg: Config, strategy) -> Built:
 
 
 def build_palr(cfg: Config, strategy) -> Built:
-    """PALR (paper 002): retrieval candidates -> instruction-tuned LLM ranker."""
+    """PALR (paper 002): retrieval candidates -> instruction-tuned LLM ranker.
+
+    The default retriever, SASRec, lives in cluster/ (trainer/ must not import it): built here, from
+    `palr.retriever_checkpoint` or trained once on the corpus' training split (launch/palr_retriever.py).
+    """
     from fusionrec.trainer.modules.palr import PALRModule
 
-    return Built(module=PALRModule(_required(cfg, "palr")), train_loader=[])
+    recipe = _required(cfg, "palr")
+    retriever = None
+    if recipe.retriever == "sasrec":
+        from fusionrec.launch.palr_retriever import sasrec_retriever
+
+        retriever = sasrec_retriever(recipe, cfg.train.run_dir, strategy)
+    return Built(module=PALRModule(recipe, retriever=retriever), train_loader=[])

@@ -92,6 +92,7 @@ def test_palr_recipe_trains_on_processed_folder(tmp_path):
     tasks = PALRTaskConfig(n_targets=2, swap_prob=0.0)
     recipe = PALRRecipeConfig(
         data_dir=str(tmp_path),
+        retriever="cooccurrence",
         epochs=6,
         model=CausalLMConfig(max_length=1024),
         palr=PALRConfig(finetune_share=0.4, tasks=tasks),

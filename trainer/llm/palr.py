@@ -1,8 +1,10 @@
 """PALR (paper 002): a retrieval layer proposes candidates, a fine-tuned causal LM re-ranks them.
 
-Any retriever fits behind `Retriever` (SASRec from `cluster/baselines.py` is wrapped by the caller — trainer
-must not import cluster). Two retrievers live here because they need no training: most-popular and item
+Any retriever fits behind `Retriever`. Two live here because they need no training: most-popular and item
 co-occurrence (the "co-watched by many users" negatives of the paper's Recommend_Retrieval task).
+`SASRecRetriever` adapts a trained SASRec (the paper's retrieval layer, the recipe's default); training,
+saving and loading SASRec live in `cluster/baselines.py`, so the launch layer builds it (trainer must not
+import cluster) and hands the model + its item vocabulary in.
 
 Re-ranking scores every candidate c as the first item of the answer to the Recommend_Retrieval prompt,
 by its length-normalised log-likelihood; the prompt (history + all candidates) is encoded once and its KV
@@ -22,6 +24,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..models.sasrec import SASRec
 from .data import PALRTaskConfig, palr_answer, palr_example, palr_prompt
 from .scoring import score_candidates
 
@@ -72,6 +75,51 @@ class Cooccurrence:
                 : n - len(ranked)
             ]
         return ranked
+
+
+class SASRecRetriever:
+    """Top-n by a trained SASRec's next-item scores over all items, history items excluded.
+
+    `item_ids[j]` is the item of SASRec column j (the checkpoint's `id_table.json`). A history item outside
+    that vocabulary means the checkpoint belongs to another corpus: ValueError naming the item.
+    """
+
+    def __init__(self, model: SASRec, item_ids: Sequence[str]) -> None:
+        if len(item_ids) != model.cfg.num_items:
+            raise ValueError(f"{len(item_ids)} item ids for a SASRec of {model.cfg.num_items} items")
+        self.model = model.eval()
+        self.item_ids = list(item_ids)
+        self.index = {item: j for j, item in enumerate(self.item_ids)}
+
+    def _indices(self, history: Sequence[str]) -> list[int]:
+        try:
+            return [self.index[i] for i in history]
+        except KeyError as err:
+            raise ValueError(
+                f"item {err.args[0]!r} is not in the SASRec retriever's vocabulary "
+                f"({len(self.item_ids)} items): was it trained on another corpus?"
+            ) from None
+
+    @torch.no_grad()
+    def retrieve_many(self, histories: Sequence[Sequence[str]], n: int) -> list[list[str]]:
+        """One batched forward for many users (same result as `retrieve` per user)."""
+        rows = [self._indices(h)[-self.model.cfg.max_len :] for h in histories]
+        width = max(1, max((len(r) for r in rows), default=1))
+        seqs = torch.zeros((len(rows), width), dtype=torch.long)  # 0 = padding, item j -> j + 1
+        for b, r in enumerate(rows):
+            if r:
+                seqs[b, width - len(r) :] = torch.tensor(r) + 1
+        scores = self.model.full_scores(seqs)
+        for b, h in enumerate(histories):
+            scores[b, self._indices(h)] = -math.inf  # the Retriever contract: never a history item
+        top = scores.topk(min(n, self.model.cfg.num_items), dim=1)
+        return [
+            [self.item_ids[j] for j, v in zip(idx, val, strict=True) if v > -math.inf]
+            for idx, val in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
+
+    def retrieve(self, history: Sequence[str], n: int) -> list[str]:
+        return self.retrieve_many([history], n)[0]
 
 
 @dataclass

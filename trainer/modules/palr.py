@@ -2,8 +2,10 @@
 
 Data: a processed dataset folder (`items.parquet` with item_id/text, `sequences.parquet` with
 user_id/item_ids — the data_pipeline contract). The fine-tuning users (paper: 20%) get both tasks; the
-candidates of Recommend_Retrieval are the targets plus items from the retriever (co-occurrence by default;
-SASRec is plugged in by the caller through `retriever=`, since trainer/ must not import cluster/).
+candidates of Recommend_Retrieval are the targets plus items from the retriever. `retriever = "sasrec"`
+(the default, the paper's retrieval layer) is built by the launch layer (`launch/palr_retriever.py`: a saved
+SASRec, or one trained on the corpus' training split) and passed in as `retriever=`, since trainer/ must not
+import cluster/; "cooccurrence" and "popular" need no training and are built here.
 Loss: cross-entropy on answer tokens only. Evaluation (`trainer.llm.palr.rerank_eval`) re-ranks the
 retriever's top-50 and reports HR/NDCG@k against the retriever alone.
 """
@@ -28,11 +30,15 @@ from fusionrec.trainer.modules.base import BaseTrainModule, Phase
 from fusionrec.trainer.modules.dmpo import export_ranker
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 
+RETRIEVERS = ("sasrec", "cooccurrence", "popular")
+
 
 @dataclass
 class PALRRecipeConfig:
     data_dir: str = ""  # processed dataset: items.parquet + sequences.parquet
-    retriever: str = "cooccurrence"  # cooccurrence | popular (SASRec: pass retriever= to PALRModule)
+    retriever: str = "sasrec"  # sasrec (built by the launch layer) | cooccurrence | popular
+    retriever_checkpoint: str = ""  # a saved SASRec folder; "" = train one on the training split (rank 0)
+    retriever_epochs: int = 8  # SASRec-CE epochs when trained here (the measured fast Beauty setting)
     epochs: int = 1
     model: CausalLMConfig = field(default_factory=CausalLMConfig)
     palr: PALRConfig = field(default_factory=PALRConfig)
@@ -40,10 +46,16 @@ class PALRRecipeConfig:
     def __post_init__(self) -> None:
         if not self.data_dir:
             raise ValueError("recipe.data_dir is required (a processed dataset folder)")
-        if self.retriever not in ("cooccurrence", "popular"):
-            raise ValueError(f"recipe.retriever={self.retriever!r}: use 'cooccurrence' or 'popular'")
-        if self.epochs < 1:
-            raise ValueError(f"recipe.epochs must be >= 1, got {self.epochs}")
+        if self.retriever not in RETRIEVERS:
+            raise ValueError(f"palr.retriever={self.retriever!r}: use one of {', '.join(RETRIEVERS)}")
+        if self.retriever_checkpoint and self.retriever != "sasrec":
+            raise ValueError(
+                f"palr.retriever_checkpoint is a SASRec folder but palr.retriever={self.retriever!r}"
+            )
+        if self.epochs < 1 or self.retriever_epochs < 1:
+            raise ValueError(
+                f"palr.epochs={self.epochs} and palr.retriever_epochs={self.retriever_epochs} must be >= 1"
+            )
 
 
 def load_processed(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -66,6 +78,11 @@ class PALRModule(BaseTrainModule):
     main_engine = "ranker"
 
     def __init__(self, cfg: PALRRecipeConfig, retriever: Retriever | None = None) -> None:
+        if retriever is None and cfg.retriever == "sasrec":
+            raise ValueError(
+                "palr.retriever='sasrec' is built by the launch layer (fusionrec train palr); in-process "
+                "callers pass PALRModule(cfg, retriever=...) or choose palr.retriever='cooccurrence'"
+            )
         self.cfg = cfg
         self.retriever = retriever
         self.engines: dict[str, Engine] = {}
