@@ -9,12 +9,14 @@ the real T5 tokenizer are interchangeable everywhere in the project.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the transformers import (ENVIRONMENT.md)
 
@@ -97,18 +99,22 @@ def train_tokenizer(
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=512
     )
-    out = Path(out_dir)
+    _save_atomically(wrapped, Path(out_dir))
+    return load_tokenizer(out_dir)
+
+
+def _save_atomically(tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """save_pretrained into a temporary sibling folder, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        wrapped.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return load_tokenizer(out)
 
 
 def build_tokenizer(cfg: TokenizerConfig, corpus: Iterable[str] | None = None) -> PreTrainedTokenizerBase:
@@ -137,3 +143,94 @@ def encode_strict(tokenizer: PreTrainedTokenizerBase, text: str, what: str) -> l
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise ValueError(f"{what}: the tokenizer cannot encode {text!r} (unknown token in {pieces})")
     return ids
+
+
+# ---------------------------------------------------------------------- vocabulary reduction
+@dataclass
+class VocabReport:
+    """What `reduce_vocab` kept and checked: sizes, and how many texts were verified piece by piece."""
+
+    source: str
+    full_size: int
+    reduced_size: int
+    texts_checked: int
+    mismatches: int  # always 0 when `reduce_vocab` returns (a mismatch raises)
+
+
+def _unigram_model(data: dict, src: Path) -> dict:
+    model = data.get("model") or {}
+    kind = model.get("type", "Unigram" if "unk_id" in model and "vocab" in model else None)
+    if kind != "Unigram" or not isinstance(model.get("vocab"), list):
+        raise ValueError(
+            f"{src}/tokenizer.json: vocabulary reduction needs a Unigram (SentencePiece) model, got {kind!r}"
+        )
+    return model
+
+
+def _remap_ids(node: Any, new_id: Mapping[int, int]) -> Any:
+    """The post-processor's special-token ids under the new numbering (its `ids` lists)."""
+    if isinstance(node, dict):
+        return {
+            k: ([new_id[int(i)] for i in v] if k == "ids" else _remap_ids(v, new_id)) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_remap_ids(v, new_id) for v in node]
+    return node
+
+
+def reduce_vocab(
+    source: str | Path, texts: Sequence[str], out_dir: str | Path
+) -> tuple[PreTrainedTokenizerBase, VocabReport]:
+    """A tokenizer folder whose vocabulary is the special tokens + the pieces `texts` use (ids contiguous).
+
+    Why this is exact: a Unigram tokenizer picks, per pre-tokenized word, the segmentation of highest total
+    piece score (Viterbi). Restricting the vocabulary to a subset that still holds every text's optimal
+    segmentation leaves that segmentation optimal (every remaining candidate was a candidate before), so
+    each text tokenizes to the same pieces, only renumbered. Normalizer, pre-tokenizer and scores are kept.
+    Verified here on every text (piece strings compared); any mismatch is a ValueError naming the text.
+    Special tokens keep their relative order (T5: pad 0, eos 1, unk 2); other pieces keep their original
+    order, so the result is a pure function of (source, set of texts).
+    """
+    src = Path(source)
+    full = load_tokenizer(src)
+    data = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    model = _unigram_model(data, src)
+    texts = list(texts)
+    full_enc = full.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    specials = sorted(
+        {int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")} & set(full.all_special_ids)
+    )
+    specials = sorted(set(specials) | {int(model["unk_id"])})
+    used = sorted({i for enc in full_enc for i in enc.ids} - set(specials))
+    keep = specials + used
+    new_id = {old: new for new, old in enumerate(keep)}
+    model["vocab"] = [model["vocab"][i] for i in keep]
+    model["unk_id"] = new_id[int(model["unk_id"])]
+    data["added_tokens"] = [
+        {**t, "id": new_id[int(t["id"])]} for t in data.get("added_tokens", []) if int(t["id"]) in new_id
+    ]
+    if data.get("post_processor"):
+        data["post_processor"] = _remap_ids(data["post_processor"], new_id)
+    backend = Tokenizer.from_str(json.dumps(data))
+    _verify_same_pieces(texts, full_enc, backend.encode_batch(texts, add_special_tokens=False), src)
+    names = {k: getattr(full, k) for k in ("pad_token", "eos_token", "unk_token") if getattr(full, k, None)}
+    # decode() must read like the source's (T5 joins " ," -> ","): IDs are decoded from generated tokens.
+    names["clean_up_tokenization_spaces"] = bool(getattr(full, "clean_up_tokenization_spaces", False))
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=full.model_max_length, **names
+    )
+    _save_atomically(wrapped, Path(out_dir))
+    report = VocabReport(str(src), len(full), len(keep), len(texts), 0)
+    return load_tokenizer(out_dir), report
+
+
+def _verify_same_pieces(
+    texts: Sequence[str], full_enc: Sequence[Any], new_enc: Sequence[Any], src: Path
+) -> None:
+    bad = [i for i, (a, b) in enumerate(zip(full_enc, new_enc, strict=True)) if a.tokens != b.tokens]
+    if bad:
+        i = bad[0]
+        raise ValueError(
+            f"reduced vocabulary of {src} tokenizes {len(bad)} of {len(texts)} texts differently; first: "
+            f"{texts[i]!r} -> {new_enc[i].tokens} instead of {full_enc[i].tokens}"
+        )

@@ -1,0 +1,53 @@
+"""Vocabulary reduction (trainer/models/tokenizer.py `reduce_vocab`) on the real T5 SentencePiece tokenizer
+and real Amazon Beauty item texts: a loadable tokenizer folder, contiguous ids, T5's special-token layout,
+and every text tokenized to exactly the pieces of the full tokenizer (ids remapped); deterministic.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fusionrec.trainer.models.tokenizer import load_tokenizer, reduce_vocab, train_tokenizer
+from fusionrec.trainer.prompts import STYLES, build_prompt
+
+
+def _beauty_texts(shared_data, n: int) -> list[str]:
+    lines = (shared_data / "amazon_beauty" / "item_plain_text.txt").read_text(encoding="utf-8").splitlines()
+    return [line.partition(" ")[2] for line in lines[:n]]
+
+
+@pytest.mark.slow
+def test_reduced_t5_tokenizer_segments_like_the_full_one(shared_data, t5_tokenizer_dir, tmp_path):
+    texts = _beauty_texts(shared_data, 3000)
+    prompts = [build_prompt(["0 1"], t, style=s).text for s, ts in STYLES.items() for t in range(len(ts))]
+    corpus = texts + prompts
+    tok, report = reduce_vocab(t5_tokenizer_dir, corpus, tmp_path / "a")
+    full = load_tokenizer(t5_tokenizer_dir)
+    assert report.full_size == len(full) == 32100 and report.mismatches == 0
+    assert report.texts_checked == len(corpus) and 1000 < len(tok) == report.reduced_size < 10000
+    assert sorted(tok.get_vocab().values()) == list(range(len(tok)))  # contiguous ids
+    assert [tok.pad_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2]
+    # Reloaded from the folder (AutoTokenizer): identical pieces, eos appended, decode round-trips.
+    tok = load_tokenizer(tmp_path / "a")
+    for text in corpus[::7]:
+        ids, ref = tok(text)["input_ids"], full(text)["input_ids"]
+        assert tok.convert_ids_to_tokens(ids) == full.convert_ids_to_tokens(ref)
+        assert ids[-1] == 1 and max(ids) < len(tok)
+        assert tok.decode(ids, skip_special_tokens=True) == full.decode(ref, skip_special_tokens=True)
+    # Exactly the special tokens (T5: pad, eos, unk + 100 sentinels) and the pieces the corpus uses
+    # (characters T5 lacks, e.g. "~", tokenize to <unk> in both).
+    pieces = {p for text in corpus for p in full.tokenize(text)}
+    used = {p for p in pieces if full.convert_tokens_to_ids(p) != full.unk_token_id}
+    assert len(pieces - used) < 5
+    assert set(tok.get_vocab()) == used | set(full.all_special_tokens)
+    # Deterministic: the same texts (in another order) give a byte-identical tokenizer.json.
+    reduce_vocab(t5_tokenizer_dir, corpus[::-1], tmp_path / "b")
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()
+
+
+@pytest.mark.unit
+def test_a_bpe_source_is_refused_naming_the_file(tmp_path):
+    train_tokenizer(["red lipstick", "blue shampoo"] * 50, tmp_path / "bpe", vocab_size=60)
+    with pytest.raises(ValueError, match="bpe/tokenizer.json: vocabulary reduction needs a Unigram"):
+        reduce_vocab(tmp_path / "bpe", ["red lipstick"], tmp_path / "out")
