@@ -291,6 +291,10 @@ def test_plan_rounds_order_steps_and_epochs(corpus, tmp_path):
         ("rec", "recommender", 5, None, 1),
         ("id", "id_generator", None, 1, 1),
     ]
+    # order = ["rec"]: the recommender alone on the fixed initial IDs (no ID phase, no regeneration).
+    cfg = tiny_config(str(corpus), order=["rec"], rounds=1, rec_epochs=2)
+    plan = IDGenRecModule(cfg, tmp_path).plan(max_steps=100)
+    assert [(p.name, p.engine, p.steps, p.epochs) for p in plan] == [("rec", "recommender", None, 2)]
 
 
 @pytest.mark.unit
@@ -298,6 +302,9 @@ def test_plan_rounds_order_steps_and_epochs(corpus, tmp_path):
     ("kw", "match"),
     [
         ({"order": ["id", "id"]}, "permutation"),
+        ({"order": ["id"]}, "permutation"),
+        ({"reduce_vocab": True}, "pretrained_tokenizer"),
+        ({"data": IDGenRecDataConfig(corpus="x", bucket_window=-1)}, "bucket_window"),
         ({"initial_ids": "random"}, "initial_ids"),
         ({"rounds": 0}, "rounds"),
         ({"id_lr": 0.0}, "id_lr"),

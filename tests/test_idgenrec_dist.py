@@ -35,7 +35,7 @@ def _worker(corpus: str, tokenizer: str, run_dir: str, zero_stage: int) -> dict:
     from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.idgen.generator import generate_ids
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
+    from fusionrec.trainer.modules.idgenrec import IDGenRecDataConfig, build_idgenrec_module
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     class PhaseProbe(Callback):
@@ -57,7 +57,11 @@ def _worker(corpus: str, tokenizer: str, run_dir: str, zero_stage: int) -> dict:
 
     # One tokenizer for all runs: `tokenizers`' Unigram trainer is not bit-reproducible across trainings
     # (last-digit differences in piece scores), and a resumed run reuses RUN/tokenizer anyway.
-    cfg = tiny_config(corpus, tokenizer=TokenizerConfig(path=tokenizer), **SCHEDULE)
+    # ZeRO-2 runs with length bucketing (window 3: the stop at step 5 falls inside a window, so the resume
+    # must re-read that window, regroup it identically and skip what was trained); ZeRO-3 without.
+    window = 3 if zero_stage == 2 else 0
+    data = IDGenRecDataConfig(corpus=corpus, bucket_window=window)
+    cfg = tiny_config(corpus, tokenizer=TokenizerConfig(path=tokenizer), data=data, **SCHEDULE)
 
     def fit(sub: str, max_steps: int, resume: str | None):
         ds = DeepSpeedConfig(zero_stage=zero_stage, micro_batch_size=4)
@@ -101,8 +105,9 @@ def _worker(corpus: str, tokenizer: str, run_dir: str, zero_stage: int) -> dict:
         "metrics": module.evaluate_split("valid"),
         "stats": module.stats,
     }
-    _, half, half_losses, _ = fit("resumed", STOP_AT, None)
+    stopped, half, half_losses, _ = fit("resumed", STOP_AT, None)
     out["stopped_history"] = half.history
+    out["stopped_loader_state"] = stopped.train_loader.state_dict()
     out["stopped_losses"] = half_losses
     resumed, rmodule, rlosses, _ = fit("resumed", TOTAL_STEPS, "auto")
     out["resumed_losses"] = rlosses
@@ -154,6 +159,11 @@ def test_alternate_training_two_processes(tmp_path: Path, zero_stage: int) -> No
     # Resumed mid-round (step 5 of 12, table r1 restored from the checkpoint): identical continuation.
     assert r0["stopped_losses"] == {s: losses[s] for s in range(1, STOP_AT + 1)}
     assert r0["stopped_history"] == r0["history"][:2]
+    state = r0["stopped_loader_state"]
+    if zero_stage == 2:  # saved mid-window: the window's start state + 1 regrouped batch already trained
+        assert (state["bucket_window"], state["taken"]) == (3, 1), state
+    else:
+        assert "bucket_window" not in state
     resumed = r0["resumed_losses"]
     assert sorted(resumed) == list(range(STOP_AT + 1, TOTAL_STEPS + 1))
     for step, value in resumed.items():

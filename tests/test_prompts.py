@@ -115,3 +115,22 @@ def test_token_positions_decode_to_each_id(tok, user):
 @pytest.mark.slow
 def test_token_positions_real_t5_tokenizer(t5_tokenizer_dir):
     _check_token_positions(load_tokenizer(t5_tokenizer_dir), "night owl")
+
+
+@pytest.mark.unit
+def test_terse_style_one_short_template_with_exact_positions(tok):
+    cfg = PromptConfig(style="terse")
+    builder = PromptBuilder(cfg, {f"i{k}": t for k, t in enumerate(IDS)})
+    sample = {"user": "u", "history": ["i0", "i1", "i2", "i3"], "target": "i0"}
+    prompts = {builder.build(sample, train=True, epoch=e)[0].text for e in range(5)}
+    assert prompts == {"The user : " + " , ".join(IDS)}  # one template, train and eval alike
+    p = build_prompt(IDS, 0, style="terse")
+    ids, positions = token_positions(tok, p)
+    for k, pos in enumerate(positions):
+        assert tok.decode([ids[t] for t in pos], skip_special_tokens=True).strip() == IDS[k]
+    full = build_prompt(IDS, cfg.eval_template)
+    assert len(ids) < len(tok(full.text)["input_ids"]) - 8  # the wording costs a few tokens, not ~20
+    with pytest.raises(ValueError, match="style"):
+        PromptConfig(style="short")
+    with pytest.raises(ValueError, match="eval_template must be in \\[0, 1\\) for style 'terse'"):
+        PromptConfig(style="terse", eval_template=3)

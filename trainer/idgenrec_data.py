@@ -154,7 +154,13 @@ def _with_word_boundary(ids: Sequence[int], pos: list[int], toks: Sequence[int])
     the generator's first decoding step). Taken only when the token right before the span is exactly that
     first token, so the alignment stays exact (and is verified by the caller).
     """
-    if len(pos) == len(toks) - 1 and pos and pos[0] > 0 and ids[pos[0] - 1] == toks[0] and ids[pos[0]] == toks[1]:
+    if (
+        len(pos) == len(toks) - 1
+        and pos
+        and pos[0] > 0
+        and ids[pos[0] - 1] == toks[0]
+        and ids[pos[0]] == toks[1]
+    ):
         return [pos[0] - 1, *pos]
     return pos
 
@@ -209,6 +215,12 @@ class IDGenRecCollator:
         if self.mode == "id":
             batch.update(self._soft_inputs(samples, inputs, positions))
         return batch
+
+    def prompt_cost(self, sample: Mapping[str, Any]) -> int:
+        """Approximate prompt length in tokens (ID tokens + one separator per history item): the sort key of
+        length bucketing. The template's own words vary by a few tokens and are left out."""
+        history = sample["history"][-self.builder.cfg.max_history :]
+        return sum(len(self.tokens[i]) + 1 for i in history)
 
     def _soft_inputs(
         self, samples: list[dict[str, Any]], inputs: list[list[int]], positions: list[list[list[int]]]

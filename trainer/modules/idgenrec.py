@@ -39,7 +39,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset, ShardLoader, gather_state
+from fusionrec.data_pipeline.loader import (
+    LoaderConfig,
+    ShardDataset,
+    ShardLoader,
+    gather_state,
+)
+from fusionrec.trainer.bucketing import BucketedLoader
 from fusionrec.trainer.config import OptimConfig
 from fusionrec.trainer.decoding import CompiledTrie, constrained_beam_search
 from fusionrec.trainer.idgen.generator import IDGenConfig, generate_ids
@@ -58,9 +64,9 @@ from fusionrec.trainer.idgenrec_data import (
 from fusionrec.trainer.metrics import MetricSums
 from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.soft_ids import SoftIDRecommender
-from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, reduce_vocab, train_tokenizer
 from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
-from fusionrec.trainer.prompts import TEMPLATES, PromptBuilder, PromptConfig
+from fusionrec.trainer.prompts import STYLES, TEMPLATES, PromptBuilder, PromptConfig, build_prompt
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,7 @@ class IDGenRecDataConfig:
     num_workers: int = 0
     max_train_samples: int | None = None
     max_valid_samples: int | None = None
+    bucket_window: int = 0  # > 1: training batches regrouped by prompt length within this many batches
     collate: CollateConfig = field(default_factory=CollateConfig)
 
 
@@ -110,6 +117,9 @@ class IDGenRecConfig:
     id_generator: ModelConfig = field(default_factory=lambda: ModelConfig(seed=1))
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pretrained_tokenizer: str = ""  # hub id or folder (e.g. "t5-small"); empty: tokenizer.* (path or train)
+    # Keep only the pieces the corpus texts/templates/initial IDs use (Unigram source; same segmentation,
+    # ids remapped): a smaller embedding + LM head, so a faster step for small models.
+    reduce_vocab: bool = False
     prompt: PromptConfig = field(default_factory=PromptConfig)
     idgen: IDGenConfig = field(default_factory=IDGenConfig)
     eval: RankingConfig = field(default_factory=RankingConfig)
@@ -127,8 +137,11 @@ class IDGenRecConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"idgenrec.rounds must be >= 1, got {self.rounds}")
-        if sorted(self.order) != ["id", "rec"]:
-            raise ValueError(f"idgenrec.order must be a permutation of ['id', 'rec'], got {self.order}")
+        if sorted(self.order) not in (["id", "rec"], ["rec"]):
+            raise ValueError(
+                f"idgenrec.order must be a permutation of ['id', 'rec'] (or ['rec']: the recommender alone "
+                f"on fixed initial IDs), got {self.order}"
+            )
         for key in ("id_epochs", "rec_epochs"):
             if getattr(self, key) < 1:
                 raise ValueError(f"idgenrec.{key} must be >= 1, got {getattr(self, key)}")
@@ -140,6 +153,12 @@ class IDGenRecConfig:
             raise ValueError(f"idgenrec.initial_ids must be 'title' or 'generator', got {self.initial_ids!r}")
         if self.title_words < 1:
             raise ValueError(f"idgenrec.title_words must be >= 1, got {self.title_words}")
+        if self.data.bucket_window < 0:
+            raise ValueError(f"idgenrec.data.bucket_window must be >= 0, got {self.data.bucket_window}")
+        if self.reduce_vocab and not (self.pretrained_tokenizer or self.tokenizer.path):
+            raise ValueError(
+                "idgenrec.reduce_vocab needs a source tokenizer: set idgenrec.pretrained_tokenizer (a folder)"
+            )
         if self.prompt.use_user_id:
             raise ValueError(
                 "idgenrec.prompt.use_user_id is not supported by this recipe yet (item IDs only)"
@@ -220,10 +239,22 @@ class _TrainLoader:
         return gather_state(self.loader.state_dict())  # collective: every rank saves the merged state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "bucket_window" in state:
+            raise ValueError(
+                "loader state was saved with length bucketing (idgenrec.data.bucket_window="
+                f"{state['bucket_window']}); resume with the same setting"
+            )
         self.loader.load_state_dict(state)
 
     def close(self) -> None:
         self.loader.close()
+
+
+class _BucketedTrainLoader(BucketedLoader):
+    """Length-bucketed training batches (``idgenrec.data.bucket_window`` > 1), see trainer/bucketing.py."""
+
+    def __init__(self, dataset: ShardDataset, collate: IDGenRecCollator, window: int, seed: int) -> None:
+        super().__init__(dataset, collate, collate.prompt_cost, window, seed)
 
 
 class _ValidLoader:
@@ -264,7 +295,7 @@ class IDGenRecModule(BaseTrainModule):
         self.history: list[str] = []  # versions of every table this run used, oldest first
         self.stats: dict[str, int] = {"regenerations": 0, "table_mismatch": 0}
         self._trie: CompiledTrie | None = None
-        self._loader: _TrainLoader | None = None
+        self._loader: _TrainLoader | _BucketedTrainLoader | None = None
 
     # ------------------------------------------------------------------ setup
     def configure(self, strategy: DeepspeedStrategy, optim: OptimConfig) -> dict[str, Engine]:
@@ -285,10 +316,14 @@ class IDGenRecModule(BaseTrainModule):
         return self.engines
 
     def _materialize_tokenizer(self) -> tuple[Any, dict[str, str]]:
-        """Rank 0 trains (or copies) the tokenizer into RUN/tokenizer once; every rank loads that folder."""
+        """Rank 0 trains (or copies, or reduces) the tokenizer into RUN/tokenizer once; every rank loads it."""
         folder = self.run_dir / "tokenizer"
         if self.strategy.is_rank0 and not (folder / "tokenizer.json").is_file():
-            if self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path:
+            if self.cfg.reduce_vocab:
+                src = self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path
+                _, report = reduce_vocab(src, self._vocab_texts(load_tokenizer(src)), folder)
+                log.info("reduced vocabulary: %s", report)
+            elif self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path:
                 from transformers import AutoTokenizer
 
                 src = self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path
@@ -298,6 +333,20 @@ class IDGenRecModule(BaseTrainModule):
                 train_tokenizer(corpus, folder, self.cfg.tokenizer.vocab_size)
         self.strategy.barrier()
         return load_tokenizer(folder), _tokenizer_files(folder)
+
+    def _vocab_texts(self, full: Any) -> list[str]:
+        """Every text the run will tokenize besides generated IDs: item texts, each prompt template (filled
+        around a placeholder ID), the initial title IDs (lower-cased words the titles may not contain as
+        such) and the digits of number suffixes. Title IDs are chosen with the full tokenizer; the reduced
+        one tokenizes them identically (verified), so the run picks the very same table."""
+        prompts = [
+            build_prompt(["0 1"], t, style=style).text for style, ts in STYLES.items() for t in range(len(ts))
+        ]
+        digits = [" ".join("0123456789")]
+        ids: list[str] = []
+        if self.cfg.initial_ids == "title":
+            ids = list(title_table(self.titles, self.cfg.title_words, encodable_fn(full)).as_dict().values())
+        return list(self.texts.values()) + prompts + digits + ids
 
     def split_dataset(self, split: str, even_batches: bool) -> ShardDataset:
         cap = self.cfg.data.max_train_samples if split == "train" else self.cfg.data.max_valid_samples
@@ -406,7 +455,11 @@ class IDGenRecModule(BaseTrainModule):
                 self.strategy.world_size,
                 self.cfg.data.seed,
             )
-        self._loader = _TrainLoader(self.train_data, self.collator(phase.name, self.train_data))
+        collate, window = self.collator(phase.name, self.train_data), self.cfg.data.bucket_window
+        if window > 1:
+            self._loader = _BucketedTrainLoader(self.train_data, collate, window, self.cfg.data.seed)
+        else:
+            self._loader = _TrainLoader(self.train_data, collate)
         return self._loader
 
     def on_phase_end(self, phase: Phase) -> None:
