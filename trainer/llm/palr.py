@@ -177,6 +177,43 @@ def _rank_metrics(rank: int | None, ks: Sequence[int]) -> dict[str, float]:
 
 
 @torch.no_grad()
+def rerank_ranks(
+    model: nn.Module,
+    tokenizer,
+    users: Sequence[tuple[list[str], str]],
+    text: dict[str, str],
+    retriever: Retriever,
+    cfg: PALRConfig,
+) -> list[tuple[int | None, int | None]]:
+    """Per user ((history, target) pairs): 0-based rank of the target in the retriever's top-n and in the
+    LM's re-ranking of it (None: not retrieved). Ties in LM score keep the retriever's order."""
+    out = []
+    for history, target in users:
+        cands = retriever.retrieve(history, cfg.top_n)
+        prompt = palr_prompt([text[i] for i in history], [text[i] for i in cands], cfg.tasks)
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        answers = [tokenizer(palr_answer([text[i]]), add_special_tokens=False)["input_ids"] for i in cands]
+        scores = score_candidates(model, prompt_ids, answers, tokenizer.pad_token_id).mean.tolist()
+        llm_order = [c for _, c in sorted(zip(scores, cands, strict=True), key=lambda sc: -sc[0])]
+        out.append(tuple(order.index(target) if target in order else None for order in (cands, llm_order)))
+    return out
+
+
+def rank_summary(
+    ranks: Sequence[tuple[int | None, int | None]], ks: Sequence[int]
+) -> dict[str, dict[str, float]]:
+    """Mean HR/NDCG@k of the retriever's order and of the LM's, from `rerank_ranks` output."""
+    sums = {"retriever": Counter(), "llm": Counter()}
+    for r_rank, l_rank in ranks:
+        sums["retriever"].update(_rank_metrics(r_rank, ks))
+        sums["llm"].update(_rank_metrics(l_rank, ks))
+    n = max(1, len(ranks))
+    return {
+        name: {k: v / n for k, v in sorted(s.items())} | {"users": float(len(ranks))}
+        for name, s in sums.items()
+    }
+
+
 def rerank_eval(
     model: nn.Module,
     tokenizer,
@@ -186,18 +223,4 @@ def rerank_eval(
     cfg: PALRConfig,
 ) -> dict[str, dict[str, float]]:
     """Mean HR/NDCG@k over `users` ((history, target) pairs) of the retriever's order vs the LM's re-ranking."""
-    sums = {"retriever": Counter(), "llm": Counter()}
-    for history, target in users:
-        cands = retriever.retrieve(history, cfg.top_n)
-        prompt = palr_prompt([text[i] for i in history], [text[i] for i in cands], cfg.tasks)
-        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        answers = [tokenizer(palr_answer([text[i]]), add_special_tokens=False)["input_ids"] for i in cands]
-        scores = score_candidates(model, prompt_ids, answers, tokenizer.pad_token_id).mean.tolist()
-        llm_order = [c for _, c in sorted(zip(scores, cands, strict=True), key=lambda sc: -sc[0])]
-        for name, order in (("retriever", cands), ("llm", llm_order)):
-            sums[name].update(_rank_metrics(order.index(target) if target in order else None, cfg.ks))
-    n = max(1, len(users))
-    return {
-        name: {k: v / n for k, v in sorted(s.items())} | {"users": float(len(users))}
-        for name, s in sums.items()
-    }
+    return rank_summary(rerank_ranks(model, tokenizer, users, text, retriever, cfg), cfg.ks)
