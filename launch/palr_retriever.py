@@ -72,25 +72,31 @@ def _wait_for(path: Path, rank: int) -> None:
     print(f"[fusionrec] rank {rank}: SASRec retriever ready at {path}", flush=True)
 
 
+def _train_once(recipe: Any, path: Path, strategy: Any) -> None:
+    """Rank 0 trains + saves unless the run dir already holds a SASRec; the other ranks wait for it."""
+    if (path / "config.json").is_file():
+        return
+    if not strategy.is_rank0:
+        _wait_for(path, strategy.rank)
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = min(os.cpu_count() or 1, torch.get_num_threads() * local)
+    print(f"[fusionrec] training the SASRec retriever on {recipe.data_dir} ({threads} threads)", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train_and_save_sasrec(recipe.data_dir, path, recipe.retriever_epochs, threads)
+
+
 def sasrec_retriever(recipe: Any, run_dir: str | Path, strategy: Any) -> Any:
     """The SASRecRetriever of a PALR recipe config: loaded from `retriever_checkpoint`, or trained once."""
     from fusionrec.cluster.baselines import load_sasrec
     from fusionrec.trainer.llm.palr import SASRecRetriever
 
-    path = Path(recipe.retriever_checkpoint) if recipe.retriever_checkpoint else Path(run_dir) / RETRIEVER_DIR
-    if recipe.retriever_checkpoint and not path.is_dir():
-        raise ValueError(f"palr.retriever_checkpoint={path}: no such SASRec folder")
-    if not (path / "config.json").is_file():
-        if strategy.is_rank0:
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            threads = min(os.cpu_count() or 1, torch.get_num_threads() * local)
-            print(
-                f"[fusionrec] training the SASRec retriever on {recipe.data_dir} ({threads} threads)",
-                flush=True,
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            train_and_save_sasrec(recipe.data_dir, path, recipe.retriever_epochs, threads)
-        else:
-            _wait_for(path, strategy.rank)
+    if recipe.retriever_checkpoint:  # a given folder is only ever read (load_sasrec names what is missing)
+        path = Path(recipe.retriever_checkpoint)
+        if not path.is_dir():
+            raise ValueError(f"palr.retriever_checkpoint={path}: no such SASRec folder")
+    else:
+        path = Path(run_dir) / RETRIEVER_DIR
+        _train_once(recipe, path, strategy)
     model, item_ids = load_sasrec(path)
     return SASRecRetriever(model, item_ids)

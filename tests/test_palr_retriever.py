@@ -122,3 +122,28 @@ def test_palr_recipe_trains_sasrec_on_rank0_and_every_rank_uses_it(tmp_path):
     assert ids == ITEMS  # the corpus vocabulary, trained on items[:-2] only
     assert SASRecRetriever(model, ids).retrieve_many([["i00", "i01"]], 5)[0] == r0["candidates"][0]
     assert (run / "retriever" / "sasrec.train.json").is_file()
+
+
+@pytest.mark.unit
+def test_a_given_retriever_checkpoint_is_only_loaded(tmp_path):
+    from fusionrec.cluster.baselines import save_sasrec
+    from fusionrec.launch.palr_retriever import sasrec_retriever
+    from fusionrec.trainer.modules.palr import PALRRecipeConfig
+
+    model = _sasrec()
+    ckpt = save_sasrec(tmp_path / "sasrec", model, ITEMS)
+    recipe = PALRRecipeConfig(data_dir=str(tmp_path / "absent"), retriever_checkpoint=str(ckpt))
+    got = sasrec_retriever(recipe, tmp_path / "run", strategy=None)  # loading needs no process group
+    assert got.retrieve_many([["i02", "i05"]], 4) == SASRecRetriever(model, ITEMS).retrieve_many(
+        [["i02", "i05"]], 4
+    )
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        sasrec_retriever(
+            PALRRecipeConfig(data_dir="d", retriever_checkpoint=str(tmp_path / "empty")), tmp_path, None
+        )
+    with pytest.raises(ValueError, match="no such SASRec folder"):
+        sasrec_retriever(
+            PALRRecipeConfig(data_dir="d", retriever_checkpoint=str(tmp_path / "nope")), tmp_path, None
+        )
