@@ -179,3 +179,100 @@ def test_grad_accumulation_equivalence() -> None:
     r0, r1 = run_distributed_test(_accum_run, world_size=2, steps=5)
     assert r0["moved"] > 1e-2  # the weights did train ...
     assert r0["max_abs_diff"] < 1e-5 and r1["max_abs_diff"] < 1e-5  # ... identically under both layouts
+
+
+@pytest.mark.unit
+def test_param_groups_and_reduce_bucket_from_the_model() -> None:
+    from fusionrec.trainer.modules.toy import ToyRegressor
+    from fusionrec.trainer.strategy import _param_groups, _size_reduce_bucket
+
+    model = ToyRegressor()
+    params = list(model.parameters())
+    ids = lambda ps: [id(p) for p in ps]  # noqa: E731
+    # No weight decay: one group (ZeRO-1/2 run a norm all-reduce and an all-gather per group and step).
+    (only,) = _param_groups(model, 0.0)
+    assert ids(only["params"]) == ids(params) and only["weight_decay"] == 0.0
+    decay, no_decay = _param_groups(model, 0.1)
+    assert ids(decay["params"]) == ids(p for p in params if p.ndim == 2) and decay["weight_decay"] == 0.1
+    assert (
+        ids(no_decay["params"]) == ids(p for p in params if p.ndim == 1) and no_decay["weight_decay"] == 0.0
+    )
+    numel = sum(p.numel() for p in params)
+    zero = {"stage": 1}
+    _size_reduce_bucket(zero, model, 1)
+    assert zero["reduce_bucket_size"] == numel == (16 * 64 + 64) + 2 * 64 + (64 * 64 + 64) + (64 * 4 + 4)
+    kept = {"stage": 2, "reduce_bucket_size": 1000}  # the user's JSON wins
+    _size_reduce_bucket(kept, model, 2)
+    assert kept["reduce_bucket_size"] == 1000
+    stage0 = {"stage": 0}
+    _size_reduce_bucket(stage0, model, 0)
+    assert stage0 == {"stage": 0}
+
+
+def _clip_reference(x, y, steps: int, clip: float) -> tuple[dict, list[float]]:
+    """One process, the union of both ranks' micro-batches per step: what data parallelism must equal."""
+    import torch
+    from fusionrec.trainer.modules.toy import ToyRegressor
+
+    torch.manual_seed(0)
+    model = ToyRegressor()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    norms = []
+    for step in range(steps):
+        sl = slice(step * 8, step * 8 + 8)
+        torch.nn.functional.mse_loss(model(x[sl]), y[sl]).backward()
+        norms.append(
+            float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else float("inf")))
+        )
+        opt.step()
+        opt.zero_grad()
+    return model.state_dict(), norms
+
+
+def _clip_run(steps: int) -> dict:
+    """ZeRO-0 (the strategy clips) and ZeRO-1 (DeepSpeed clips) against one plain process, clipping active."""
+    import torch
+    from fusionrec.trainer.modules.toy import ToyRegressor, make_regression
+
+    x, y = make_regression(64, 16, 4)
+    out: dict = {}
+    for stage in (0, 1):
+        strategy = DeepspeedStrategy(DeepSpeedConfig(zero_stage=stage, micro_batch_size=4))
+        strategy.setup()
+        torch.manual_seed(0)
+        engine = strategy.prepare(ToyRegressor(), OptimConfig(lr=1e-2, grad_clip=0.05), name=f"z{stage}")
+        out[f"ds_clip{stage}"] = float(engine._ds.gradient_clipping())
+        norms = []
+        for step in range(steps):
+            sl = slice(
+                (step * strategy.world_size + strategy.rank) * 4,
+                (step * strategy.world_size + strategy.rank) * 4 + 4,
+            )
+            strategy.backward(torch.nn.functional.mse_loss(engine(x[sl]), y[sl]), engine)
+            strategy.step(engine)
+            norms.append(engine.grad_norm)
+        out[f"weights{stage}"] = strategy.full_state_dict(engine)
+        out[f"norms{stage}"] = norms
+    ref, out["ref_norms"] = _clip_reference(x, y, steps, 0.05)
+    unclipped, _ = _clip_reference(x, y, steps, 0.0)
+
+    def diff(a: dict, b: dict) -> float:
+        return max((a[k] - b[k]).abs().max().item() for k in a)
+
+    return {
+        **{k: v for k, v in out.items() if not k.startswith("weights")},
+        "diff0": diff(out["weights0"], ref),
+        "diff1": diff(out["weights1"], ref),
+        "clipping_matters": diff(unclipped, ref),
+    }
+
+
+@pytest.mark.distributed
+def test_zero0_and_zero1_clip_like_one_process() -> None:
+    r0, r1 = run_distributed_test(_clip_run, world_size=2, steps=4)
+    assert min(r0["ref_norms"]) > 0.05 and r0["clipping_matters"] > 1e-3  # clipping really changes the result
+    assert r0["ds_clip0"] == 0.0 and r0["ds_clip1"] == 0.05  # stage 0: the strategy clips, not DeepSpeed
+    for r in (r0, r1):
+        assert r["diff0"] < 1e-5 and r["diff1"] < 1e-5, (r["diff0"], r["diff1"])
+        assert r["norms0"] == pytest.approx(r["ref_norms"], rel=1e-5)  # logged norm: global, before clipping
+        assert r["norms1"] == pytest.approx(r["ref_norms"], rel=1e-5)
