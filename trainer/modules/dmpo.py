@@ -75,6 +75,7 @@ class DMPOModule(BaseTrainModule):
         self.cfg = cfg
         self.truncation = TruncationStats()
         self.engines: dict[str, Engine] = {}
+        self.reference: torch.nn.Module | Engine | None = None  # dmpo.reference = "model" only
         self.examples: list[Any] = []
 
     # ------------------------------------------------------------------ setup
@@ -95,11 +96,23 @@ class DMPOModule(BaseTrainModule):
                 self.tokenizer, self._groups(), self.cfg.model.max_length, self.truncation
             )
             if self.cfg.dmpo.reference == "model":
-                ref = build_causal_lm(self.cfg.model, vocab_size=len(self.tokenizer))
-                self.engines["reference"] = strategy.prepare(ref, None, name="reference")
+                self.reference = self._reference_model()
             else:
                 self._precompute_reference()
         return self.engines
+
+    def _reference_model(self) -> torch.nn.Module | Engine:
+        """The frozen reference (SFT) model: a ZeRO-3 engine, or a plain frozen replica below stage 3.
+
+        ZeRO-1/2 shard only optimizer states and gradients, which a frozen model has none of, so every rank
+        holds the full reference either way; DeepSpeed also refuses a stage-1/2 engine without an optimizer.
+        Under ZeRO-3 the engine partitions the weights (gathered layer by layer by its hooks).
+        """
+        ref = build_causal_lm(self.cfg.model, vocab_size=len(self.tokenizer))
+        if self.strategy.cfg.zero_stage == 3:
+            self.engines["reference"] = self.strategy.prepare(ref, None, name="reference")
+            return self.engines["reference"]
+        return ref.requires_grad_(False).eval().to(self.strategy.device)
 
     def _sft_examples(self) -> list[Any]:
         records = load_dmpo_file(self.cfg.sft_file)
@@ -157,9 +170,9 @@ class DMPOModule(BaseTrainModule):
             return {"loss": sft_loss(answer_logprobs(policy, batch))}
         k = self.cfg.dmpo.k
         chosen, rejected = group_logps(policy, batch, k)
-        if "reference" in self.engines:
+        if self.reference is not None:
             with torch.no_grad():
-                ref_chosen, ref_rejected = group_logps(self.engines["reference"], batch, k)
+                ref_chosen, ref_rejected = group_logps(self.reference, batch, k)
         else:
             ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
         out = dmpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.cfg.dmpo.beta)
