@@ -5,6 +5,10 @@ base model → SFT on Amazon_Movie → SFT + DMPO (k = 1 and k = 3, a fresh LoRA
 reference log-probs precomputed). Every model is evaluated by AUC of length-normalised candidate likelihood
 (paper eq. 4) on Amazon_Movie (in-domain) and data_ml_1m (cross-domain, train Movie → test ML-1M).
 
+Then the speed matrix of `bench/ranker_speed.py` (tokens/s and peak RSS of SFT and DMPO steps, ZeRO-2 vs
+ZeRO-3, precomputed vs model reference, tiny Llama and SmolLM2-135M, 2 real ranks per setting); set
+FUSIONREC_RANKER_PARTS=speed (or auc) to run one part only.
+
 JSON lines: `dmpo-auc-<train>-<test>-k<k>` (ours = AUC after SFT+DMPO, baseline = AUC after SFT), the base
 model's AUC, tokens/s of SFT and DMPO steps, and `shared-prefix-scoring` (our KV-shared candidate scoring vs
 re-encoding the prompt per answer, same scores). Paper (Llama-2-7B): Movie TALLRec 57.62, DMPO 66.60.
@@ -93,8 +97,29 @@ def _eval(model, tok, records, max_length: int):
     return evaluate_auc(model, tok, records, max_length)
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Run the whole DMPO benchmark; returns the JSON lines (also what `fusionrec bench ranker` prints)."""
+PARTS_ENV = "FUSIONREC_RANKER_PARTS"  # e.g. "speed" to run only the speed matrix
+
+
+def run(quick: bool = False, parts: str | None = None) -> list[dict]:
+    """`fusionrec bench ranker`: the AUC benchmark, then the speed matrix (`bench/ranker_speed.py`).
+
+    `parts` (default: env FUSIONREC_RANKER_PARTS, else "auc,speed") selects either or both.
+    """
+    chosen = {p.strip() for p in (parts or os.environ.get(PARTS_ENV) or "auc,speed").split(",")}
+    if not chosen or not chosen <= {"auc", "speed"}:
+        raise ValueError(f"{PARTS_ENV}={parts or os.environ.get(PARTS_ENV)!r}: use auc, speed or auc,speed")
+    lines: list[dict] = []
+    if "auc" in chosen:
+        lines += run_auc(quick)
+    if "speed" in chosen:
+        from fusionrec.bench.ranker_speed import run as run_speed
+
+        lines += run_speed(quick, data_dir=_dmpo_dir())
+    return lines
+
+
+def run_auc(quick: bool = False) -> list[dict]:
+    """The DMPO AUC benchmark (see the module docstring); returns its JSON lines."""
     from fusionrec.trainer.llm.data import load_dmpo_file
     from fusionrec.trainer.llm.dmpo import DMPOConfig
     from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, build_causal_lm, load_tokenizer

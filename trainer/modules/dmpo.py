@@ -4,7 +4,8 @@ Two runs, as in the paper (SFT, then DMPO from the SFT model): the SFT run expor
 DMPO run loads it as its base (`model.name_or_path`) and trains a fresh LoRA on top. Because LoRA's B matrix
 starts at zero, the policy at step 0 IS the SFT model, so the reference log-probs can be computed with the
 policy engine itself before the first step (`dmpo.reference = "precomputed"`, no second model in memory), or
-by a frozen reference engine built from the same folder (`"model"`). Either way the loss at step 0 is ln 2.
+by a frozen reference model built from the same folder (`"model"`: a ZeRO-3 engine,
+or a plain replica under ZeRO-0/1/2, see `_reference_model`). Either way the loss at step 0 is ln 2.
 """
 
 from __future__ import annotations
