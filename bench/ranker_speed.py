@@ -101,6 +101,7 @@ class Measured:
     truncated: int
     import_rss_mb: float
     setup_rss_mb: float
+    end_rss_mb: float
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -180,6 +181,14 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _current_rss_mb() -> float:
+    """Resident set now (VmRSS), unlike ru_maxrss not dominated by a one-off construction peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def _rank_main(config_path: str, out_path: str, warmup: int) -> None:
     """One rank: the dmpo recipe as `fusionrec train dmpo` builds it, fitted with a step timer."""
     t_start = time.perf_counter()
@@ -198,13 +207,14 @@ def _rank_main(config_path: str, out_path: str, warmup: int) -> None:
     built = build_dmpo(cfg, strategy)
     timer = StepTimer(warmup)
     Trainer(cfg.train, strategy, built.module, built.train_loader, [timer]).fit()
-    rss = strategy.all_gather_object((import_rss, timer.setup_rss, _max_rss_mb()))
+    rss = strategy.all_gather_object((import_rss, timer.setup_rss, _max_rss_mb(), _current_rss_mb()))
     if strategy.is_rank0:
         report = timer.report(t_start) | {
             "peak_rss_mb": max(r[2] for r in rss),
             "rss_mb_per_rank": [r[2] for r in rss],
             "import_rss_mb": max(r[0] for r in rss),
             "setup_rss_mb": max(r[1] for r in rss),
+            "end_rss_mb": max(r[3] for r in rss),
             "truncated": built.module.truncation.truncated,
         }
         atomic_write_text(out_path, json.dumps(report))
@@ -315,6 +325,8 @@ def pair_lines(
         "baseline_after_imports_mb": b.import_rss_mb,
         "after_setup_mb": a.setup_rss_mb,
         "baseline_after_setup_mb": b.setup_rss_mb,
+        "current_rss_after_steps_mb": a.end_rss_mb,  # VmRSS, max over ranks, with the engines still alive
+        "baseline_current_rss_after_steps_mb": b.end_rss_mb,
     } | context
     return [speed, memory]
 
