@@ -181,7 +181,8 @@ def _remap_ids(node: Any, new_id: Mapping[int, int]) -> Any:
 def reduce_vocab(
     source: str | Path, texts: Sequence[str], out_dir: str | Path
 ) -> tuple[PreTrainedTokenizerBase, VocabReport]:
-    """A tokenizer folder whose vocabulary is the special tokens + the pieces `texts` use (ids contiguous).
+    """A tokenizer folder whose vocabulary is the special tokens + the pieces `texts` use + the source's
+    single-character pieces (ids contiguous).
 
     Why this is exact: a Unigram tokenizer picks, per pre-tokenized word, the segmentation of highest total
     piece score (Viterbi). Restricting the vocabulary to a subset that still holds every text's optimal
@@ -201,7 +202,11 @@ def reduce_vocab(
         {int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")} & set(full.all_special_ids)
     )
     specials = sorted(set(specials) | {int(model["unk_id"])})
-    used = sorted({i for enc in full_enc for i in enc.ids} - set(specials))
+    used = {i for enc in full_enc for i in enc.ids}
+    # Single characters ("x" and "▁x") too: texts the corpus does not hold (a generated ID "cream 1207")
+    # then still encode without <unk> (Unigram can always fall back to characters).
+    used |= {i for i, (piece, _) in enumerate(model["vocab"]) if len(piece.removeprefix("▁")) == 1}
+    used = sorted(used - set(specials))
     keep = specials + used
     new_id = {old: new for new, old in enumerate(keep)}
     model["vocab"] = [model["vocab"][i] for i in keep]
