@@ -162,3 +162,55 @@ def test_trainer_two_phase_run(tmp_path) -> None:
         if "head/loss" in log:
             assert tb[log["step"]] == pytest.approx(log["head/loss"], rel=1e-6)
     assert [e.step for e in acc.Scalars("val/loss")] == [4, 8]
+
+
+def _uneven_run(run_dir: str) -> dict:
+    """Rank 0 has 3 micro-batches per epoch, rank 1 has 5: 5 steps take two passes, rank 1's tail is skipped."""
+    from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
+    from fusionrec.trainer.loop import Trainer
+    from fusionrec.trainer.modules.toy import ToyModule, make_regression, weights_fingerprint
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    class Counting(ToyModule):
+        def __init__(self, collective_forward: bool) -> None:
+            super().__init__()
+            self.collective_forward = collective_forward
+            self.forwards = 0
+
+        def train_batch(self, batch, phase):
+            self.forwards += 1
+            return super().train_batch(batch, phase)
+
+    ds = DeepSpeedConfig(zero_stage=1, micro_batch_size=4)
+    strategy = DeepspeedStrategy(ds)
+    strategy.setup()
+    x, y = make_regression(40, 16, 4)
+    n = 3 if strategy.rank == 0 else 5
+    batches = [{"x": x[i * 4 : i * 4 + 4], "y": y[i * 4 : i * 4 + 4]} for i in range(n)]
+    out = {}
+    for collective_forward in (False, True):  # overlapped check, then check-before-forward
+        cfg = TrainConfig(run_dir=run_dir, max_steps=5, deepspeed=ds, optim=OptimConfig(lr=1e-2))
+        cfg.checkpoint.save_at_end = False
+        module = Counting(collective_forward)
+        state = Trainer(cfg, strategy, module, batches, []).fit()
+        out[collective_forward] = {
+            "state": state.to_dict(),
+            "forwards": module.forwards,
+            "fingerprint": weights_fingerprint(strategy, module.engines),
+        }
+    return out
+
+
+@pytest.mark.distributed
+def test_uneven_ranks_stop_together_and_count_the_tail(tmp_path) -> None:
+    r0, r1 = run_distributed_test(_uneven_run, world_size=2, run_dir=str(tmp_path))
+    for key in (False, True):
+        assert r0[key]["fingerprint"] == r1[key]["fingerprint"]  # same steps on both ranks, no hang
+        assert r0[key]["state"]["step"] == r1[key]["state"]["step"] == 5
+        assert r0[key]["state"]["skipped"] == {}
+        assert r1[key]["state"]["skipped"] == {"uneven_tail_batches": 2}  # batches 4 and 5 of pass 1
+        assert r0[key]["state"]["samples_seen"] == 5 * 2 * 4  # the discarded forward is not logged
+        assert r0[key]["forwards"] == 5
+    # Overlapped: rank 1 ran the forward of its 4th batch before learning rank 0 had none, then dropped it.
+    assert r1[False]["forwards"] == 6 and r1[True]["forwards"] == 5
+    assert r0[False]["fingerprint"] == r0[True]["fingerprint"]  # the dropped forward changed nothing

@@ -11,7 +11,11 @@ Contracts worth knowing:
 * Every rank must take the same number of micro-batches per epoch (ZeRO collectives would hang
   otherwise). The loop checks agreement with one tiny all-reduce per micro-batch; when a rank runs out
   first, the other ranks' leftover batches are counted in ``state.skipped["uneven_tail_batches"]`` and
-  reported, never silently dropped.
+  reported, never silently dropped. The check is started before the forward pass and awaited before
+  backward, so its round trip hides behind the forward - only when no forward can run a collective
+  (no ZeRO-3 engine, whose forward gathers parameters, and a module without ``collective_forward = True``;
+  a rank that ran out would otherwise leave those collectives unmatched). A forward whose batch turns
+  out to be in the uneven tail is discarded without backward.
 * A loader may expose ``state_dict()/load_state_dict()`` (data_pipeline's ShardLoader does); its per-rank
   state goes into every checkpoint and is restored after ``on_phase_start`` (which may rebuild the loader)
   on the same world size. A loader with ``set_epoch(e)`` gets ``e`` = number of exhausted passes so far
@@ -152,8 +156,10 @@ class Trainer:
     def _run_epoch(self, phase: Phase) -> None:
         engine = self.engines[phase.engine]
         micro = 0
-        for batch in self._agreed_batches():
-            self._train_micro_batch(batch, phase, engine)
+        overlap = self._forward_is_local()
+        it = iter(self.train_loader)
+        while (losses := self._agreed_forward(it, phase, overlap)) is not None:
+            self._backward(losses, engine)
             micro += 1
             if self.strategy.step(engine):
                 micro = 0
@@ -177,25 +183,32 @@ class Trainer:
         self._emit("on_phase_end", phase)
 
     # ------------------------------------------------------------------ micro-batches and steps
-    def _agreed_batches(self) -> Iterator[Any]:
-        """Yield batches while EVERY rank still has one (one scalar all-reduce per micro-batch)."""
-        it = iter(self.train_loader)
-        while True:
-            batch = next(it, _END)
-            have = self.strategy.all_reduce(0.0 if batch is _END else 1.0, op="min").item()
-            if have == 0.0:
-                if batch is not _END:
-                    self._count_skip("uneven_tail_batches", 1 + sum(1 for _ in it))
-                return
-            yield batch
+    def _forward_is_local(self) -> bool:
+        """True when no rank's forward pass can issue a collective (see the module docstring)."""
+        zero3 = any(e.zero_stage == 3 for e in self.engines.values())
+        return not zero3 and not getattr(self.module, "collective_forward", False)
 
-    def _train_micro_batch(self, batch: Any, phase: Phase, engine: Engine) -> None:
+    def _agreed_forward(self, it: Iterator[Any], phase: Phase, overlap: bool) -> _Forward | None:
+        """The next micro-batch's forward while EVERY rank still has one (one scalar all-reduce), else None."""
+        batch = next(it, _END)
+        agreed = self.strategy.all_reduce_async(0.0 if batch is _END else 1.0, op="min")
+        forward = self._forward(batch, phase) if overlap and batch is not _END else None
+        if agreed().item() == 0.0:
+            if batch is not _END:
+                self._count_skip("uneven_tail_batches", 1 + sum(1 for _ in it))
+            return None
+        return forward or self._forward(batch, phase)
+
+    def _forward(self, batch: Any, phase: Phase) -> _Forward:
         batch = self.strategy.to_device(batch)
         losses = self.module.train_batch(batch, phase)
         if "loss" not in losses:
             raise ValueError(f"{type(self.module).__name__}.train_batch must return a dict with key 'loss'")
-        self.strategy.backward(losses["loss"], engine)
-        self._window.add(losses, self.module.batch_stats(batch))
+        return _Forward(losses, batch)
+
+    def _backward(self, forward: _Forward, engine: Engine) -> None:
+        self.strategy.backward(forward.losses["loss"], engine)
+        self._window.add(forward.losses, self.module.batch_stats(forward.batch))
 
     def _after_optimizer_step(self, phase: Phase) -> None:
         self.state.step += 1
@@ -264,6 +277,12 @@ class Trainer:
 
 
 _END = object()
+
+
+@dataclass
+class _Forward:
+    losses: dict[str, torch.Tensor]
+    batch: Any
 
 
 class _Window:

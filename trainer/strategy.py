@@ -22,7 +22,7 @@ import copy
 import json
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -396,12 +396,25 @@ class DeepspeedStrategy:
     # ---------------------------------------------------------------- collectives
     def all_reduce(self, value: torch.Tensor | float, op: str = "mean") -> torch.Tensor:
         """Reduce a tensor (or float) over ranks; ``op`` in mean/sum/max/min. Returns a new CPU tensor."""
+        return self.all_reduce_async(value, op)()
+
+    def all_reduce_async(self, value: torch.Tensor | float, op: str = "mean") -> Callable[[], torch.Tensor]:
+        """Start :meth:`all_reduce`; the returned function waits and returns its result.
+
+        Every rank must start it at the same point of its collective sequence; local work (a forward pass
+        without collectives) can run before the wait and hides the round trip.
+        """
         t = torch.as_tensor(value, dtype=torch.float64).detach().clone().to(self._comm_device)
+        work = None
         if self.world_size > 1:
-            dist.all_reduce(t, op=_REDUCE_OPS["sum" if op == "mean" else op])
-        if op == "mean":
-            t /= self.world_size
-        return t.cpu()
+            work = dist.all_reduce(t, op=_REDUCE_OPS["sum" if op == "mean" else op], async_op=True)
+
+        def wait() -> torch.Tensor:
+            if work is not None:
+                work.wait()
+            return (t / self.world_size if op == "mean" else t).cpu()
+
+        return wait
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
