@@ -7,10 +7,10 @@ gradient clipping 1.0, warmup schedule, one thread per process, micro-batch 16, 
 * ``d256``: d_model 256, 64 tokens: a step long enough that fixed costs are a realistic share.
 
 Ours is the full engine: the Trainer loop (one agreement all-reduce per micro-batch, overlapped with the
-forward for ZeRO 0-2; global-mean logging every 10 steps; token counting), DeepSpeed forward/backward/step. Two baselines run inside the same
-2-process job, interleaved with the engine in chunks of steps (engine chunk, plain chunk, DDP chunk, ...),
-so load from other jobs on the machine hits all three alike; each side's s/step is the median over chunks
-(the slowest rank's time per chunk):
+forward for ZeRO 0-2; global-mean logging every 10 steps; token counting), DeepSpeed forward/backward/step.
+Two baselines run inside the same 2-process job, interleaved with the engine in chunks of steps (engine
+chunk, plain chunk, DDP chunk, ...), so load from other jobs on the machine hits all three alike; each
+side's s/step is the median over chunks (the slowest rank's time per chunk):
 
 * plain: each rank trains its own model with a plain loop, no communication (the original baseline: what
   one process does per step on a core shared the same way).
