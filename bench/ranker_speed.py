@@ -63,7 +63,7 @@ class SpeedPlan:
 
 # LoRA on q,k,v as in the shipped configs: r 8 (dmpo_tiny) for the tiny Llama, r 16 (dmpo_7b) for SmolLM2.
 TINY = ModelPlan(
-    "tiny", max_length=512, micro_sft=2, micro_dmpo=1, lora_rank=8, lora_alpha=16, warmup=2, timed=8
+    "tiny", max_length=1024, micro_sft=2, micro_dmpo=1, lora_rank=8, lora_alpha=16, warmup=2, timed=8
 )
 SMOLLM2 = ModelPlan(
     "smollm2-135m", max_length=160, micro_sft=2, micro_dmpo=1, lora_rank=16, lora_alpha=32, warmup=1, timed=3
