@@ -275,9 +275,12 @@ def _name(s: Setting, k: int) -> str:
 
 
 def pair_lines(
-    ours: Setting, base: Setting, results: dict[Setting, Measured], name: str, plan: SpeedPlan
+    ours: Setting, base: Setting, results: dict[Setting, Measured | str], name: str, plan: SpeedPlan
 ) -> list[dict]:
     """A tokens/s line and a peak-RSS line comparing two settings measured in this run."""
+    failed = {x.key: results[x] for x in (ours, base) if isinstance(results[x], str)}
+    if failed:  # one setting's failure costs its lines, not the rest of a 12-minute matrix
+        return [{"bench": f"{name}-tokens_per_s", "ours": None, "baseline": None, "error": failed}]
     a, b = results[ours], results[base]
     context = {
         "ours_setting": ours.key,
@@ -331,7 +334,7 @@ def pair_lines(
     return [speed, memory]
 
 
-def lines(plan: SpeedPlan, results: dict[Setting, Measured]) -> list[dict]:
+def lines(plan: SpeedPlan, results: dict[Setting, Measured | str]) -> list[dict]:
     """ZeRO-3 vs ZeRO-2 for every stage, then precomputed vs model reference at every ZeRO stage."""
     out: list[dict] = []
     for m in plan.models:
@@ -351,9 +354,15 @@ def run_matrix(
     plan: SpeedPlan, sft_file: str, dpo_file: str, work: Path, log=None
 ) -> tuple[list[dict], dict]:
     """Measure every setting (one 2-rank launch each), then build the lines; returns (lines, results)."""
-    results: dict[Setting, Measured] = {}
+    results: dict[Setting, Measured | str] = {}
     for s in settings(plan):
-        results[s] = measure(s, plan, sft_file, dpo_file, work)
+        try:
+            results[s] = measure(s, plan, sft_file, dpo_file, work)
+        except RuntimeError as err:  # a failed launch; its message (with the log's errors) goes in the line
+            results[s] = str(err)
+            if log is not None:
+                log(f"[ranker-speed] {s.key}: FAILED {err}")
+            continue
         if log is not None:
             r = results[s]
             log(f"[ranker-speed] {s.key}: {r.tokens_per_s:.1f} tokens/s, {r.s_per_step:.2f} s/step, "

@@ -63,3 +63,14 @@ def test_speed_matrix_lines_count_real_tokens(tmp_path):
     assert memory["ratio"] == pytest.approx(z3.peak_rss_mb / z2.peak_rss_mb)
     assert all(line["ours_setting"] == "tiny-dmpo-refmodel-zero3" for line in lines)
     assert all(line["baseline_setting"] == "tiny-dmpo-refmodel-zero2" for line in lines)
+
+
+@pytest.mark.unit
+def test_a_failed_setting_costs_only_its_own_lines():
+    ok = rs.Measured(1000, 2, 0.5, 3.0, 500.0, [500.0, 490.0], [0.69], 0, 400.0, 450.0, 480.0)
+    z3, z2 = rs.Setting(MINI, "sft", 3), rs.Setting(MINI, "sft", 2)
+    [line] = rs.pair_lines(z3, z2, {z3: "boom", z2: ok}, "ranker-tiny-sft-zero3", PLAN)
+    assert line["error"] == {"tiny-sft-zero3": "boom"} and line["ours"] is None
+    speed, memory = rs.pair_lines(z2, z2, {z2: ok}, "x", PLAN)
+    assert speed["ours"] == speed["baseline"] == 2000.0 and speed["s_per_step"] == 0.25
+    assert memory["ours"] == 500.0 and memory["ratio"] == 1.0
