@@ -1,17 +1,21 @@
 """Training under Ray Train: a `TorchTrainer` whose workers each run one DeepSpeed rank of any recipe.
 
-    summary = train_on_ray("genrec", cfg, num_workers=8, use_gpu=True, address="auto")
+    summary = train_on_ray(recipe_run("genrec"), cfg, num_workers=8, use_gpu=True, address="auto")
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python -m fusionrec.cluster.ray_train toy --workers 2 train.run_dir=/shared/runs/toy
+        fusionrec train toy --ray --nproc 2 train.run_dir=/shared/runs/toy
+
+(`recipe_run` is `fusionrec.launch.train.recipe_run`: the caller, which owns the recipe registry and the
+root config, binds the recipe to its builder; this module never imports launch/.)
 
 Ray Train starts `num_workers` actors (1 CPU each on CPU, 1 GPU each with `use_gpu`), brings up the torch
 process group between them (gloo on CPU, NCCL on GPU) and calls :func:`train_loop_per_worker` in each.
-That function runs exactly what `fusionrec train` runs in a torchrun rank - `launch.train.run_worker` -
+That function runs exactly what `fusionrec train` runs in a torchrun rank - `trainer.worker.run_recipe` -
 whose `DeepspeedStrategy.setup()` joins the already initialised process group instead of creating one.
 So a recipe behaves identically under torchrun, the deepspeed launcher, `launch/multinode.sh` and Ray Train.
 
 What crosses the driver/worker boundary, and why:
-- The resolved `Config` (a tree of plain dataclasses, all importable) travels pickled inside Ray Train's
+- The resolved root config (a tree of plain dataclasses, all importable) and the `RecipeRun` (its builder
+  and config writer are module-level functions, pickled by reference) travel inside Ray Train's
   `train_loop_config` dict; the driver checks first that it survives the round trip unchanged, so every
   worker trains with exactly the config the driver validated and wrote to `RUN/config.toml`.
 - Rank 0 reports a tiny Ray `Checkpoint` holding `train_summary.json` and a pointer to the newest DeepSpeed
@@ -23,32 +27,28 @@ What crosses the driver/worker boundary, and why:
 Multi-node: `train.run_dir` (and the corpus) must be on storage every node sees, as for any DeepSpeed run;
 Ray Train's own storage (`RUN/ray_train/<name>/`) lives inside it.
 
-Layering note: `cluster` normally sits below `launch`; `launch.train` (the worker body) and `launch.config`
-(the root Config) are imported lazily inside functions here so that `launch` may import this module.
+The root config is used by duck typing: `cfg.train` (trainer's TrainConfig) and, when present, `cfg.corpus`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..trainer.worker import SUMMARY_FILE, RecipeRun
 from .ray_local import RayConfig, apply_ray_env, init_ray
 
-if TYPE_CHECKING:  # the root config lives in launch/ (see the layering note above)
-    from fusionrec.launch.config import Config
+Config = Any  # the root config tree (launch/config.py); only `train` and `corpus` are read here
 
 RAY_STORAGE_DIR = "ray_train"  # RUN/ray_train/<name>/: Ray Train's run state and reported checkpoints
-SUMMARY_FILE = "train_summary.json"
 POINTER_FILE = "fusionrec_checkpoint.json"
 # Environment forwarded to the workers at process start (an explicit driver value wins over the defaults).
 WORKER_ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -103,7 +103,7 @@ class RayTrainConfig:
 
 
 def train_on_ray(
-    recipe: str,
+    run: RecipeRun,
     cfg: Config,
     num_workers: int,
     use_gpu: bool = False,
@@ -112,47 +112,56 @@ def train_on_ray(
     name: str | None = None,
     max_failures: int = 0,
 ) -> dict[str, Any]:
-    """Train `recipe` with `num_workers` DeepSpeed ranks under Ray Train; returns rank 0's summary.
+    """Train `run.recipe` with `num_workers` DeepSpeed ranks under Ray Train; returns rank 0's summary.
 
-    The summary is exactly what rank 0 wrote to `RUN/train_summary.json` (recipe, run_dir, logs, final
-    TrainState). Raises ValueError before starting anything for an unknown recipe or batch arithmetic that
-    cannot work with `num_workers` ranks, and RayTrainError (naming the recipe and every failing rank's
-    cause) when training fails in the workers.
+    `run` binds the recipe to its builder (`fusionrec.launch.train.recipe_run(name)`, which raises
+    ValueError for an unknown name). The summary is exactly what rank 0 wrote to `RUN/train_summary.json`
+    (recipe, run_dir, logs, final TrainState). Raises ValueError before starting anything for batch
+    arithmetic that cannot work with `num_workers` ranks, and RayTrainError (naming the recipe and every
+    failing rank's cause) when training fails in the workers.
     """
     apply_ray_env()  # before anything imports ray: its constants read these variables at import time
     rt = RayTrainConfig(num_workers, use_gpu, address=address, name=name, max_failures=max_failures)
-    cfg = _preflight(recipe, cfg, rt)
+    cfg = _preflight(run, cfg, rt)
     run_dir = Path(cfg.train.run_dir)
     init_ray(RayConfig(address=address, num_cpus=max(2, rt.num_workers * rt.cpus_per_worker)))
     _check_capacity(rt)
-    trainer = _build_trainer(recipe, cfg, rt)
+    trainer = _build_trainer(run, cfg, rt)
     try:
         result = trainer.fit()
     except Exception as err:  # noqa: BLE001 - every Ray Train failure becomes one clear error
-        raise _as_error(recipe, rt, err) from err
-    return _summary_from(result, recipe, run_dir)
+        raise _as_error(run.recipe, rt, err) from err
+    return _summary_from(result, run.recipe, run_dir)
 
 
-def _preflight(recipe: str, cfg: Config, rt: RayTrainConfig) -> Config:
+def _preflight(run: RecipeRun, cfg: Config, rt: RayTrainConfig) -> Config:
     """Checks that fail in milliseconds here rather than after the worker group starts; returns the config
     with absolute paths (workers may run in another working directory) and writes it to the run dir."""
-    from fusionrec.launch.config import write_resolved
-    from fusionrec.launch.train import RECIPES
     from ray import cloudpickle
 
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
+    if not isinstance(run, RecipeRun):
+        raise TypeError(f"train_on_ray needs a RecipeRun (launch.train.recipe_run(name)), got {run!r}")
     cfg = _absolute_paths(cfg)
     cfg.train.deepspeed.resolve_batch(rt.num_workers)  # ValueError naming micro x accum x world
-    if cloudpickle.loads(cloudpickle.dumps(cfg)) != cfg:
-        raise ValueError("the config does not survive pickling, so Ray Train workers cannot receive it")
-    write_resolved(cfg, Path(cfg.train.run_dir))  # kept even if the workers never start
+    for what, obj in (("config", cfg), (f"recipe {run.recipe!r} (its builder)", run)):
+        try:
+            same = cloudpickle.loads(cloudpickle.dumps(obj)) == obj
+        except Exception as err:  # noqa: BLE001 - any pickling failure means workers cannot receive it
+            raise ValueError(
+                f"the {what} does not pickle ({err}), so Ray Train workers cannot receive it"
+            ) from err
+        if not same:
+            raise ValueError(f"the {what} does not survive pickling, so Ray Train workers cannot receive it")
+    if run.write_config is not None:
+        run.write_config(cfg, Path(cfg.train.run_dir))  # kept even if the workers never start
     return cfg
 
 
 def _absolute_paths(cfg: Config) -> Config:
-    """`train.run_dir` and `corpus` made absolute against the driver's working directory."""
+    """`train.run_dir` and `corpus` (when the config has one) made absolute against the driver's cwd."""
     train = dataclasses.replace(cfg.train, run_dir=str(Path(cfg.train.run_dir).resolve()))
+    if not hasattr(cfg, "corpus"):
+        return dataclasses.replace(cfg, train=train)
     corpus = str(Path(cfg.corpus).resolve()) if cfg.corpus else ""
     return dataclasses.replace(cfg, train=train, corpus=corpus)
 
@@ -171,18 +180,18 @@ def _check_capacity(rt: RayTrainConfig) -> None:
         )
 
 
-def _build_trainer(recipe: str, cfg: Config, rt: RayTrainConfig) -> Any:
+def _build_trainer(run: RecipeRun, cfg: Config, rt: RayTrainConfig) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = Path(cfg.train.run_dir)
-    name = rt.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    name = rt.name or f"{run.recipe}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     scaling = ScalingConfig(
         num_workers=rt.num_workers,
         use_gpu=rt.use_gpu,
         resources_per_worker=None if rt.use_gpu else {"CPU": rt.cpus_per_worker},
     )
-    run = RunConfig(
+    run_config = RunConfig(
         name=name,
         storage_path=str(run_dir / RAY_STORAGE_DIR),
         failure_config=FailureConfig(max_failures=rt.max_failures),
@@ -192,13 +201,13 @@ def _build_trainer(recipe: str, cfg: Config, rt: RayTrainConfig) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "recipe": recipe,
+            "recipe_run": run,
             "config": cfg,
             "use_gpu": rt.use_gpu,
             "cwd": os.getcwd(),
         },
         scaling_config=scaling,
-        run_config=run,
+        run_config=run_config,
         torch_config=TorchConfig(timeout_s=cfg.train.deepspeed.dist_timeout_s),
     )
 
@@ -250,13 +259,13 @@ def _summary_from(result: Any, recipe: str, run_dir: Path) -> dict[str, Any]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One rank: run `run_worker` (process group already up), report to Ray Train.
+    """One rank: run the RecipeRun (`trainer.worker.run_recipe`; process group already up), report to Ray
+    Train.
 
     Module-level (importable) on purpose: a function defined in `__main__` that touches torch fails to
     unpickle in Ray workers (ENVIRONMENT.md).
     """
     import ray.train
-    from fusionrec.launch.train import run_worker
 
     if config["use_gpu"]:
         import torch
@@ -269,7 +278,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _enter_driver_cwd(config["cwd"])
     cfg: Config = config["config"]
     try:
-        summary = run_worker(config["recipe"], cfg)
+        summary = config["recipe_run"](cfg)
     except Exception as err:
         if _pickles(err):
             raise
@@ -337,57 +346,10 @@ def _scalar_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ job entry
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fusionrec.cluster.ray_train",
-        description="Train a recipe under Ray Train (TorchTrainer + DeepSpeed); prints rank 0's summary as JSON.",
-    )
-    p.add_argument("recipe", help="a recipe of fusionrec.launch.train.RECIPES (toy, genrec, ...)")
-    p.add_argument("--config", help="TOML config (a path or a shipped config name)")
-    p.add_argument("--workers", type=int, default=2, help="DeepSpeed ranks = Ray Train workers")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
-    p.add_argument(
-        "--address", default=None, help="Ray cluster address; default: RAY_ADDRESS or embedded Ray"
-    )
-    p.add_argument("--name", default=None, help="Ray Train run name (RUN/ray_train/<name>)")
-    p.add_argument("overrides", nargs="*", metavar="a.b=v", help="dotted config overrides")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`ray job submit ... -- python -m fusionrec.cluster.ray_train RECIPE ...`: inside a job RAY_ADDRESS is
-    set, so the trainer joins the job's cluster. Exit status 1 with one line on stderr when training fails."""
-    for key, value in WORKER_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    apply_ray_env()
-    args, extra = _parser().parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e]
-    if stray:
-        _parser().error(f"unrecognized arguments: {' '.join(stray)}")
-    try:
-        from fusionrec.launch.config import load_config
-
-        cfg = load_config(args.config, [*args.overrides, *extra])
-        summary = train_on_ray(args.recipe, cfg, args.workers, args.gpu, args.address, name=args.name)
-    except (ValueError, RuntimeError, FileNotFoundError, ConnectionError) as err:
-        print(f"fusionrec ray_train {args.recipe}: error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary), flush=True)
-    return 0
-
-
 __all__ = [
     "RayTrainConfig",
     "RayTrainError",
     "WorkerFailure",
-    "main",
     "train_loop_per_worker",
     "train_on_ray",
 ]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", default=None, help="with --ray: a Ray cluster (default: embedded local Ray)"
     )
     p.add_argument("--gpu", action="store_true", help="with --ray: one GPU per worker")
+    p.add_argument("--ray-name", default=None, help="with --ray: Ray Train run name (RUN/ray_train/<name>)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     _add_overrides(p)
 
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
 
     p = sub.add_parser("export", help="write a checkpoint's models as HF save_pretrained folders")
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/step-N")
+    p.add_argument("source", nargs="?", metavar="RUN_OR_CHECKPOINT",
+                   help="a run dir (its newest checkpoint) or RUN/checkpoints/step-N")  # fmt: skip
+    p.add_argument("--checkpoint", help="the same as RUN_OR_CHECKPOINT (older spelling)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("bench", help="run a benchmark; one JSON line per measurement")
@@ -126,10 +129,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.ray:  # the N ranks as Ray Train (TorchTrainer) workers, locally or on a cluster
         from fusionrec.cluster.ray_train import train_on_ray
         from fusionrec.launch.config import load_config
+        from fusionrec.launch.train import recipe_run
 
         cfg = load_config(args.config, list(args.overrides))
-        summary = train_on_ray(args.recipe, cfg, args.nproc, use_gpu=args.gpu, address=args.ray_address)
-        print(json.dumps({k: summary.get(k) for k in ("recipe", "run_dir", "step", "samples_seen")}))
+        summary = train_on_ray(recipe_run(args.recipe), cfg, args.nproc, use_gpu=args.gpu,
+                               address=args.ray_address, name=args.ray_name)  # fmt: skip
+        print(json.dumps(summary), flush=True)  # rank 0's train_summary.json, one line (a job's output)
         return 0
     return train_main(args.recipe, args.config, list(args.overrides), args.nproc, args.launcher)
 

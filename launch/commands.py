@@ -7,6 +7,7 @@ entry point and prints a short human summary. Heavy imports stay inside the func
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -72,9 +73,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fusionrec.launch.train import export_checkpoint
+    from fusionrec.launch.export import export_checkpoint
 
-    written = export_checkpoint(args.checkpoint, args.out)
+    if bool(args.source) == bool(args.checkpoint):
+        raise ValueError("export: give the run dir or checkpoint once (RUN_OR_CHECKPOINT or --checkpoint)")
+    # DeepSpeed's checkpoint consolidation prints progress to stdout: keep stdout to the written paths.
+    with contextlib.redirect_stdout(sys.stderr):
+        written = export_checkpoint(args.source or args.checkpoint, args.out)
     for name, path in sorted(written.items()):
         print(f"{name}: {path}")
     return 0

@@ -1,4 +1,4 @@
-"""Ray Train (TorchTrainer + DeepSpeed) training: cluster/ray_train.py.
+"""Ray Train (TorchTrainer + DeepSpeed) training: cluster/ray_train.py (driven by `fusionrec train --ray`).
 
 Unit tests check what the driver decides before any worker starts (preflight errors, paths, the config sent
 to workers, error messages built from real Ray Train exception types). The distributed tests run real
@@ -30,6 +30,8 @@ from fusionrec.cluster.ray_train import (
     train_on_ray,
 )
 from fusionrec.launch.config import Config, load_config
+from fusionrec.launch.train import recipe_run
+from fusionrec.trainer.worker import RecipeRun
 
 MAX_STEPS, MICRO, WORKERS = 12, 8, 2
 
@@ -69,17 +71,38 @@ def test_config_validation_names_the_field(kwargs, field):
 
 
 @pytest.mark.unit
-def test_unknown_recipe_fails_before_ray(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown recipe 'nope'; known: .*toy"):
-        train_on_ray("nope", toy_config(tmp_path / "run"), num_workers=2)
+def test_unknown_recipe_fails_before_ray(tmp_path, capsys):
+    from fusionrec.launch.cli import main
+
+    with pytest.raises(ValueError, match=r"unknown recipe 'nope'; known: dmpo, genrec, idgenrec, palr, toy"):
+        recipe_run("nope")
+    run = json.dumps(str(tmp_path / "run"))
+    assert main(["train", "nope", "--ray", "--nproc", "2", f"train.run_dir={run}"]) == 2
+    assert capsys.readouterr().err.startswith("fusionrec train: error: unknown recipe 'nope'")
     assert not (tmp_path / "run").exists()  # nothing written, no Ray started
+    with pytest.raises(TypeError, match="needs a RecipeRun"):  # a bare name cannot be resolved down here
+        train_on_ray("toy", toy_config(tmp_path / "run"), num_workers=2)
+
+
+@pytest.mark.unit
+def test_recipe_run_travels_to_workers_by_reference():
+    """The driver ships the RecipeRun pickled; the builder and config writer arrive as the same module-level
+    functions (workers import launch/ themselves; cluster/ never does)."""
+    from fusionrec.launch.config import write_resolved
+    from fusionrec.launch.recipes import build_toy
+    from ray import cloudpickle
+
+    run = recipe_run("toy")
+    assert run == RecipeRun("toy", build_toy, write_resolved)
+    back = cloudpickle.loads(cloudpickle.dumps(run))
+    assert back == run and back.builder is build_toy and back.write_config is write_resolved
 
 
 @pytest.mark.unit
 def test_impossible_batch_arithmetic_fails_before_ray(tmp_path):
     cfg = toy_config(tmp_path / "run", "train.deepspeed.global_batch_size=7")
     with pytest.raises(ValueError, match=r"global_batch_size=7 .* x world_size=2 = 16"):
-        train_on_ray("toy", cfg, num_workers=2)
+        train_on_ray(recipe_run("toy"), cfg, num_workers=2)
     assert not (tmp_path / "run").exists()
 
 
@@ -159,15 +182,25 @@ def test_unpicklable_worker_errors_keep_their_type_name_and_message():
 
 
 @pytest.mark.unit
-def test_job_entry_point_exits_1_with_the_cause_on_stderr(tmp_path, capsys):
-    """What `ray job submit` reports as a failed job (its CLI exits 1 when the entrypoint does)."""
-    from fusionrec.cluster.ray_train import main
+def test_job_entry_point_exits_nonzero_with_the_cause_on_stderr(tmp_path, capsys):
+    """`fusionrec train RECIPE --ray` is the `ray job submit` entry point: a failed job is a non-zero exit
+    (ray's CLI then exits 1) with one line naming the cause."""
+    from fusionrec.launch.cli import main
 
     run = json.dumps(str(tmp_path / "run"))
-    assert main(["toy", "--workers", "2", f"train.run_dir={run}", "train.deepspeed.global_batch_size=7"]) == 1
+    argv = [
+        "train",
+        "toy",
+        "--ray",
+        "--nproc",
+        "2",
+        f"train.run_dir={run}",
+        "train.deepspeed.global_batch_size=7",
+    ]
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fusionrec ray_train toy: error: inconsistent batch arithmetic: "), err
-    assert "global_batch_size=7" in err and "world_size=2 = 16" in err
+    assert err.startswith("fusionrec train: error: inconsistent batch arithmetic: "), err
+    assert "global_batch_size=7" in err and "world_size=2 = 16" in err and err.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------------------------ Ray
@@ -189,7 +222,7 @@ def local_ray():
 @pytest.mark.distributed
 def test_toy_trains_on_two_ray_train_workers(tmp_path, local_ray):
     run_dir = tmp_path / "run"
-    summary = train_on_ray("toy", toy_config(run_dir), num_workers=WORKERS, name="toy-test")
+    summary = train_on_ray(recipe_run("toy"), toy_config(run_dir), num_workers=WORKERS, name="toy-test")
 
     # Rank 0's summary came back through Ray and is exactly what rank 0 wrote to the run dir.
     assert summary == json.loads((run_dir / SUMMARY_FILE).read_text())
@@ -225,7 +258,7 @@ def test_worker_error_fails_the_call_naming_recipe_and_cause(tmp_path, local_ray
         None, [f"train.run_dir={json.dumps(str(tmp_path / 'run'))}", f"corpus={json.dumps(str(missing))}"]
     )
     with pytest.raises(RayTrainError) as info:
-        train_on_ray("genrec", cfg, num_workers=WORKERS)
+        train_on_ray(recipe_run("genrec"), cfg, num_workers=WORKERS)
     msg = str(info.value)
     # Which ranks fail before the controller stops the group is timing-dependent; at least one must be named.
     assert msg.startswith("Ray Train run of recipe 'genrec' (2 workers) failed: rank "), msg
@@ -247,7 +280,7 @@ def _submit_job(dashboard_url: str, args: list[str]) -> subprocess.CompletedProc
     cmd = [_ray_cli(), "job", "submit", "--address", dashboard_url, "--", sys.executable, "-m"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [*cmd, "fusionrec.cluster.ray_train", *args], capture_output=True, text=True, env=env, timeout=420
+        [*cmd, "fusionrec.launch.cli", "train", *args], capture_output=True, text=True, env=env, timeout=420
     )
 
 
@@ -261,7 +294,9 @@ def test_ray_job_submit_trains_across_two_nodes(tmp_path):
     overrides = [f"train.run_dir={run_dir}", f"train.max_steps={MAX_STEPS}", "train.log_every=3",
                  "train.progress=false", "train.tensorboard=false"]  # fmt: skip
     with LocalRayCluster(num_workers=1, cpus_per_node=1) as cluster:
-        ok = _submit_job(cluster.dashboard_url, ["toy", "--workers", "2", "--name", "job", *overrides])
+        ok = _submit_job(
+            cluster.dashboard_url, ["toy", "--ray", "--nproc", "2", "--ray-name", "job", *overrides]
+        )
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     printed = [json.loads(line) for line in ok.stdout.splitlines() if line.startswith('{"recipe": "toy"')]
     assert printed == [json.loads((run_dir / SUMMARY_FILE).read_text())]
