@@ -27,7 +27,6 @@ def _beauty() -> Path | None:
 
 
 def run(quick: bool = False) -> list[dict]:
-    import ray
     import torch
     from fusionrec.cluster.baselines import (
         SASRecFactory,
@@ -37,7 +36,7 @@ def run(quick: bool = False) -> list[dict]:
         save_sasrec,
     )
     from fusionrec.cluster.evaluator import EvalSet, EvaluatorConfig, evaluate
-    from fusionrec.cluster.ray_local import RayConfig, init_ray
+    from fusionrec.cluster.ray_local import RayConfig, ray_session
     from fusionrec.trainer.models.sasrec import SASRec
 
     beauty = _beauty()
@@ -52,14 +51,11 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_sasrec(Path(tmp) / "sasrec", model, items)
         factory = SASRecFactory(str(ckpt), top_k=20, threads=1)
-        init_ray(RayConfig(num_cpus=2))
-        try:
+        with ray_session(RayConfig(num_cpus=2)):
             runs = {
                 n: evaluate(data, factory, EvaluatorConfig(num_actors=n, unit_size=512, progress=False))
                 for n in (1, 2)
             }
-        finally:
-            ray.shutdown()
         torch.set_num_threads(1)
         scorer = factory()
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ Why this module exists (measured pitfalls, see ENVIRONMENT.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +125,30 @@ def init_ray(cfg: RayConfig | None = None) -> str:
             _node_ip_address=LOCALHOST,
         )
     return ray.get_runtime_context().gcs_address
+
+
+def shutdown_ray() -> None:
+    """Disconnect this process from Ray, stopping the embedded Ray if this process started it; a no-op when
+    Ray was never initialised (and Ray itself is then not even imported)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig | None = None) -> Iterator[str]:
+    """`init_ray(cfg)` for the duration of a `with` block; yields the GCS address. Ray is shut down on exit
+    only when this block started it, so a caller inside an existing session (a test's, a Ray job's) keeps it."""
+    apply_ray_env()
+    import ray
+
+    started = not ray.is_initialized()
+    address = init_ray(cfg)
+    try:
+        yield address
+    finally:
+        if started:
+            shutdown_ray()
 
 
 def free_port() -> int:
