@@ -6,10 +6,15 @@ Amazon category) and inter-platform (e.g. Yelp). Its items were never seen, so t
 by the trained ID generator with diverse ID generation (Algorithm 1), once per dataset on the driver; the
 table is saved beside the results and shipped to the evaluator actors.
 
+Beside the model, each dataset gets a most-popular row on the same users and metrics. It is fitted on the
+held-out platform's OWN training split (every user's items[:-2]), so unlike the model it is not zero-shot:
+it has seen that platform's interactions. It answers "does the zero-shot model beat a popularity list that
+had in-domain data?" and is labelled that way in every table.
+
 Output (RESULTS defaults to RUN/zeroshot): RESULTS/<dataset>.json per dataset as it finishes (metrics,
-#users, which users, seconds, users/s, ID-generation seconds and stats, the paper's numbers when the name
-matches), RESULTS/id_tables/<dataset>.json, and — only after every dataset finished — RESULTS/zeroshot.md,
-.csv and .png. Every input is validated before the first (slow) evaluation starts.
+#users, which users, seconds, users/s, ID-generation seconds and stats, the most-popular record, the paper's
+numbers when the name matches), RESULTS/id_tables/<dataset>.json, and — only after every dataset finished —
+RESULTS/zeroshot.md, .csv and .png. Every input is validated before the first (slow) evaluation starts.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ PAPER_TABLE7: dict[str, dict[str, dict[str, float]]] = {
 PAPER_ALIASES = {"digital_music": "music", "musical_instruments": "instruments", "sports_and_outdoors": "sports",
                  "toys_and_games": "toys"}  # fmt: skip
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+MOST_POPULAR_FIT = "the held-out dataset's own training split (each user's items[:-2]); not zero-shot"
 # Raw formats -> platform: a held-out dataset from a platform seen in pretraining is "intra-platform".
 PLATFORM = {"amazon2014": "amazon", "p5": "amazon", "yelp": "yelp", "movielens": "movielens"}
 
@@ -75,6 +81,7 @@ class ZeroShotConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     # Algorithm 1 settings on top of the run's [idgenrec.idgen] (e.g. {"batch_size": 128}); {} = as trained.
     idgen: dict[str, Any] = field(default_factory=dict)
+    most_popular: bool = True  # the in-domain popularity row beside the model (see the module docstring)
 
     def __post_init__(self) -> None:
         if max(self.evaluator.ks) > self.generative.top_k:
@@ -194,8 +201,10 @@ def _run_one(ckpt: Path, name: str, prep: dict, generator: tuple, cfg: ZeroShotC
                                     gen.exclude_history, "generate", table, gen.threads)  # fmt: skip
     res = evaluate(prep["data"], factory, cfg.evaluator, scorer_desc=factory.describe(),
                    results_dir=out / "units" / name, ray_cfg=cfg.ray)  # fmt: skip
+    popular = most_popular_record(name, prep, cfg, out) if cfg.most_popular else None
     return {
         **res.as_dict(),
+        "most_popular": popular,
         "model": "idgenrec",
         "split": gen.split,
         "users_selection": prep["selection"],
@@ -208,22 +217,50 @@ def _run_one(ckpt: Path, name: str, prep: dict, generator: tuple, cfg: ZeroShotC
     }
 
 
+def most_popular_record(name: str, prep: dict, cfg: ZeroShotConfig, out: Path) -> dict[str, Any]:
+    """Most-popular fitted on the held-out dataset's own training split, evaluated on exactly the model's
+    users (`prep["data"]`) with the same evaluator, cutoffs and exclude_history."""
+    from .baselines import (
+        MostPopularFactory,
+        fit_most_popular,
+        load_corpus,
+        save_most_popular,
+        train_sequences,
+    )
+
+    seqs, vocab, _ = load_corpus(prep["dir"])
+    if list(vocab) != list(prep["data"].item_ids):
+        raise ValueError(f"{prep['dir']}: item table changed while evaluating {name}")
+    counts = fit_most_popular(train_sequences(seqs, vocab), len(vocab))
+    ckpt = save_most_popular(out / "baselines" / f"most_popular-{name}", counts, vocab)
+    gen = cfg.generative
+    factory = MostPopularFactory(str(ckpt), gen.top_k, gen.exclude_history)
+    res = evaluate(prep["data"], factory, cfg.evaluator, scorer_desc=dataclasses.asdict(factory),
+                   results_dir=out / "units" / f"{name}.most_popular", ray_cfg=cfg.ray)  # fmt: skip
+    return {**res.as_dict(), "model": "most_popular", "fit_on": MOST_POPULAR_FIT,
+            "users_selection": prep["selection"], "config": dataclasses.asdict(factory)}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ tables
 
 
 def zeroshot_rows(records: list[dict[str, Any]]) -> list[list[str]]:
-    """Header + one row per dataset: ours, then Table 7's IDGenRec and UniSRec where the name matches."""
+    """Header + one row per dataset: ours, most-popular fitted on the dataset's own training split (same
+    users), then Table 7's IDGenRec and UniSRec where the name matches."""
     paper_cols = [f"paper {m} {k}" for m in ("IDGenRec", "UniSRec") for k in METRICS]
+    popular_cols = [f"most_popular(own train) {k}" for k in METRICS]
     rows = [["dataset", "scenario", *METRICS, "users", "users_selection", "seconds", "users/s", "idgen_s",
-             *paper_cols]]  # fmt: skip
+             *popular_cols, *paper_cols]]  # fmt: skip
     for r in records:
         paper = r.get("paper") or {}
         theirs = [
             f"{paper[m][k]:.4f}" if m in paper else "" for m in ("IDGenRec", "UniSRec") for k in METRICS
         ]
+        pop = (r.get("most_popular") or {}).get("metrics")
+        popular = [f"{pop[k]:.4f}" if pop else "" for k in METRICS]
         rows.append([r["dataset"], r.get("scenario", ""), *(f"{r['metrics'][k]:.4f}" for k in METRICS),
                      str(r["users"]), r["users_selection"]["selection"], f"{r['seconds']:.1f}",
-                     f"{r['users_per_s']:.2f}", f"{r['idgen_seconds']:.1f}", *theirs])  # fmt: skip
+                     f"{r['users_per_s']:.2f}", f"{r['idgen_seconds']:.1f}", *popular, *theirs])  # fmt: skip
     return rows
 
 
@@ -236,6 +273,11 @@ def zeroshot_markdown(records: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['dataset']} | {r.get('scenario', '')} | ours ({r['users_selection']['selection']}) | "
                      + " | ".join(f"{m[k]:.4f}" for k in METRICS)
                      + f" | {r['users']} | {r['seconds']:.1f} | {r['users_per_s']:.2f} |")  # fmt: skip
+        pop = r.get("most_popular")
+        if pop:
+            lines.append(f"| {r['dataset']} | | most-popular (fit on {r['dataset']}'s own train split; not zero-shot) | "
+                         + " | ".join(f"{pop['metrics'][k]:.4f}" for k in METRICS)
+                         + f" | {pop['users']} | {pop['seconds']:.1f} | {pop['users_per_s']:.2f} |")  # fmt: skip
         for model, vals in (r.get("paper") or {}).items():
             lines.append(f"| {r['dataset']} | | paper {model} (Table 7) | "
                          + " | ".join(f"{vals[k]:.4f}" for k in METRICS) + " | | | |")  # fmt: skip
@@ -260,7 +302,7 @@ def plot_zeroshot(records: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = ["ours", "paper IDGenRec", "paper UniSRec"]
+    series = ["ours", "most-popular (own train)", "paper IDGenRec", "paper UniSRec"]
     names = [r["dataset"] for r in records]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2))
     width = 0.8 / len(series)
@@ -282,5 +324,7 @@ def plot_zeroshot(records: list[dict[str, Any]], path: Path) -> Path:
 def _value(record: dict[str, Any], series: str, metric: str) -> float:
     if series == "ours":
         return record["metrics"][metric]
+    if series.startswith("most-popular"):
+        return ((record.get("most_popular") or {}).get("metrics") or {}).get(metric, 0.0)
     paper = record.get("paper") or {}
     return paper.get(series.split()[-1], {}).get(metric, 0.0)

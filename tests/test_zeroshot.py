@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -84,12 +85,12 @@ def ray_session():
     ray.shutdown()
 
 
-def small_cfg(**kw):
+def small_cfg(max_users: int = 0, seed: int = 0, **kw):
     from fusionrec.cluster.evaluator import EvaluatorConfig
     from fusionrec.cluster.generative import GenerativeEvalConfig
     from fusionrec.cluster.zeroshot import ZeroShotConfig
 
-    gen = GenerativeEvalConfig(num_beams=10, top_k=10, batch_size=32)
+    gen = GenerativeEvalConfig(num_beams=10, top_k=10, batch_size=32, max_users=max_users, seed=seed)
     ev = EvaluatorConfig(num_actors=1, ks=(5, 10), unit_size=64, batch_size=64, progress=False)
     return ZeroShotConfig(generative=gen, evaluator=ev, **kw)
 
@@ -168,6 +169,80 @@ def test_tables_show_ours_beside_paper_table7(zeroshot_run):
     assert "| sports | intra-platform | ours (all) |" in md and "| yelp | | paper UniSRec (Table 7) |" in md
     png = (out / "zeroshot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.integration
+def test_most_popular_row_fit_on_the_heldout_train_split_same_users(tiny_run, zeroshot_run):
+    """Beside the model: most-popular fitted on each held-out dataset's own training split, on the model's
+    users, equal to an in-process recomputation from the training split; labelled in every table."""
+    from fusionrec.cluster.baselines import (
+        MostPopularScorer,
+        evaluate_in_process,
+        load_corpus,
+        train_sequences,
+    )
+    from fusionrec.cluster.generative import load_evalset
+
+    records, out, _ = zeroshot_run
+    for rec in records:
+        name, pop = rec["dataset"], rec["most_popular"]
+        ds_dir = tiny_run["corpus"] / "zeroshot" / name / "processed" / name
+        assert pop["model"] == "most_popular" and "own training split" in pop["fit_on"]
+        assert pop["users"] == rec["users"] and pop["users_selection"] == rec["users_selection"]
+        assert pop["metrics"]["count"] == rec["metrics"]["count"] and set(pop["metrics"]) == set(
+            rec["metrics"]
+        )
+        seqs, vocab, _ = load_corpus(ds_dir)
+        counts = np.bincount(np.concatenate(train_sequences(seqs, vocab)), minlength=len(vocab))
+        ref = evaluate_in_process(
+            MostPopularScorer(counts, 10), load_evalset(ds_dir, "test", name), (5, 10), 64
+        )
+        assert ref.to_dict() == pop["metrics"]
+    md = (out / "zeroshot.md").read_text()
+    assert "| yelp | | most-popular (fit on yelp's own train split; not zero-shot) |" in md
+    rows = list(csv.reader(io.StringIO((out / "zeroshot.csv").read_text())))
+    sports = dict(zip(rows[0], rows[1], strict=True))
+    assert float(sports["most_popular(own train) HR@10"]) == pytest.approx(
+        records[0]["most_popular"]["metrics"]["HR@10"], abs=5e-5
+    )
+
+
+def write_heldout(corpus: Path, name: str, sequences: dict[str, list[str]], items: list[str]) -> None:
+    d = corpus / "zeroshot" / name / "processed" / name
+    d.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"item_id": items, "text": [f"title: thing {i}" for i in items]}), d / "items.parquet"
+    )
+    pq.write_table(pa.table({"user_id": list(sequences), "item_ids": list(sequences.values())}),
+                   d / "sequences.parquet")  # fmt: skip
+
+
+@pytest.mark.integration
+def test_most_popular_metrics_by_hand(tmp_path, ray_session):
+    """12 items; training splits (items[:-2]) give counts i3=3, i5=2, i7=2, the rest 0, so everyone gets
+    i3 i5 i7 i0 i1 i2 i4 i6 i8 i9 i10 i11 (ties by item order). Test targets: u1 i11 (rank 12, miss),
+    u2 i2 (rank 6), u3 i5 (rank 2), u4 i6 (rank 8)."""
+    import math
+
+    from fusionrec.cluster.zeroshot import _prepare_dataset, most_popular_record
+
+    items = [f"i{n}" for n in range(12)]
+    seqs = {"u1": ["i3", "i5", "i7", "i1", "i11"], "u2": ["i3", "i5", "i0", "i2"], "u3": ["i3", "i8", "i5"],
+            "u4": ["i7", "i4", "i6"]}  # fmt: skip
+    write_heldout(tmp_path / "corpus", "shop", seqs, items)
+    cfg = small_cfg()
+    prep = _prepare_dataset(tmp_path / "corpus", "shop", cfg.generative)
+    rec = most_popular_record("shop", prep, cfg, tmp_path / "out")
+    m = rec["metrics"]
+    assert rec["users"] == m["count"] == 4
+    assert m["HR@5"] == pytest.approx(1 / 4) and m["HR@10"] == pytest.approx(3 / 4)
+    assert m["NDCG@5"] == pytest.approx((1 / math.log2(3)) / 4)
+    assert m["NDCG@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(7) + 1 / math.log2(9)) / 4)
+    # The same users as the model: a seeded sample of 2 is what most-popular is evaluated on too.
+    sampled = small_cfg(max_users=2, seed=1)
+    prep2 = _prepare_dataset(tmp_path / "corpus", "shop", sampled.generative)
+    rec2 = most_popular_record("shop", prep2, sampled, tmp_path / "out2")
+    assert rec2["users"] == 2 and rec2["users_selection"] == prep2["selection"]
 
 
 @pytest.mark.unit
