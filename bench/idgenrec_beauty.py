@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionrec.bench import find_shared
+from fusionrec.launch.config import load_config
 
 CONFIG = "idgenrec_beauty_cpu"
 # The full schedule: ~4,000 steps x 64 samples (~2 epochs) fit ~20 min of training on the shared 2-core box
@@ -67,10 +68,38 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+def _run_overrides(plan: dict[str, int], quick: bool) -> dict[str, list[str]]:
+    """The main run (the lr decays linearly to 10% over it) and the two short step-time baselines."""
+    steps = plan["rec_steps"]
+    main = [f"idgenrec.rec_steps={steps}", f"train.optim.total_steps={steps}", "train.optim.min_lr_ratio=0.1"]
+    main += ["train.log_every=10", "train.optim.warmup_steps=5"] if quick else []
+    short = [f"idgenrec.rec_steps={plan['baseline_steps']}", f"train.log_every={plan['baseline_steps'] // 3}"]
+    return {
+        "run": main,
+        "unoptimised": short + UNOPTIMISED,
+        "fp32": short + ['train.deepspeed.precision="fp32"'],
+    }
+
+
 def _train(run_dir: Path, corpus: Path, tokenizer: Path, extra: list[str]) -> dict[str, Any]:
     """One `fusionrec train` run (fresh run dir); wall/CPU seconds and the trainer's summary."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [
+    cmd = [
+        "train",
+        "idgenrec",
+        "--config",
+        CONFIG,
+        "--nproc",
+        "2",
+        *_overrides(run_dir, corpus, tokenizer, extra),
+    ]
+    cpu0, t0 = _cpu_children(), time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fusionrec.launch.cli", *cmd], check=True, env=_env())
+    return _summary(run_dir, time.perf_counter() - t0, _cpu_children() - cpu0)
+
+
+def _overrides(run_dir: Path, corpus: Path, tokenizer: Path, extra: list[str]) -> list[str]:
+    return [
         f'train.run_dir="{run_dir}"',
         f'idgenrec.data.corpus="{corpus}"',
         f'idgenrec.pretrained_tokenizer="{tokenizer}"',
@@ -78,10 +107,9 @@ def _train(run_dir: Path, corpus: Path, tokenizer: Path, extra: list[str]) -> di
         "idgenrec.data.max_valid_samples=2048",  # the final validation loss: 2,048 users, not all
         *extra,
     ]
-    cmd = ["train", "idgenrec", "--config", CONFIG, "--nproc", "2", *overrides]
-    cpu0, t0 = _cpu_children(), time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fusionrec.launch.cli", *cmd], check=True, env=_env())
-    wall, cpu = time.perf_counter() - t0, _cpu_children() - cpu0
+
+
+def _summary(run_dir: Path, wall: float, cpu: float) -> dict[str, Any]:
     summary = json.loads((run_dir / "train_summary.json").read_text())
     logs = [x for x in summary["logs"] if "throughput/samples_per_s" in x]
     steady = logs[1:] or logs  # the first window holds start-up costs
@@ -192,18 +220,11 @@ def run(quick: bool = False) -> list[dict]:
     if not quick and os.environ.get("FUSIONREC_IDGENREC_BEAUTY_STEPS"):
         plan["rec_steps"] = int(os.environ["FUSIONREC_IDGENREC_BEAUTY_STEPS"])
     cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "idgenrec_beauty"
+    runs = _run_overrides(plan, quick)
+    for name, extra in runs.items():  # a bad override fails here, before any training
+        load_config(CONFIG, _overrides(cache / name, cache / "corpus", t5.parent, extra))
     corpus = _prepare(beauty.parent, cache / "corpus")
-    steps = plan["rec_steps"]  # the lr decays linearly to 10% over the run
-    length = [
-        f"idgenrec.rec_steps={steps}",
-        f"train.optim.total_steps={steps}",
-        "train.optim.min_lr_ratio=0.1",
-    ]
-    length += ["train.log_every=10"] if quick else []
-    main = _train(cache / "run", corpus, t5.parent, length)
-    short = [f"idgenrec.rec_steps={plan['baseline_steps']}", f"train.log_every={plan['baseline_steps'] // 3}"]
-    base = _train(cache / "unoptimised", corpus, t5.parent, short + UNOPTIMISED)
-    fp32 = _train(cache / "fp32", corpus, t5.parent, short + ['train.deepspeed.precision="fp32"'])
+    main, base, fp32 = (_train(cache / name, corpus, t5.parent, extra) for name, extra in runs.items())
     samples = _test_samples(corpus, plan["users"])
     ours, eval_s, eval_cpu = _evaluate(cache / "run", samples)
     pop = _most_popular(corpus, samples, (5, 10, 20))
