@@ -206,6 +206,23 @@ def test_job_entry_point_exits_nonzero_with_the_cause_on_stderr(tmp_path, capsys
 # ------------------------------------------------------------------------------------------------ Ray
 
 
+@pytest.mark.integration
+def test_ray_session_shuts_down_only_the_ray_it_started():
+    """cluster/ray_local.ray_session: what bench/eval.py uses instead of importing ray for ray.shutdown()."""
+    import ray
+    from fusionrec.cluster.ray_local import RayConfig, ray_session, shutdown_ray
+
+    was_up = ray.is_initialized()
+    with ray_session(RayConfig(num_cpus=2)) as outer:
+        assert ray.is_initialized() and outer == ray.get_runtime_context().gcs_address
+        with ray_session() as inner:  # joins the running session instead of starting another
+            assert inner == outer
+        assert ray.is_initialized()  # the inner block did not start Ray, so it must not stop it
+    assert ray.is_initialized() == was_up
+    if not was_up:
+        shutdown_ray()  # no Ray: a no-op, not an error
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One embedded Ray for this module (2 CPUs: one per DeepSpeed rank), shut down at the end."""
