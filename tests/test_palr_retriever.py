@@ -81,7 +81,7 @@ def _build_twice_and_train(data_dir: str, run_dir: str) -> dict:
     overrides = [f'palr.data_dir="{data_dir}"', 'palr.retriever="sasrec"', "palr.retriever_epochs=2",
                  f'train.run_dir="{run_dir}"', "train.max_steps=2", "train.tensorboard=false",
                  "train.progress=false", "train.checkpoint.save_at_end=false", "palr.palr.finetune_share=0.5",
-                 "palr.palr.negatives=3", "palr.palr.tasks.n_targets=2", "train.deepspeed.micro_batch_size=1"]  # fmt: skip
+                 "palr.palr.negatives=3", "palr.palr.tasks.n_targets=2", "train.deepspeed.micro_batch_size=1", "train.deepspeed.zero_stage=0"]  # fmt: skip
     cfg = load_config("palr_tiny", overrides)
     strategy = DeepspeedStrategy(cfg.train.deepspeed)
     strategy.setup()
