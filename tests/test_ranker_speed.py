@@ -47,7 +47,8 @@ def test_speed_matrix_lines_count_real_tokens(tmp_path):
         assert (r.tokens, r.steps) == (real, 1), setting.key
         assert r.losses[0] == pytest.approx(math.log(2), abs=1e-5)
         assert len(r.rss_mb_per_rank) == 2 and r.peak_rss_mb == max(r.rss_mb_per_rank)
-        assert 0 < r.import_rss_mb <= r.setup_rss_mb <= r.peak_rss_mb and 0 < r.end_rss_mb <= r.peak_rss_mb
+        assert 0 < r.import_rss_mb <= r.setup_rss_mb <= r.peak_rss_mb  # one monotonic high-water mark
+        assert r.end_rss_mb > r.import_rss_mb  # VmRSS: the kernel's RSS counters can run ~1 MB past ru_maxrss
         assert r.seconds > 0 and r.truncated == 0
 
     assert [line["bench"] for line in lines] == [
