@@ -57,14 +57,12 @@ class DMPORecipeConfig:
 
     def __post_init__(self) -> None:
         if self.stage not in ("sft", "dmpo"):
-            raise ValueError(f"recipe.stage={self.stage!r}: use 'sft' or 'dmpo'")
+            raise ValueError(f"dmpo.stage={self.stage!r}: use 'sft' or 'dmpo'")
         needed = self.sft_file if self.stage == "sft" else self.dpo_file
         if not needed:
-            raise ValueError(
-                f"recipe.stage={self.stage!r} needs recipe.{self.stage.replace('dmpo', 'dpo')}_file"
-            )
+            raise ValueError(f"dmpo.stage={self.stage!r} needs dmpo.{self.stage.replace('dmpo', 'dpo')}_file")
         if self.limit < 0 or self.epochs < 1:
-            raise ValueError(f"recipe.limit={self.limit} must be >= 0 and recipe.epochs={self.epochs} >= 1")
+            raise ValueError(f"dmpo.limit={self.limit} must be >= 0 and dmpo.epochs={self.epochs} >= 1")
 
 
 class DMPOModule(BaseTrainModule):
