@@ -22,7 +22,18 @@ _ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 
-BENCHMARKS = ("prepare", "loader", "decode", "idgen", "train", "eval", "sasrec", "ranker")
+
+def _benchmarks() -> tuple[str, ...]:
+    """Every public module of the bench/ package is a benchmark (`bench/<name>.py` with `run(quick)`),
+    listed without importing any of them so that `--help` stays instant."""
+    import pkgutil
+
+    import fusionrec.bench
+
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(fusionrec.bench.__path__) if m.name[0] != "_"))
+
+
+BENCHMARKS = _benchmarks()
 
 
 def _set_env_defaults() -> None:

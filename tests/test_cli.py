@@ -342,3 +342,20 @@ def test_train_toy_two_ranks_writes_summary_config_checkpoint_and_events(tmp_pat
     losses = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert [s for s, _ in losses] == [1, 2, 3]
     assert [v for _, v in losses] == pytest.approx([log["train/loss"] for log in summary["logs"]], rel=1e-6)
+
+
+def test_every_benchmark_module_is_a_command_with_run():
+    """`fusionrec bench NAME` offers exactly the public bench/ modules, and each defines run(quick=...)."""
+    import ast
+
+    from fusionrec.launch.cli import BENCHMARKS
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    on_disk = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    assert list(BENCHMARKS) == on_disk
+    assert {"train", "ranker", "palr", "idgenrec_beauty"} <= set(BENCHMARKS)
+    for name in BENCHMARKS:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        runs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run"]
+        assert runs, f"bench/{name}.py has no run()"
+        assert "quick" in [a.arg for a in runs[0].args.args], f"bench/{name}.py: run() takes no quick"
