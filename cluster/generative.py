@@ -239,7 +239,7 @@ class IDGenRecScorer:
         texts = []
         for hist in histories:
             recent = cap_history([self.textual[i] for i in hist], self.prompt.max_history)
-            texts.append(build_prompt(recent, self.prompt.eval_template).text)
+            texts.append(build_prompt(recent, self.prompt.eval_template, style=self.prompt.style).text)
         rows = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)

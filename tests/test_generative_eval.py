@@ -223,3 +223,22 @@ def test_factory_and_config_validation():
         GenerativeEvalConfig(num_beams=5, top_k=10)
     with pytest.raises(ValueError, match="needs top_k >= 20"):
         EvaluateConfig(generative=GenerativeEvalConfig(num_beams=10, top_k=10))
+
+
+@pytest.mark.integration
+def test_scorer_prompts_follow_the_runs_prompt_style(tiny_run):
+    """A run trained with terse prompts is evaluated with terse prompts (the scorer once always used P5)."""
+    from fusionrec.cluster.generative import GenerativeEvalConfig, IDGenRecScorer
+    from fusionrec.trainer.modules.idgenrec import load_idgenrec_for_eval
+    from fusionrec.trainer.prompts import PromptConfig, build_prompt
+
+    model, tok, table, _ = load_idgenrec_for_eval(tiny_run["checkpoint"])
+    items = sorted(table)
+    hist = np.asarray([0, 3, 5])
+    for style in ("p5", "terse"):
+        prompt = PromptConfig(style=style, eval_template=0)
+        scorer = IDGenRecScorer(model, tok, table, items, prompt, GenerativeEvalConfig(**GEN))
+        ids, mask = scorer.encode([hist])
+        text = build_prompt([table[items[i]] for i in hist], 0, style=style).text
+        assert ids[0, : int(mask[0].sum())].tolist() == tok(text)["input_ids"]
+    assert build_prompt(["a"], 0, style="terse").text != build_prompt(["a"], 0).text  # styles differ
