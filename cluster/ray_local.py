@@ -153,9 +153,24 @@ def ray_session(cfg: RayConfig | None = None) -> Iterator[str]:
 
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1 (the OS picks it, so concurrent sessions do not collide)."""
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """`n` distinct TCP ports free right now on 127.0.0.1 and not in `exclude`.
+
+    All sockets stay bound until every port is picked: closing each before asking for the next lets the OS
+    hand out the same port twice (seen: Ray refused a node whose metrics and agent ports were equal).
+    """
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = stack.enter_context(socket.socket())
+            s.bind((LOCALHOST, 0))
+            port = s.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+        return ports
 
 
 # `ray start --address` (a worker node) in Ray 2.60 either aborts ("multi-node clusters are not supported")
@@ -198,6 +213,7 @@ class LocalRayCluster:
     dashboard_port: int = 0
     _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
     _names: list[str] = field(default_factory=list, repr=False)
+    _used_ports: set[int] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_workers < 0 or self.cpus_per_node < 1:
@@ -211,14 +227,21 @@ class LocalRayCluster:
     def dashboard_url(self) -> str:
         return f"http://{LOCALHOST}:{self.dashboard_port}"
 
+    def _ports(self, n: int) -> list[int]:
+        """`n` free ports distinct from each other and from every port this cluster has handed out."""
+        ports = free_ports(n, exclude=self._used_ports)
+        self._used_ports.update(ports)
+        return ports
+
     def _node_args(self) -> list[str]:
         """Every port a node opens, picked free, so parallel sessions on this machine never collide."""
+        nm, om, metrics, env_agent, agent_http, agent_grpc = self._ports(6)
         return [
             "--node-ip-address", LOCALHOST, "--num-cpus", str(self.cpus_per_node),
             "--object-store-memory", str(self.object_store_memory),
-            "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--node-manager-port", str(nm), "--object-manager-port", str(om),
+            "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(env_agent),
+            "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
             "--disable-usage-stats", "--block",
         ]  # fmt: skip
 
@@ -235,11 +258,13 @@ class LocalRayCluster:
 
     def start(self) -> LocalRayCluster:
         apply_ray_env()
-        self.gcs_port = self.gcs_port or free_port()
-        self.dashboard_port = self.dashboard_port or free_port()
+        self._used_ports.update(p for p in (self.gcs_port, self.dashboard_port) if p)
+        gcs, dashboard, client = self._ports(3)
+        self.gcs_port = self.gcs_port or gcs
+        self.dashboard_port = self.dashboard_port or dashboard
         head = [
             "--head", "--port", str(self.gcs_port), "--temp-dir", str(self.root / "ray"),
-            "--ray-client-server-port", str(free_port()),
+            "--ray-client-server-port", str(client),
             "--include-dashboard", "true",  # `ray job submit` and the state API (node polling) need it
             "--dashboard-host", LOCALHOST, "--dashboard-port", str(self.dashboard_port),
         ]  # fmt: skip

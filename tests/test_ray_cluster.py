@@ -123,3 +123,13 @@ def test_ray_job_submit_failure_is_a_failure(cluster, tmp_path):
     assert proc.returncode != 0
     assert "neither a sequences.parquet nor a P5 folder" in proc.stdout + proc.stderr  # the reason surfaces
     assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_free_ports_are_distinct_and_skip_excluded():
+    """One call never returns a port twice (Ray refuses a node whose components share a port)."""
+    from fusionrec.cluster.ray_local import free_ports
+
+    first = free_ports(64)
+    assert len(set(first)) == 64
+    again = free_ports(64, exclude=set(first))
+    assert len(set(again)) == 64 and not set(again) & set(first)
