@@ -151,6 +151,16 @@ class MostPopularFactory:
         return MostPopularScorer(counts, self.top_k, self.exclude_history)
 
 
+def most_popular_for(
+    dataset_dir: str | Path, out: str | Path, top_k: int, exclude_history: bool
+) -> tuple[MostPopularFactory, list[str]]:
+    """Most-popular fitted on a processed dataset's training split (each user's items[:-2]) and saved under
+    `out`, as a scorer factory; with the dataset's item vocabulary (the order the scorer's indices use)."""
+    seqs, vocab, _ = load_corpus(dataset_dir)
+    ckpt = save_most_popular(out, fit_most_popular(train_sequences(seqs, vocab), len(vocab)), vocab)
+    return MostPopularFactory(str(ckpt), top_k, exclude_history), list(vocab)
+
+
 # ------------------------------------------------------------------------------------------------ SASRec
 
 

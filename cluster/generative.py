@@ -445,14 +445,7 @@ def _with_overrides(
 
 
 def _evaluate_dataset(ckpt: Path, ds_dir: Path, name: str, cfg: EvaluateConfig, out: Path) -> list[dict]:
-    from .baselines import (
-        MostPopularFactory,
-        SASRecFactory,
-        fit_most_popular,
-        load_corpus,
-        save_most_popular,
-        train_sequences,
-    )
+    from .baselines import SASRecFactory, most_popular_for
 
     gen = cfg.generative
     full = load_evalset(ds_dir, gen.split, name)
@@ -462,10 +455,9 @@ def _evaluate_dataset(ckpt: Path, ds_dir: Path, name: str, cfg: EvaluateConfig, 
                               gen.exclude_history, threads=gen.threads)  # fmt: skip
     factories["idgenrec"] = (g, g.describe())
     if cfg.most_popular:
-        seqs, vocab, _ = load_corpus(ds_dir)
-        mp = save_most_popular(out / "baselines" / f"most_popular-{name}",
-                               fit_most_popular(train_sequences(seqs, vocab), len(vocab)), vocab)  # fmt: skip
-        f = MostPopularFactory(str(mp), gen.top_k, gen.exclude_history)
+        f, _ = most_popular_for(
+            ds_dir, out / "baselines" / f"most_popular-{name}", gen.top_k, gen.exclude_history
+        )
         factories["most_popular"] = (f, dataclasses.asdict(f))
     if name in cfg.sasrec:
         f = SASRecFactory(cfg.sasrec[name], gen.top_k, gen.exclude_history, gen.threads)

@@ -220,21 +220,13 @@ def _run_one(ckpt: Path, name: str, prep: dict, generator: tuple, cfg: ZeroShotC
 def most_popular_record(name: str, prep: dict, cfg: ZeroShotConfig, out: Path) -> dict[str, Any]:
     """Most-popular fitted on the held-out dataset's own training split, evaluated on exactly the model's
     users (`prep["data"]`) with the same evaluator, cutoffs and exclude_history."""
-    from .baselines import (
-        MostPopularFactory,
-        fit_most_popular,
-        load_corpus,
-        save_most_popular,
-        train_sequences,
-    )
+    from .baselines import most_popular_for
 
-    seqs, vocab, _ = load_corpus(prep["dir"])
-    if list(vocab) != list(prep["data"].item_ids):
-        raise ValueError(f"{prep['dir']}: item table changed while evaluating {name}")
-    counts = fit_most_popular(train_sequences(seqs, vocab), len(vocab))
-    ckpt = save_most_popular(out / "baselines" / f"most_popular-{name}", counts, vocab)
     gen = cfg.generative
-    factory = MostPopularFactory(str(ckpt), gen.top_k, gen.exclude_history)
+    factory, vocab = most_popular_for(prep["dir"], out / "baselines" / f"most_popular-{name}", gen.top_k,
+                                      gen.exclude_history)  # fmt: skip
+    if vocab != list(prep["data"].item_ids):
+        raise ValueError(f"{prep['dir']}: item table changed while evaluating {name}")
     res = evaluate(prep["data"], factory, cfg.evaluator, scorer_desc=dataclasses.asdict(factory),
                    results_dir=out / "units" / f"{name}.most_popular", ray_cfg=cfg.ray)  # fmt: skip
     return {**res.as_dict(), "model": "most_popular", "fit_on": MOST_POPULAR_FIT,
