@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..trainer.metrics import MetricSums
-from ..trainer.models.sasrec import SASRec, SASRecConfig
+from ..trainer.models.sasrec import SASRec, SASRecConfig, left_pad
 from .evaluator import EvalSet, UserBatch
 
 # ------------------------------------------------------------------------------------------------ data
@@ -199,17 +199,6 @@ class SASRecTrainConfig:
         return SASRecConfig(
             num_items, self.max_len, self.hidden, self.num_blocks, self.num_heads, self.dropout
         )
-
-
-def left_pad(seqs: list[np.ndarray], max_len: int, shift: int = 1, fill: int = 0) -> torch.Tensor:
-    """[B, L] right-aligned rows of the last `max_len` entries (+shift), L = longest row (trimmed batch)."""
-    length = max(1, min(max_len, max((len(s) for s in seqs), default=1)))
-    out = np.full((len(seqs), length), fill, dtype=np.int64)
-    for row, s in enumerate(seqs):
-        tail = s[-length:]
-        if len(tail):
-            out[row, length - len(tail) :] = tail + shift
-    return torch.from_numpy(out)
 
 
 def _batches(train: list[np.ndarray], users: np.ndarray, batch_size: int, rng: np.random.Generator) -> list:

@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..models.sasrec import SASRec
+from ..models.sasrec import SASRec, left_pad
 from .data import PALRTaskConfig, palr_answer, palr_example, palr_prompt
 from .scoring import score_candidates
 
@@ -103,13 +104,10 @@ class SASRecRetriever:
     @torch.no_grad()
     def retrieve_many(self, histories: Sequence[Sequence[str]], n: int) -> list[list[str]]:
         """One batched forward for many users (same result as `retrieve` per user)."""
-        rows = [self._indices(h)[-self.model.cfg.max_len :] for h in histories]
-        width = max(1, max((len(r) for r in rows), default=1))
-        seqs = torch.zeros((len(rows), width), dtype=torch.long)  # 0 = padding, item j -> j + 1
-        for b, r in enumerate(rows):
-            if r:
-                seqs[b, width - len(r) :] = torch.tensor(r) + 1
-        scores = self.model.full_scores(seqs)
+        rows = [np.asarray(self._indices(h), dtype=np.int64) for h in histories]
+        scores = self.model.full_scores(
+            left_pad(rows, self.model.cfg.max_len)
+        )  # 0 = padding, item j -> j + 1
         for b, h in enumerate(histories):
             scores[b, self._indices(h)] = -math.inf  # the Retriever contract: never a history item
         top = scores.topk(min(n, self.model.cfg.num_items), dim=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,3 +118,14 @@ class SASRec(nn.Module):
     def full_scores(self, seqs: torch.Tensor) -> torch.Tensor:
         """[B, num_items] next-item scores over every item (column j = item j)."""
         return self.last_hidden(seqs) @ self.item_weights().T
+
+
+def left_pad(seqs: list[np.ndarray], max_len: int, shift: int = 1, fill: int = 0) -> torch.Tensor:
+    """[B, L] right-aligned rows of the last `max_len` entries (+shift), L = longest row (trimmed batch)."""
+    length = max(1, min(max_len, max((len(s) for s in seqs), default=1)))
+    out = np.full((len(seqs), length), fill, dtype=np.int64)
+    for row, s in enumerate(seqs):
+        tail = s[-length:]
+        if len(tail):
+            out[row, length - len(tail) :] = tail + shift
+    return torch.from_numpy(out)
