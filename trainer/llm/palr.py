@@ -105,11 +105,9 @@ class SASRecRetriever:
     def retrieve_many(self, histories: Sequence[Sequence[str]], n: int) -> list[list[str]]:
         """One batched forward for many users (same result as `retrieve` per user)."""
         rows = [np.asarray(self._indices(h), dtype=np.int64) for h in histories]
-        scores = self.model.full_scores(
-            left_pad(rows, self.model.cfg.max_len)
-        )  # 0 = padding, item j -> j + 1
-        for b, h in enumerate(histories):
-            scores[b, self._indices(h)] = -math.inf  # the Retriever contract: never a history item
+        scores = self.model.full_scores(left_pad(rows, self.model.cfg.max_len))  # item j -> input j + 1
+        for b, row in enumerate(rows):
+            scores[b, torch.from_numpy(row)] = -math.inf  # the Retriever contract: never a history item
         top = scores.topk(min(n, self.model.cfg.num_items), dim=1)
         return [
             [self.item_ids[j] for j, v in zip(idx, val, strict=True) if v > -math.inf]
