@@ -163,8 +163,25 @@ def token_positions(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> tuple
     return enc["input_ids"], positions
 
 
+def user_key(user: str, history: Sequence[str]) -> str:
+    """The user-ID table key of a sample: the user and the last item before its target.
+
+    A user ID is a profile of the items *before* the evaluated target (trainer/idgen/user_ids.py), so it is
+    looked up per (user, prefix), not per user. Items are unique within a user's sequence (preprocess
+    dedupes (user, item) pairs), so the last history item names the prefix; it is the same whether the
+    history was capped (shard samples) or not (the evaluator's EvalSet).
+    """
+    if not history:
+        raise ValueError(f"user {user!r}: a user ID needs at least one history item")
+    return f"{user}\t{history[-1]}"
+
+
 class PromptBuilder:
-    """Samples → (prompt, target ID text). Textual IDs come from the current ID table(s) at load time."""
+    """Samples → (prompt, target ID text). Textual IDs come from the current ID table(s) at load time.
+
+    ``user_ids`` (with ``use_user_id``) maps :func:`user_key` (user, last history item) → the user's textual
+    ID for that prefix; its tokens stay hard tokens in every phase (only item IDs become soft).
+    """
 
     def __init__(
         self, cfg: PromptConfig, item_ids: Mapping[str, str], user_ids: Mapping[str, str] | None = None
@@ -188,8 +205,12 @@ class PromptBuilder:
         template = choose_template(self.cfg.seed, key, epoch, n) if train else self.cfg.eval_template
         user = None
         if self.cfg.use_user_id:
-            if sample["user"] not in self.user_ids:
-                raise ValueError(f"user {sample['user']!r} has no user ID in the user ID table")
-            user = self.user_ids[sample["user"]]
+            key = user_key(sample["user"], sample["history"])
+            if key not in self.user_ids:
+                raise ValueError(
+                    f"user {sample['user']!r} (last history item {sample['history'][-1]!r}) has no user ID "
+                    "in the user ID table"
+                )
+            user = self.user_ids[key]
         prompt = build_prompt([self._textual(i) for i in history], template, user, self.cfg.style)
         return prompt, self._textual(sample["target"])
