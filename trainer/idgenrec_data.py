@@ -16,8 +16,9 @@ the table version it was built from). Three modes:
   beyond an ID's length (and its eos step) never enter.
 * ``eval`` — the fixed evaluation template, otherwise like ``rec``.
 
-Also here: ``title_table`` (the offline stand-in for the pretrained tag generator's first IDs) and
-``ItemBatches`` (the rank-sharded, resumable item loader of the optional ID-generator warm-up, text -> ID).
+Also here: ``all_samples`` (every split's samples, for the user-ID table), ``title_table`` (the offline
+stand-in for the pretrained tag generator's first IDs) and ``ItemBatches`` (the rank-sharded, resumable
+item loader of the optional ID-generator warm-up, text -> ID).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import torch
+from fusionrec.data_pipeline.loader import SPLITS, LoaderConfig, ShardDataset
 from fusionrec.trainer.idgen.generator import normalize_id
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.prompts import PromptBuilder, token_positions
@@ -65,6 +67,15 @@ def load_items(corpus: str | Path) -> tuple[dict[str, str], dict[str, str]]:
         match = _TITLE.match(text)
         title_of[item] = title if title and title.strip() else (match.group(1) if match else text)
     return text_of, title_of
+
+
+def all_samples(corpus: str | Path) -> Iterator[dict[str, Any]]:
+    """Every sample of every split in corpus order, the same on every rank: each rank builds the whole
+    user-ID table (as it builds the whole item table) and checks its hash against the others'."""
+    cfg = LoaderConfig(splits=list(SPLITS), shuffle=False, even_batches=False, batch_size=1)
+    dataset = ShardDataset(corpus, cfg, rank=0, world_size=1)
+    dataset.set_epoch(0)
+    yield from dataset
 
 
 def title_table(titles: Mapping[str, str], first_words: int, encodable: Callable[[str], bool]) -> IDTable:

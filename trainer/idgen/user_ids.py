@@ -1,0 +1,236 @@
+"""User IDs (IDGenRec §2.1, Fig. 2, Table 6): a short textual "high-level profile" of the user.
+
+The paper generates the user ID "by the same ID generator, taking the meta information of all items in the
+user history"; it is optional and shown beneficial (Table 6). Its reference code joined the *whole*
+sequence, test item included (its issue #1). Fixing only that (one ID per user from the training part)
+still leaks inside training: a training sample whose target is item t would be prompted with a user ID
+built from t and later items, a hint the model never gets at test time. So here:
+
+**Leakage rule.** A user ID is a function of one sample's *history* (the items strictly before its
+target), keyed by :func:`~fusionrec.trainer.prompts.user_key` = (user, last history item). No prompt, in
+any split, carries a user ID built from its own target or later items. The valid sample's ID is built from
+the training part (items[:-2]), the test sample's from items[:-1] (the valid target is history there).
+
+**Profile window.** The generator reads the texts of the history items, oldest first, joined by ``"; "``,
+up to ``max_source_len`` tokens (the paper's T5 truncates its input the same way): the window is the
+oldest items until their token count (+1 per separator) reaches the budget. Longer histories thus share
+the window of their prefix, so most of a user's samples share one ID and the generator runs once per
+distinct window, not once per sample.
+
+**Generation.** The first attempt of Algorithm 1 (diverse beam search, ``num_groups`` candidates at
+``lambda_start``, IDs of [1, window) tokens), best non-empty encodable candidate. No uniqueness walk: a user
+ID profiles, it is never decoded back to a user, so two users may share one; the table reports how many
+(``shared_ids``, ``users_in_shared``). A window without a usable candidate takes its title ID (counted as
+``fallback``).
+
+**Title IDs** (for ``initial_ids = "title"`` runs and as the fallback): the ``words`` most frequent
+normalised title words of the window's items, ties broken by first appearance; words of fewer than 3
+characters, digits-only words, a short stop-word list and words the tokenizer cannot encode are skipped;
+an empty result is ``"user"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from fusionrec.fileio import atomic_write_text
+from fusionrec.trainer.idgen.generator import IDGenConfig, _Candidates, _encodable_fn, normalize_id
+from fusionrec.trainer.prompts import user_key
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+KINDS = ("title", "generator")
+FORMAT = "fusionrec-useridtable"
+SEPARATOR = "; "
+STOPWORDS = frozenset(
+    "and the for with from set pack per you your our all new not are its has this that".split()
+)
+
+
+class UserIDTable:
+    """An immutable mapping user key (user, last history item) → textual user ID, with a content hash.
+
+    IDs may repeat across keys (see the module docstring); the version names the round and the content.
+    """
+
+    def __init__(
+        self, ids: Mapping[str, str], kind: str, round: int = 0, stats: Mapping[str, Any] | None = None
+    ):
+        if kind not in KINDS:
+            raise ValueError(f"user ID table kind must be one of {KINDS}, got {kind!r}")
+        if round < 0:
+            raise ValueError(f"user ID table round must be >= 0, got {round}")
+        for key, tid in ids.items():
+            if not isinstance(tid, str) or not tid.strip() or tid != tid.strip():
+                raise ValueError(
+                    f"user key {key!r}: textual user ID {tid!r} is empty or has outer whitespace"
+                )
+        self._ids, self.kind, self.round = dict(ids), kind, round
+        self.stats: dict[str, Any] = dict(stats or {})
+        payload = json.dumps(
+            ["user", kind, sorted(self._ids.items())], ensure_ascii=False, separators=(",", ":")
+        )
+        self.hash = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    @property
+    def version(self) -> str:
+        """``u<round>-<hash prefix>`` (item tables are ``r<round>-...``)."""
+        return f"u{self.round}-{self.hash[:12]}"
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ids
+
+    def __getitem__(self, key: str) -> str:
+        return self._ids[key]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self._ids)
+
+    # -- persistence: the module state of a checkpoint, and a JSON file beside the item tables -----------
+    def to_state(self) -> dict[str, Any]:
+        return {"ids": dict(self._ids), "kind": self.kind, "round": self.round, "sha256": self.hash,
+                "stats": dict(self.stats)}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], where: str = "checkpoint") -> UserIDTable:
+        table = cls(state["ids"], state["kind"], int(state["round"]), state.get("stats"))
+        if table.hash != state["sha256"]:
+            raise ValueError(
+                f"{where}: user ID table hash {table.hash[:12]} != recorded {state['sha256'][:12]}"
+            )
+        return table
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"format": FORMAT, "schema_version": 1, **self.to_state()}
+        return atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> UserIDTable:
+        path = Path(path)
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") != FORMAT or doc.get("schema_version") != 1:
+            raise ValueError(f"{path}: not a {FORMAT} v1 file")
+        return cls.from_state(doc, where=str(path))
+
+
+# ---------------------------------------------------------------------- windows
+def profile_window(history: Sequence[str], token_counts: Mapping[str, int], budget: int) -> tuple[str, ...]:
+    """The oldest history items whose texts fill ``budget`` tokens (+1 per separator); all when shorter."""
+    total = 0
+    for k, item in enumerate(history):
+        total += token_counts[item] + (1 if k else 0)
+        if total >= budget:
+            return tuple(history[: k + 1])
+    return tuple(history)
+
+
+def user_windows(
+    samples: Iterable[Mapping[str, Any]], token_counts: Mapping[str, int], budget: int
+) -> dict[str, tuple[str, ...]]:
+    """user key → profile window of every sample (a sample = {user, history, ...}; only its history is read,
+    never its target). Two samples with one key must have one window (a ValueError otherwise)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for s in samples:
+        key = user_key(s["user"], s["history"])
+        window = profile_window(s["history"], token_counts, budget)
+        if out.setdefault(key, window) != window:
+            raise ValueError(
+                f"user key {key!r}: two samples end their history at this item with other windows"
+            )
+    return out
+
+
+def share_stats(ids: Mapping[str, str]) -> dict[str, int]:
+    """How many user IDs are held by more than one user (a user may hold several IDs over its prefixes)."""
+    holders: dict[str, set[str]] = {}
+    for key, tid in ids.items():
+        holders.setdefault(tid, set()).add(key.split("\t", 1)[0])
+    shared = {tid for tid, users in holders.items() if len(users) > 1}
+    users = {u for tid in shared for u in holders[tid]}
+    all_users = {key.split("\t", 1)[0] for key in ids}
+    return {"entries": len(ids), "users": len(all_users), "distinct_ids": len(holders),
+            "shared_ids": len(shared), "users_in_shared": len(users)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- title user IDs
+def title_profile(
+    items: Sequence[str], titles: Mapping[str, str], words: int, encodable: Callable[[str], bool]
+) -> str:
+    """The ``words`` most frequent usable title words of ``items`` (ties: first appearance), or "user"."""
+    counts: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    for item in items:
+        for w in normalize_id(titles[item]).split():
+            if len(w) < 3 or w.isdigit() or w in STOPWORDS:
+                continue
+            if w not in first:
+                if not encodable(w):
+                    continue
+                first[w] = len(first)
+            counts[w] += 1
+    top = sorted(counts, key=lambda w: (-counts[w], first[w]))[:words]
+    return " ".join(top) or "user"
+
+
+def title_user_table(
+    windows: Mapping[str, tuple[str, ...]],
+    titles: Mapping[str, str],
+    words: int,
+    encodable: Callable[[str], bool],
+    round: int = 0,
+) -> UserIDTable:
+    """Title IDs of every key's window (computed once per distinct window)."""
+    memo: dict[tuple[str, ...], str] = {}
+    ids = {}
+    for key, window in windows.items():
+        if window not in memo:
+            memo[window] = title_profile(window, titles, words, encodable)
+        ids[key] = memo[window]
+    stats = {"initial": "title", "windows": len(memo), **share_stats(ids)}
+    return UserIDTable(ids, "title", round, stats)
+
+
+# ---------------------------------------------------------------------- generated user IDs
+def generate_user_table(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    windows: Mapping[str, tuple[str, ...]],
+    item_texts: Mapping[str, str],
+    titles: Mapping[str, str],
+    cfg: IDGenConfig,
+    words: int,
+    round: int = 0,
+) -> UserIDTable:
+    """Generated user IDs: attempt 0 of Algorithm 1 on each distinct window's joined texts (module docstring)."""
+    distinct = list(dict.fromkeys(windows.values()))
+    texts = {f"w{k}": SEPARATOR.join(item_texts[i] for i in w) for k, w in enumerate(distinct)}
+    cache, encodable = _Candidates(model, tokenizer, cfg), _encodable_fn(tokenizer)
+    with torch.no_grad():
+        cache.generate(list(texts), texts, cfg.batch_size)
+    by_window: dict[tuple[str, ...], str] = {}
+    fallback = 0
+    for k, window in enumerate(distinct):
+        cand = next((c for c in cache.cands[f"w{k}"][0] if c and encodable(c)), None)
+        if cand is None:
+            cand, fallback = title_profile(window, titles, words, encodable), fallback + 1
+        by_window[window] = cand
+    ids = {key: by_window[w] for key, w in windows.items()}
+    stats = {"windows": len(distinct), "fallback": fallback, **share_stats(ids)}
+    return UserIDTable(ids, "generator", round, stats)
+
+
+def item_token_counts(tokenizer: PreTrainedTokenizerBase, texts: Mapping[str, str]) -> dict[str, int]:
+    """Tokens of each item text (no special tokens), one batched call: the window arithmetic's unit."""
+    items = list(texts)
+    encoded = tokenizer([texts[i] for i in items], add_special_tokens=False)["input_ids"]
+    return {i: len(e) for i, e in zip(items, encoded, strict=True)}
