@@ -18,6 +18,15 @@ seq2seq model, item text -> textual ID); both share ONE tokenizer/vocabulary (ch
   across ranks; the trie and every ID-dependent collator are rebuilt (new loaders carry the table version);
   the table (with its round) is module state, so every checkpoint carries it.
 
+User IDs (``prompt.use_user_id``, paper §2.1 / Table 6): a textual profile per (user, history prefix), built
+only from the items before the sample's target (no leakage; rule and generation in
+``trainer/idgen/user_ids.py``). ``initial_ids = "title"`` starts from title user IDs (most frequent title
+words); every regeneration after an ID phase (and ``initial_ids = "generator"``) rebuilds them with the same
+generator weights as the item table; the user table is module state (every checkpoint), saved as
+``id_tables/users-<version>.json`` and used by training, validation, ``evaluate`` and the Ray scorer. In
+the ID phase the user ID's tokens stay hard tokens: eq. 5 interpolates soft embeddings "for each item in
+the user history" only, so the generator learns from item IDs alone (a user ID is a derived profile).
+
 Initial IDs (``initial_ids``): ``"generator"`` runs Algorithm 1 with the initial generator (the paper's
 pretrained tag generator); ``"title"`` takes the first words of each item title, deduplicated by
 lengthening/suffixing (our offline stand-in: a random tiny generator would emit noise). With ``"title"``,
@@ -50,11 +59,19 @@ from fusionrec.trainer.config import OptimConfig
 from fusionrec.trainer.decoding import CompiledTrie, constrained_beam_search
 from fusionrec.trainer.idgen.generator import IDGenConfig, generate_ids
 from fusionrec.trainer.idgen.id_table import IDTable
+from fusionrec.trainer.idgen.user_ids import (
+    UserIDTable,
+    generate_user_table,
+    item_token_counts,
+    title_user_table,
+    user_windows,
+)
 from fusionrec.trainer.idgenrec_data import (
     IGNORE,
     CollateConfig,
     IDGenRecCollator,
     ItemBatches,
+    all_samples,
     encodable_fn,
     id_tokens,
     load_items,
@@ -132,6 +149,7 @@ class IDGenRecConfig:
     id_lr: float = 1e-4
     initial_ids: str = "title"  # "title" | "generator"
     title_words: int = 3
+    user_title_words: int = 3  # words of a title user ID (prompt.use_user_id with initial_ids = "title")
     warmup_steps: int = 0  # ID-generator distillation of the initial table (text -> ID) before round 0
 
     def __post_init__(self) -> None:
@@ -153,15 +171,13 @@ class IDGenRecConfig:
             raise ValueError(f"idgenrec.initial_ids must be 'title' or 'generator', got {self.initial_ids!r}")
         if self.title_words < 1:
             raise ValueError(f"idgenrec.title_words must be >= 1, got {self.title_words}")
+        if self.user_title_words < 1:
+            raise ValueError(f"idgenrec.user_title_words must be >= 1, got {self.user_title_words}")
         if self.data.bucket_window < 0:
             raise ValueError(f"idgenrec.data.bucket_window must be >= 0, got {self.data.bucket_window}")
         if self.reduce_vocab and not (self.pretrained_tokenizer or self.tokenizer.path):
             raise ValueError(
                 "idgenrec.reduce_vocab needs a source tokenizer: set idgenrec.pretrained_tokenizer (a folder)"
-            )
-        if self.prompt.use_user_id:
-            raise ValueError(
-                "idgenrec.prompt.use_user_id is not supported by this recipe yet (item IDs only)"
             )
 
     def phase_length(self, name: str) -> dict[str, int]:
@@ -293,6 +309,9 @@ class IDGenRecModule(BaseTrainModule):
         self.table: IDTable | None = None
         self.tokens: dict[str, list[int]] = {}
         self.history: list[str] = []  # versions of every table this run used, oldest first
+        self.user_table: UserIDTable | None = None  # prompt.use_user_id only
+        self.user_history: list[str] = []
+        self._windows: dict[str, tuple[str, ...]] | None = None
         self.stats: dict[str, int] = {"regenerations": 0, "table_mismatch": 0}
         self._trie: CompiledTrie | None = None
         self._loader: _TrainLoader | _BucketedTrainLoader | None = None
@@ -339,13 +358,20 @@ class IDGenRecModule(BaseTrainModule):
         around a placeholder ID), the initial title IDs (lower-cased words the titles may not contain as
         such) and the digits of number suffixes. Title IDs are chosen with the full tokenizer; the reduced
         one tokenizes them identically (verified), so the run picks the very same table."""
+        users = [None, "0"] if self.cfg.prompt.use_user_id else [None]
         prompts = [
-            build_prompt(["0 1"], t, style=style).text for style, ts in STYLES.items() for t in range(len(ts))
+            build_prompt(["0 1"], t, user, style=style).text
+            for style, ts in STYLES.items()
+            for t in range(len(ts))
+            for user in users
         ]
         digits = [" ".join("0123456789")]
         ids: list[str] = []
         if self.cfg.initial_ids == "title":
             ids = list(title_table(self.titles, self.cfg.title_words, encodable_fn(full)).as_dict().values())
+            if self.cfg.prompt.use_user_id:
+                ids += sorted(set(self._title_users(full).as_dict().values()))
+                self._windows = None  # every rank computes the windows with the run's (reduced) tokenizer
         return list(self.texts.values()) + prompts + digits + ids
 
     def split_dataset(self, split: str, even_batches: bool) -> ShardDataset:
@@ -367,33 +393,69 @@ class IDGenRecModule(BaseTrainModule):
         """For ``Trainer(val_loader=...)``: batches of ``split`` under the current table at every pass."""
         return _ValidLoader(self, split)
 
-    # ------------------------------------------------------------------ ID table
+    # ------------------------------------------------------------------ ID tables
     def _ensure_table(self) -> None:
         if self.table is not None:
             return
         if self.cfg.initial_ids == "title":
             self._set_table(title_table(self.titles, self.cfg.title_words, encodable_fn(self.tokenizer)))
+            if self.cfg.prompt.use_user_id:
+                self._set_user_table(self._title_users(self.tokenizer))
         else:
-            self._set_table(self._generate_table(round=0))
+            self._regenerate(round=0)
 
-    def _generate_table(self, round: int) -> IDTable:
-        """Algorithm 1 on every rank from the gathered generator weights; ranks must agree on the hash."""
+    def _user_windows(self, tokenizer: Any) -> dict[str, tuple[str, ...]]:
+        """Every sample's (user key -> profile window), read once from all splits of the corpus."""
+        if self._windows is None:
+            counts = item_token_counts(tokenizer, self.texts)
+            self._windows = user_windows(
+                all_samples(self.cfg.data.corpus), counts, self.cfg.idgen.max_source_len
+            )
+        return self._windows
+
+    def _title_users(self, tokenizer: Any) -> UserIDTable:
+        words, encodable = self.cfg.user_title_words, encodable_fn(tokenizer)
+        return title_user_table(self._user_windows(tokenizer), self.titles, words, encodable)
+
+    def _regenerate(self, round: int) -> None:
+        """New item (and user) tables from ONE gather of the generator weights, on every rank; ranks must
+        agree on each table's hash."""
         local = self.local_model("id_generator")
         with torch.no_grad():
             table = generate_ids(local, self.tokenizer, self.texts, self.cfg.idgen, round=round)
+        self._set_table(self._agreed(table))
+        if self.cfg.prompt.use_user_id:
+            windows = self._user_windows(self.tokenizer)
+            users = generate_user_table(local, self.tokenizer, windows, self.texts, self.titles,
+                                        self.cfg.idgen, self.cfg.user_title_words, round=round)  # fmt: skip
+            self._set_user_table(self._agreed(users))
+
+    def _agreed(self, table: IDTable | UserIDTable) -> IDTable | UserIDTable:
+        """``table`` when every rank built the same; else rank 0's (nondeterministic GPU kernels), visibly."""
         hashes = self.strategy.all_gather_object(table.hash)
-        if len(set(hashes)) > 1:  # nondeterministic kernels (GPU): adopt rank 0's table, visibly
-            log.warning("ID tables differ across ranks (%s); using rank 0's", [h[:12] for h in hashes])
-            self.stats["table_mismatch"] += 1
-            ids, stats = self.strategy.broadcast_object((table.as_dict(), table.stats))
-            table = IDTable(ids, "generative", round, stats)
-        return table
+        if len(set(hashes)) == 1:
+            return table
+        log.warning(
+            "%s differ across ranks (%s); using rank 0's", type(table).__name__, [h[:12] for h in hashes]
+        )
+        self.stats["table_mismatch"] += 1
+        if isinstance(table, UserIDTable):
+            return UserIDTable.from_state(self.strategy.broadcast_object(table.to_state()))
+        ids, stats = self.strategy.broadcast_object((table.as_dict(), table.stats))
+        return IDTable(ids, "generative", table.round, stats)
 
     def _set_table(self, table: IDTable) -> None:
         self.table, self.tokens, self._trie = table, id_tokens(table, self.tokenizer), None
         self.history.append(table.version)
         if self.strategy.is_rank0:
             table.save(self.run_dir / "id_tables" / f"{table.version}.json")
+
+    def _set_user_table(self, table: UserIDTable) -> None:
+        self.user_table = table
+        self.user_history.append(table.version)
+        log.info("user ID table %s: %s", table.version, table.stats)
+        if self.strategy.is_rank0:
+            table.save(self.run_dir / "id_tables" / f"users-{table.version}.json")
 
     @property
     def trie(self) -> CompiledTrie:
@@ -404,12 +466,14 @@ class IDGenRecModule(BaseTrainModule):
     def collator(self, mode: str, dataset: ShardDataset) -> IDGenRecCollator:
         """A collator bound to the current table (rebuilt whenever the table changes)."""
         self._ensure_table()
+        users = self.user_table.as_dict() if self.user_table is not None else None
+        version = self.table.version + (f"+{self.user_table.version}" if self.user_table is not None else "")
         return IDGenRecCollator(
             mode,
             self.tokenizer,
-            PromptBuilder(self.cfg.prompt, self.table.as_dict()),
+            PromptBuilder(self.cfg.prompt, self.table.as_dict(), users),
             self.tokens,
-            self.table.version,
+            version,
             texts=self.texts,
             cfg=self.cfg.data.collate,
             epoch=lambda: dataset.epoch,
@@ -464,7 +528,7 @@ class IDGenRecModule(BaseTrainModule):
 
     def on_phase_end(self, phase: Phase) -> None:
         if phase.name == "id":
-            self._set_table(self._generate_table(round=phase.round + 1))
+            self._regenerate(round=phase.round + 1)
             self.stats["regenerations"] += 1
             log.info(
                 "round %d: regenerated ID table %s (%s)", phase.round, self.table.version, self.table.stats
@@ -533,7 +597,15 @@ class IDGenRecModule(BaseTrainModule):
             share = -(-self.cfg.eval.max_users // self.strategy.world_size)
             samples = (s for i, s in zip(range(share), samples, strict=False))
         sums = evaluate(
-            model, self.tokenizer, self.table, self.trie, samples, self.cfg.eval, self.cfg.prompt, self.tokens
+            model,
+            self.tokenizer,
+            self.table,
+            self.trie,
+            samples,
+            self.cfg.eval,
+            self.cfg.prompt,
+            self.tokens,
+            users=self.user_table,
         )
         return sum(self.strategy.all_gather_object(sums)).to_dict()
 
@@ -548,6 +620,8 @@ class IDGenRecModule(BaseTrainModule):
                 "stats": dict(self.table.stats),
             },
             "history": list(self.history),
+            "user_table": self.user_table.to_state() if self.user_table is not None else None,
+            "user_history": list(self.user_history),
             "stats": dict(self.stats),
             "recommender_config": dataclasses.asdict(self.cfg.recommender),
             "id_generator_config": dataclasses.asdict(self.cfg.id_generator),
@@ -555,6 +629,13 @@ class IDGenRecModule(BaseTrainModule):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        users = state.get("user_table")  # absent in checkpoints written before user IDs existed
+        if (users is not None) != self.cfg.prompt.use_user_id:
+            raise ValueError(
+                f"checkpoint {'has' if users is not None else 'has no'} user ID table but "
+                f"idgenrec.prompt.use_user_id = {str(self.cfg.prompt.use_user_id).lower()}; resume with the "
+                "setting the run was trained with"
+            )
         if _sha(state["tokenizer_files"]) != _sha(self.tokenizer_files):
             raise ValueError(
                 "checkpoint was trained with another tokenizer than RUN/tokenizer; refusing to resume"
@@ -568,6 +649,9 @@ class IDGenRecModule(BaseTrainModule):
         table = table_from_state(state["table"])
         self.history, self.stats = list(state["history"])[:-1], dict(state["stats"])
         self._set_table(table)
+        if users is not None:
+            self.user_history = list(state.get("user_history", []))[:-1]
+            self._set_user_table(UserIDTable.from_state(users))
 
 
 def table_from_state(state: Mapping[str, Any]) -> IDTable:
@@ -587,16 +671,19 @@ def evaluate(
     cfg: RankingConfig,
     prompt: PromptConfig | None = None,
     tokens: Mapping[str, list[int]] | None = None,
+    users: UserIDTable | None = None,
 ) -> MetricSums:
     """Rank each sample's target among all items of ``trie`` by constrained beam search (eval template).
 
-    ``samples`` are loader samples ({history, target, ...}); targets must be in the table. Returns the
-    mergeable :class:`MetricSums` (top-``cfg.top_k`` lists; HR/NDCG@``cfg.ks``, MRR@top_k).
+    ``samples`` are loader samples ({user, history, target, ...}); targets must be in the table; ``users``
+    is the run's user ID table when ``prompt.use_user_id``. Returns the mergeable :class:`MetricSums`
+    (top-``cfg.top_k`` lists; HR/NDCG@``cfg.ks``, MRR@top_k).
     """
     tokens = tokens if tokens is not None else id_tokens(table, tokenizer)
     device = next(model.parameters()).device
     trie = trie.to(device) if trie.device != device else trie
-    builder = PromptBuilder(prompt or PromptConfig(), table.as_dict())
+    user_ids = users.as_dict() if users is not None else None
+    builder = PromptBuilder(prompt or PromptConfig(), table.as_dict(), user_ids)
     collate = IDGenRecCollator("eval", tokenizer, builder, tokens, table.version)
     total = MetricSums(tuple(cfg.ks), cfg.top_k)
     it = (s for s in samples if not s.get("_pad"))  # loader padding copies are not users
@@ -645,10 +732,22 @@ def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module,
     return model.eval(), tokenizer, table, trie
 
 
-def export_idgenrec(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """HF ``save_pretrained`` folders of both models + the tokenizer + the checkpoint's ID table (JSON).
+def load_user_table(checkpoint_dir: str | Path) -> UserIDTable | None:
+    """The user ID table a ``step-N`` checkpoint carries (hash verified), or None for a run without user IDs."""
+    from fusionrec.trainer.checkpoint import TRAINER_STATE, verify_checkpoint
 
-    ``out_dir/recommender``, ``out_dir/id_generator``, ``out_dir/tokenizer``, ``out_dir/id_table.json``.
+    path = Path(checkpoint_dir)
+    verify_checkpoint(path)
+    module = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
+    state = module.get("user_table")
+    return UserIDTable.from_state(state, where=f"checkpoint {path}") if state is not None else None
+
+
+def export_idgenrec(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """HF ``save_pretrained`` folders of both models + the tokenizer + the checkpoint's ID table(s) (JSON).
+
+    ``out_dir/recommender``, ``out_dir/id_generator``, ``out_dir/tokenizer``, ``out_dir/id_table.json``
+    (+ ``out_dir/user_id_table.json`` for a run with user IDs).
     """
     from fusionrec.trainer.checkpoint import TRAINER_STATE
 
@@ -670,6 +769,9 @@ def export_idgenrec(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str
         tmp.rename(out / name)
         written[name] = out / name
     written["id_table"] = table.save(out / "id_table.json")
+    users = load_user_table(path)
+    if users is not None:
+        written["user_id_table"] = users.save(out / "user_id_table.json")
     return written
 
 
