@@ -12,6 +12,10 @@ Two sources of textual IDs:
   the table travels to the actors inside the factory. Regenerating it per actor would cost N times the
   work and, with nondeterministic kernels, could give actors different tables.
 
+User IDs (a run trained with ``prompt.use_user_id``): the prompts carry the user ID table the checkpoint
+carries, looked up by (user, last history item) — a profile of the items before the evaluated target, so no
+test target enters it. Zero-shot users have no such table (``id_source="generate"`` refuses such a run).
+
 Which users a figure covers is always recorded (`users_selection`): all test users, or a seeded sample of N
 (generative evaluation is ~1000x slower than a full-ranking baseline, so samples are common).
 """
@@ -206,12 +210,19 @@ def generate_dataset_table(
 
 
 class IDGenRecScorer:
-    """Ranks users by trie-constrained beam search; returns item indices of the EvalSet's vocabulary."""
+    """Ranks users by trie-constrained beam search; returns item indices of the EvalSet's vocabulary.
 
-    def __init__(self, model, tokenizer, table, item_ids: Sequence[str], prompt, cfg: GenerativeEvalConfig):
+    `users` (a UserIDTable) is required when `prompt.use_user_id`: user key (user, last history item) → ID.
+    """
+
+    def __init__(self, model, tokenizer, table, item_ids: Sequence[str], prompt, cfg: GenerativeEvalConfig,
+                 users: Any = None):  # fmt: skip
         from ..trainer.idgenrec_data import id_tokens
         from ..trainer.modules.idgenrec import build_trie
 
+        if prompt.use_user_id and users is None:
+            raise ValueError("prompt.use_user_id is set but the scorer got no user ID table")
+        self.users, self.item_ids = (users if prompt.use_user_id else None), list(item_ids)
         missing = [i for i in item_ids if i not in table]
         if missing:
             raise ValueError(
@@ -232,14 +243,18 @@ class IDGenRecScorer:
         self.textual = [table[i] for i in item_ids]  # eval index -> textual ID (prompt building)
         self.table_version = table.version
 
-    def encode(self, histories: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The evaluation prompt of each history (IDGenRecCollator's "eval" mode), right-padded."""
+    def encode(
+        self, histories: Sequence[np.ndarray], users: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluation prompt of each history (IDGenRecCollator's "eval" mode), right-padded; `users` (the
+        batch's user ids) are needed when the run uses user IDs."""
         from ..trainer.prompts import build_prompt, cap_history
 
         texts = []
-        for hist in histories:
+        for k, hist in enumerate(histories):
             recent = cap_history([self.textual[i] for i in hist], self.prompt.max_history)
-            texts.append(build_prompt(recent, self.prompt.eval_template, style=self.prompt.style).text)
+            user = self.user_id(users, k, hist) if self.users is not None else None
+            texts.append(build_prompt(recent, self.prompt.eval_template, user, style=self.prompt.style).text)
         rows = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -249,13 +264,26 @@ class IDGenRecScorer:
             mask[i, : len(r)] = 1
         return ids, mask
 
+    def user_id(self, users: Sequence[str] | None, k: int, hist: np.ndarray) -> str:
+        from ..trainer.prompts import user_key
+
+        if users is None:
+            raise ValueError("this run uses user IDs: encode() needs the batch's user ids")
+        key = user_key(users[k], [self.item_ids[int(hist[-1])]])
+        if key not in self.users:
+            raise ValueError(
+                f"user {users[k]!r} (last history item {self.item_ids[int(hist[-1])]!r}) has no user ID in "
+                f"user ID table {self.users.version}"
+            )
+        return self.users[key]
+
     def rank(self, batch: UserBatch) -> np.ndarray:
         from ..trainer.decoding import constrained_beam_search
 
         out = np.full((len(batch.histories), self.top_k), -1, dtype=np.int64)
         for lo in range(0, len(batch.histories), self.cfg.batch_size):
             hists = batch.histories[lo : lo + self.cfg.batch_size]
-            ids, mask = self.encode(hists)
+            ids, mask = self.encode(hists, batch.user_ids[lo : lo + self.cfg.batch_size])
             exclude = [self.eval_to_trie[h].tolist() for h in hists] if self.cfg.exclude_history else None
             res = constrained_beam_search(self.model, ids, mask, self.trie, self.cfg.num_beams, self.top_k,
                                           exclude_items=exclude)  # fmt: skip
@@ -310,13 +338,22 @@ class IDGenRecScorerFactory:
     def __call__(self) -> IDGenRecScorer:
         _offline()
         torch.set_num_threads(self.threads)
-        from ..trainer.modules.idgenrec import load_idgenrec_for_eval
+        from ..trainer.modules.idgenrec import load_idgenrec_for_eval, load_user_table
 
         module_state(self.checkpoint)  # a checkpoint without its ID table: a clear error, not a KeyError
         model, tokenizer, ckpt_table, _ = load_idgenrec_for_eval(self.checkpoint)
         table = self.id_table if self.id_source == "generate" else ckpt_table
         items = dataset_item_ids(self.dataset_dir)
-        return IDGenRecScorer(model, tokenizer, table, items, _prompt_config(self.checkpoint), self.config())
+        prompt = _prompt_config(self.checkpoint)
+        users = None
+        if prompt.use_user_id:
+            if self.id_source == "generate":
+                raise ValueError(
+                    f"checkpoint {self.checkpoint} was trained with idgenrec.prompt.use_user_id = true: "
+                    "zero-shot (id_source='generate') user IDs for unseen users are not supported"
+                )
+            users = load_user_table(self.checkpoint)
+        return IDGenRecScorer(model, tokenizer, table, items, prompt, self.config(), users)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
