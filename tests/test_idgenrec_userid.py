@@ -14,10 +14,10 @@ from fusionrec.trainer.idgen.generator import IDGenConfig
 from fusionrec.trainer.idgen.user_ids import (
     UserIDTable,
     generate_user_table,
-    item_token_counts,
+    profile_windows,
     title_profile,
     title_user_table,
-    user_windows,
+    user_histories,
 )
 from fusionrec.trainer.idgenrec_data import IDGenRecCollator, all_samples, encodable_fn, id_tokens, load_items
 from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
@@ -51,13 +51,13 @@ def _user_samples(corpus: Path, user: str) -> tuple[list[str], list[dict]]:
 @pytest.mark.unit
 def test_no_user_id_is_built_from_the_samples_target_or_later_items(corpus, tokenizer):
     texts, titles = load_items(corpus)
-    counts, encodable = item_token_counts(tokenizer, texts), encodable_fn(tokenizer)
+    encodable = encodable_fn(tokenizer)
     model = build_seq2seq(ModelConfig(seed=1, **TINY), tokenizer=tokenizer)
     seq, samples = _user_samples(corpus, USER)
     assert len(seq) == 8 and {s["split"] for s in samples} == {"train", "valid", "test"}
-    full_w = user_windows(samples, counts, budget=1000)  # budget > any history: window = whole history
-    full_t = title_user_table(full_w, titles, 3, encodable)
-    full_g = generate_user_table(model, tokenizer, full_w, texts, titles, IDGEN, 3)
+    full = user_histories(samples)
+    full_t = title_user_table(full, titles, 3, encodable)
+    full_g = generate_user_table(model, tokenizer, full, texts, titles, IDGEN, 3)
     for t in range(1, len(seq)):
         # The constructed example: items seq[t:] (the target at position t and every later item) do not
         # exist for the samples whose target is at or before t. A rule reading them raises KeyError.
@@ -66,30 +66,29 @@ def test_no_user_id_is_built_from_the_samples_target_or_later_items(corpus, toke
         assert {seq.index(s["target"]) for s in before} == set(range(1, t + 1))
         cut = {i: v for i, v in texts.items() if i not in hidden}
         cut_titles = {i: v for i, v in titles.items() if i not in hidden}
-        cut_counts = {i: v for i, v in counts.items() if i not in hidden}
-        windows = user_windows(before, cut_counts, budget=1000)
-        assert title_user_table(windows, cut_titles, 3, encodable).as_dict() == {
-            k: full_t[k] for k in windows
+        histories = user_histories(before)
+        assert title_user_table(histories, cut_titles, 3, encodable).as_dict() == {
+            k: full_t[k] for k in histories
         }
-        assert generate_user_table(model, tokenizer, windows, cut, cut_titles, IDGEN, 3).as_dict() == {
-            k: full_g[k] for k in windows
-        }
+        generated = generate_user_table(model, tokenizer, histories, cut, cut_titles, IDGEN, 3)
+        assert generated.as_dict() == {k: full_g[k] for k in histories}
     # The split rule in particular: valid profile = items[:-2], test profile = items[:-1].
     valid = next(s for s in samples if s["split"] == "valid")
     test = next(s for s in samples if s["split"] == "test")
-    assert full_w[user_key(USER, valid["history"])] == tuple(seq[:-2])
-    assert full_w[user_key(USER, test["history"])] == tuple(seq[:-1])
+    assert full[user_key(USER, valid["history"])] == tuple(seq[:-2])
+    assert full[user_key(USER, test["history"])] == tuple(seq[:-1])
     # Positive control (the check above can fail): a title rule that did read the target would show it.
     poisoned = dict(titles, **{valid["target"]: "zzleak " * 10})
-    assert "zzleak" in title_profile(seq[:-1], poisoned, 3, encodable)  # the test sample's window has it
-    assert "zzleak" not in title_profile(full_w[user_key(USER, valid["history"])], poisoned, 3, encodable)
+    assert "zzleak" in title_profile(seq[:-1], poisoned, 3, encodable)  # the test sample's history has it
+    assert "zzleak" not in title_profile(full[user_key(USER, valid["history"])], poisoned, 3, encodable)
 
 
 @pytest.mark.unit
 def test_windows_stop_at_the_token_budget_and_title_ids_rank_words_by_frequency():
     counts = {"a": 5, "b": 5, "c": 5, "d": 5}
-    windows = user_windows([{"user": "u", "history": ["a", "b", "c", "d"], "target": "x"}], counts, 11)
-    assert windows == {"u\td": ("a", "b")}  # 5 + (1 + 5) = 11 tokens reach the budget
+    histories = user_histories([{"user": "u", "history": ["a", "b", "c", "d"], "target": "x"}])
+    assert profile_windows(histories, counts, 11) == {"u\td": ("a", "b")}  # 5 + (1 + 5) = 11 tokens
+    assert profile_windows(histories, counts, 100) == {"u\td": ("a", "b", "c", "d")}
     titles = {"a": "Red Lipstick 2 pack", "b": "red brush and mirror", "c": "Mirror, red"}
     assert title_profile(["a", "b", "c"], titles, 3, lambda w: True) == "red mirror lipstick"
     assert title_profile(["a"], {"a": "an 12 of"}, 3, lambda w: True) == "user"
@@ -100,8 +99,7 @@ def test_windows_stop_at_the_token_budget_and_title_ids_rank_words_by_frequency(
 def test_prompt_holds_the_user_id_at_its_place_as_hard_tokens(corpus, tokenizer):
     texts, titles = load_items(corpus)
     _, samples = _user_samples(corpus, USER)
-    windows = user_windows(samples, item_token_counts(tokenizer, texts), 1000)
-    users = title_user_table(windows, titles, 3, encodable_fn(tokenizer))
+    users = title_user_table(user_histories(samples), titles, 3, encodable_fn(tokenizer))
     items = {i: " ".join(t.split()[:2]) + f" {k}" for k, (i, t) in enumerate(titles.items())}
     sample = next(s for s in samples if s["split"] == "valid")
     uid = users[user_key(USER, sample["history"])]
@@ -182,7 +180,7 @@ def _worker(corpus: str, tokenizer: str, run_dir: str) -> dict:
 
     module, losses = fit("full", TOTAL, None)
     local = module.local_model("id_generator")
-    regenerated = generate_user_table(local, module.tokenizer, module._user_windows(module.tokenizer),
+    regenerated = generate_user_table(local, module.tokenizer, module.user_histories(),
                                       module.texts, module.titles, cfg.idgen, cfg.user_title_words, round=1)  # fmt: skip
     sample = next(s for s in module.split_dataset("valid", even_batches=False) if not s["_pad"])
     collate = module.collator("eval", module.train_data)
@@ -213,7 +211,12 @@ def test_user_ids_train_checkpoint_resume_and_evaluate_two_processes(tmp_path: P
     from fusionrec.cluster.generative import GenerativeEvalConfig, IDGenRecScorer
     from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
     from fusionrec.trainer.checkpoint import list_checkpoints
-    from fusionrec.trainer.modules.idgenrec import evaluate, load_idgenrec_for_eval, load_user_table
+    from fusionrec.trainer.modules.idgenrec import (
+        evaluate,
+        export_idgenrec,
+        load_idgenrec_for_eval,
+        load_user_table,
+    )
     from fusionrec.trainer.testing import run_distributed_test
 
     corpus = make_corpus(tmp_path / "corpus")
@@ -257,3 +260,6 @@ def test_user_ids_train_checkpoint_resume_and_evaluate_two_processes(tmp_path: P
     assert f"user {uid} " in tokenizer.decode(ids[0], skip_special_tokens=True).lower()
     with pytest.raises(ValueError, match="user ID table"):
         IDGenRecScorer(model, tokenizer, table, items, cfg.prompt, GenerativeEvalConfig())
+    # Export carries the user table beside the item table.
+    written = export_idgenrec(ckpt, tmp_path / "export")
+    assert UserIDTable.load(written["user_id_table"]).hash == users.hash

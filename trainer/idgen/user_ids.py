@@ -23,10 +23,11 @@ ID profiles, it is never decoded back to a user, so two users may share one; the
 (``shared_ids``, ``users_in_shared``). A window without a usable candidate takes its title ID (counted as
 ``fallback``).
 
-**Title IDs** (for ``initial_ids = "title"`` runs and as the fallback): the ``words`` most frequent
-normalised title words of the window's items, ties broken by first appearance; words of fewer than 3
-characters, digits-only words, a short stop-word list and words the tokenizer cannot encode are skipped;
-an empty result is ``"user"``.
+**Title IDs** (for ``initial_ids = "title"`` runs): the ``words`` most frequent normalised title words of
+the sample's whole history (no token budget: counting words is cheap), ties broken by first appearance;
+words of fewer than 3 characters, digits-only words, a short stop-word list and words the tokenizer cannot
+encode are skipped; an empty result is ``"user"``. A generated ID without a usable candidate falls back to
+the title ID of its window.
 """
 
 from __future__ import annotations
@@ -134,20 +135,24 @@ def profile_window(history: Sequence[str], token_counts: Mapping[str, int], budg
     return tuple(history)
 
 
-def user_windows(
-    samples: Iterable[Mapping[str, Any]], token_counts: Mapping[str, int], budget: int
-) -> dict[str, tuple[str, ...]]:
-    """user key → profile window of every sample (a sample = {user, history, ...}; only its history is read,
-    never its target). Two samples with one key must have one window (a ValueError otherwise)."""
+def user_histories(samples: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """user key → history of every sample (a sample = {user, history, ...}; its target is never read).
+    Two samples with one key must have one history (a ValueError otherwise)."""
     out: dict[str, tuple[str, ...]] = {}
     for s in samples:
-        key = user_key(s["user"], s["history"])
-        window = profile_window(s["history"], token_counts, budget)
-        if out.setdefault(key, window) != window:
+        key, history = user_key(s["user"], s["history"]), tuple(s["history"])
+        if out.setdefault(key, history) != history:
             raise ValueError(
-                f"user key {key!r}: two samples end their history at this item with other windows"
+                f"user key {key!r}: two samples end their history at this item with other histories"
             )
     return out
+
+
+def profile_windows(
+    histories: Mapping[str, Sequence[str]], token_counts: Mapping[str, int], budget: int
+) -> dict[str, tuple[str, ...]]:
+    """user key → its profile window (the generator's input items)."""
+    return {key: profile_window(h, token_counts, budget) for key, h in histories.items()}
 
 
 def share_stats(ids: Mapping[str, str]) -> dict[str, int]:
@@ -183,35 +188,32 @@ def title_profile(
 
 
 def title_user_table(
-    windows: Mapping[str, tuple[str, ...]],
+    histories: Mapping[str, Sequence[str]],
     titles: Mapping[str, str],
     words: int,
     encodable: Callable[[str], bool],
     round: int = 0,
 ) -> UserIDTable:
-    """Title IDs of every key's window (computed once per distinct window)."""
-    memo: dict[tuple[str, ...], str] = {}
-    ids = {}
-    for key, window in windows.items():
-        if window not in memo:
-            memo[window] = title_profile(window, titles, words, encodable)
-        ids[key] = memo[window]
-    stats = {"initial": "title", "windows": len(memo), **share_stats(ids)}
-    return UserIDTable(ids, "title", round, stats)
+    """Title IDs of every key's history (module docstring)."""
+    ids = {key: title_profile(h, titles, words, encodable) for key, h in histories.items()}
+    return UserIDTable(ids, "title", round, {"initial": "title", **share_stats(ids)})
 
 
 # ---------------------------------------------------------------------- generated user IDs
 def generate_user_table(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    windows: Mapping[str, tuple[str, ...]],
+    histories: Mapping[str, Sequence[str]],
     item_texts: Mapping[str, str],
     titles: Mapping[str, str],
     cfg: IDGenConfig,
     words: int,
     round: int = 0,
 ) -> UserIDTable:
-    """Generated user IDs: attempt 0 of Algorithm 1 on each distinct window's joined texts (module docstring)."""
+    """Generated user IDs: attempt 0 of Algorithm 1 on each distinct profile window's joined texts, the
+    window cut at ``cfg.max_source_len`` tokens (module docstring)."""
+    needed = {i: item_texts[i] for h in histories.values() for i in h}
+    windows = profile_windows(histories, item_token_counts(tokenizer, needed), cfg.max_source_len)
     distinct = list(dict.fromkeys(windows.values()))
     texts = {f"w{k}": SEPARATOR.join(item_texts[i] for i in w) for k, w in enumerate(distinct)}
     cache, encodable = _Candidates(model, tokenizer, cfg), _encodable_fn(tokenizer)

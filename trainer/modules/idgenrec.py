@@ -62,9 +62,8 @@ from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.idgen.user_ids import (
     UserIDTable,
     generate_user_table,
-    item_token_counts,
     title_user_table,
-    user_windows,
+    user_histories,
 )
 from fusionrec.trainer.idgenrec_data import (
     IGNORE,
@@ -311,7 +310,7 @@ class IDGenRecModule(BaseTrainModule):
         self.history: list[str] = []  # versions of every table this run used, oldest first
         self.user_table: UserIDTable | None = None  # prompt.use_user_id only
         self.user_history: list[str] = []
-        self._windows: dict[str, tuple[str, ...]] | None = None
+        self._histories: dict[str, tuple[str, ...]] | None = None  # user key -> sample history
         self.stats: dict[str, int] = {"regenerations": 0, "table_mismatch": 0}
         self._trie: CompiledTrie | None = None
         self._loader: _TrainLoader | _BucketedTrainLoader | None = None
@@ -371,7 +370,6 @@ class IDGenRecModule(BaseTrainModule):
             ids = list(title_table(self.titles, self.cfg.title_words, encodable_fn(full)).as_dict().values())
             if self.cfg.prompt.use_user_id:
                 ids += sorted(set(self._title_users(full).as_dict().values()))
-                self._windows = None  # every rank computes the windows with the run's (reduced) tokenizer
         return list(self.texts.values()) + prompts + digits + ids
 
     def split_dataset(self, split: str, even_batches: bool) -> ShardDataset:
@@ -404,18 +402,15 @@ class IDGenRecModule(BaseTrainModule):
         else:
             self._regenerate(round=0)
 
-    def _user_windows(self, tokenizer: Any) -> dict[str, tuple[str, ...]]:
-        """Every sample's (user key -> profile window), read once from all splits of the corpus."""
-        if self._windows is None:
-            counts = item_token_counts(tokenizer, self.texts)
-            self._windows = user_windows(
-                all_samples(self.cfg.data.corpus), counts, self.cfg.idgen.max_source_len
-            )
-        return self._windows
+    def user_histories(self) -> dict[str, tuple[str, ...]]:
+        """Every sample's (user key -> history), read once from all splits of the corpus."""
+        if self._histories is None:
+            self._histories = user_histories(all_samples(self.cfg.data.corpus))
+        return self._histories
 
     def _title_users(self, tokenizer: Any) -> UserIDTable:
         words, encodable = self.cfg.user_title_words, encodable_fn(tokenizer)
-        return title_user_table(self._user_windows(tokenizer), self.titles, words, encodable)
+        return title_user_table(self.user_histories(), self.titles, words, encodable)
 
     def _regenerate(self, round: int) -> None:
         """New item (and user) tables from ONE gather of the generator weights, on every rank; ranks must
@@ -425,9 +420,10 @@ class IDGenRecModule(BaseTrainModule):
             table = generate_ids(local, self.tokenizer, self.texts, self.cfg.idgen, round=round)
         self._set_table(self._agreed(table))
         if self.cfg.prompt.use_user_id:
-            windows = self._user_windows(self.tokenizer)
-            users = generate_user_table(local, self.tokenizer, windows, self.texts, self.titles,
-                                        self.cfg.idgen, self.cfg.user_title_words, round=round)  # fmt: skip
+            histories, words = self.user_histories(), self.cfg.user_title_words
+            users = generate_user_table(
+                local, self.tokenizer, histories, self.texts, self.titles, self.cfg.idgen, words, round=round
+            )
             self._set_user_table(self._agreed(users))
 
     def _agreed(self, table: IDTable | UserIDTable) -> IDTable | UserIDTable:
