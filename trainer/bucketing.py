@@ -20,6 +20,10 @@ The window-start state always carries the loader's deal (for the first window it
 raw batch and that batch is un-marked), so it is meaningful per rank without a collective (ranks keep
 their own streams). The state edits use the format documented in data_pipeline/loader.py (consumed
 positions as sorted half-open intervals, per-rank padding counts per slot).
+
+Another world size (elastic resume): the state also carries ``committed`` = every rank's window start with
+its handed-out samples marked, merged over ranks; ``elastic_state`` turns the saved states into a plain
+resume from there (new deal over the rest, nothing skipped), so exactly-once holds across the change.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from fusionrec.data_pipeline.loader import ShardDataset, ShardLoader, collate_samples, gather_state
+from fusionrec.data_pipeline.loader import (
+    ShardDataset,
+    ShardLoader,
+    collate_samples,
+    gather_state,
+    merge_states,
+)
 
 Sample = dict[str, Any]
 
@@ -85,6 +95,23 @@ def _mark(state: dict[str, Any], rank: int, samples: Sequence[Sample], consumed:
     return state
 
 
+def elastic_state(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One BucketedLoader state for another world size, from the states every saving rank wrote.
+
+    The saving ranks' windows mean nothing under a new deal, so the state is the union of what they
+    committed (window starts + handed-out samples; the rest of their windows is dealt again) with no
+    batches to skip. A state saved mid-window without ``committed`` (older format) cannot be re-split.
+    """
+    for state in states:
+        if state.get("taken", 0) and "committed" not in state:
+            raise ValueError(
+                f"length-bucketing state saved {state['taken']} batches into a window without the handed-out "
+                "samples; resume it on the world size it was saved with"
+            )
+    merged = merge_states([s.get("committed", s["inner"]) for s in states])
+    return {"bucket_window": states[0]["bucket_window"], "taken": 0, "inner": merged, "committed": merged}
+
+
 class BucketedLoader:
     """Batches of similar prompt length over a ShardDataset, exactly once, resumable mid-window."""
 
@@ -132,9 +159,25 @@ class BucketedLoader:
         self._reset()
 
     def state_dict(self) -> dict[str, Any]:
-        """Collective (gathers every rank's window-start state)."""
+        """Collective (gathers every rank's window-start state, and what each rank handed out of it).
+
+        ``inner`` + ``taken`` resume on the same world size (same deal: re-read the window, skip ``taken``);
+        ``committed`` (window start + handed-out samples, as ``close()`` commits) resumes on another one,
+        where the deal and so the windows differ (see :func:`elastic_state`).
+        """
         inner = self._start if self._start is not None else self.loader.state_dict()
-        return {"bucket_window": self.window, "taken": self._taken, "inner": gather_state(inner)}
+        return {
+            "bucket_window": self.window,
+            "taken": self._taken,
+            "inner": gather_state(inner),
+            "committed": gather_state(self._committed(inner)),
+        }
+
+    def _committed(self, inner: dict[str, Any]) -> dict[str, Any]:
+        if self._start is None or self._taken == 0:
+            return inner
+        handed = [s for b in self._batches[: self._taken] for s in b]
+        return _mark(self._start, self.dataset.rank, handed, True)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "bucket_window" not in state:  # saved without bucketing: a plain loader state

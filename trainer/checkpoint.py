@@ -10,9 +10,23 @@ Layout of one checkpoint::
       COMPLETE.json           written last: file sizes (+ sha256 of the small files); no marker = ignored
 
 Writing is atomic: every rank writes into ``.step-N.tmp``; after a barrier rank 0 writes the marker and
-renames the folder (rename is atomic on one filesystem). Loading checks the marker, sizes, hashes, world
-size and every parameter shape on rank 0 and broadcasts the verdict, so all ranks raise the same clear
+renames the folder (rename is atomic on one filesystem). Loading checks the marker, sizes, hashes and every
+parameter shape on rank 0 and broadcasts the verdict, so all ranks raise the same clear
 ``CheckpointError`` before any training step. Our own files are loaded with ``weights_only=True``.
+
+Resuming on another world size (saved by 2 ranks, resumed by 1 or 3: users get whatever nodes are free):
+
+* Engines: DeepSpeed re-partitions the optimizer (``DeepspeedStrategy.load_resharded``: ZeRO-1/2/3 through a
+  universal checkpoint converted into ``RUN/checkpoints/.reshard-step-N/`` and deleted after loading;
+  stage 0 loads as is). Weights, Adam moments and step counts, LR scheduler: as saved.
+* Loader: every saved rank's loader state is merged (the union of the consumed positions; padding
+  counts dropped) and the loader deals the rest of the epoch to the new ranks, so every remaining sample
+  of the epoch is seen exactly once (length-bucketing windows included, see trainer/bucketing.py). A
+  loader whose state cannot be merged (per-rank cursors) is refused with a CheckpointError.
+* RNG: per-rank python/numpy/torch streams cannot be re-split; each new rank is reseeded from
+  (seed, step, new rank) and a warning says so. Losses are then not bit-identical to an uninterrupted
+  run (dropout masks etc. differ); exactly-once still holds. The global batch is micro x accum x the new
+  world size: scale ``train.deepspeed.grad_accum`` to keep it.
 
 Multi-node note: the tmp-dir + rename protocol needs ``RUN`` on a filesystem shared by all nodes.
 """
@@ -21,16 +35,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from fusionrec.data_pipeline.loader import merge_states
+from fusionrec.trainer.bucketing import elastic_state
 
 if TYPE_CHECKING:
     from fusionrec.trainer.loop import Trainer
@@ -40,6 +57,8 @@ TRAINER_STATE = "trainer_state.pt"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _HASH_LIMIT = 64 * 1024 * 1024  # sha256 for files up to 64 MiB (our small files); sizes for all
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -181,35 +200,101 @@ def load_checkpoint(trainer: Trainer, path: Path) -> dict[str, Any]:
     """Collective. Verifies (rank 0, verdict broadcast), restores engines, module and counters.
 
     Returns this rank's RNG/loader state; the Trainer applies it after the phase's ``on_phase_start``.
+    On another world size than the saving run's, that state is the merged loader state of every saved rank
+    plus a reseed instruction (see the module docstring).
     """
     strategy = trainer.strategy
-    error = None
+    error, saved_world = None, None
     if strategy.is_rank0:
         try:
-            _check_compatible(trainer, path)
+            saved_world = _check_compatible(trainer, path)
         except CheckpointError as err:
             error = str(err)
-    error = strategy.broadcast_object(error)
+    error, saved_world = strategy.broadcast_object((error, saved_world))
     if error is not None:
         raise CheckpointError(error)
     state = _load_file(path / TRAINER_STATE)
-    for _, engine in sorted(trainer.engines.items()):
-        if engine.has_optimizer:
-            strategy.load(engine, path)
+    if saved_world == strategy.world_size:
+        rank_state = _load_file(path / f"rank-{strategy.rank:05d}.pt")
+    else:  # before the engines: a loader that cannot be re-split fails without touching them
+        rank_state = _elastic_rank_state(trainer, path, saved_world, int(state["state"]["step"]))
+    _load_engines(trainer, path, saved_world)
     trainer.module.load_state_dict(state["module"])
     st = state["state"]
     for key, value in st.items():
         setattr(trainer.state, key, dict(value) if key == "skipped" else value)
-    return _load_file(path / f"rank-{strategy.rank:05d}.pt")
+    return rank_state
 
 
-def _check_compatible(trainer: Trainer, path: Path) -> None:
-    marker = verify_checkpoint(path)
-    if marker["world_size"] != trainer.strategy.world_size:
+def _load_engines(trainer: Trainer, path: Path, saved_world: int) -> None:
+    strategy = trainer.strategy
+    scratch = trainer.checkpoint_root / f".reshard-{path.name}"
+    for _, engine in sorted(trainer.engines.items()):
+        if not engine.has_optimizer:
+            continue
+        if saved_world == strategy.world_size:
+            strategy.load(engine, path)
+            continue
+        try:
+            strategy.load_resharded(engine, path, saved_world, scratch)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+    if saved_world != strategy.world_size and strategy.is_rank0:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _elastic_rank_state(trainer: Trainer, path: Path, saved_world: int, step: int) -> dict[str, Any]:
+    """Merged loader state of all ``saved_world`` ranks + the (seed, step, rank) to reseed from."""
+    rank, world = trainer.strategy.rank, trainer.strategy.world_size
+    saved = [_load_file(path / f"rank-{r:05d}.pt").get("loader") for r in range(saved_world)]
+    try:
+        loader = merge_loader_states(saved)
+    except ValueError as err:
         raise CheckpointError(
-            f"checkpoint {path}: saved with world_size={marker['world_size']}, resuming with "
-            f"{trainer.strategy.world_size}; per-rank RNG/loader state cannot be re-split"
+            f"checkpoint {path}: saved by {saved_world} ranks, resuming on {world}: {err}"
+        ) from None
+    if rank == 0:
+        log.warning(
+            "resuming %s (saved by %d ranks) on %d ranks: loader states merged, the rest of the epoch "
+            "re-dealt (each sample still seen once); per-rank RNG streams cannot be re-split, so every rank "
+            "is reseeded from (seed=%d, step=%d, rank): losses will not be bit-identical to an "
+            "uninterrupted run",
+            path,
+            saved_world,
+            world,
+            trainer.cfg.seed,
+            step,
         )
+    return {"reseed": [int(trainer.cfg.seed), step, rank], "loader": loader}
+
+
+def merge_loader_states(states: Sequence[Any]) -> Any:
+    """One train-loader state for a new world size from every saved rank's (ValueError if impossible).
+
+    ShardLoader states merge by union of consumed positions (``merge_states``), length-bucketing states
+    through ``bucketing.elastic_state``; an epoch-only state (no progress inside an epoch) is the same on
+    every rank and kept; other loaders keep per-rank cursors that have no merge.
+    """
+    if all(s is None for s in states):
+        return None
+    first = states[0]
+    if not all(isinstance(s, Mapping) for s in states):
+        raise ValueError("some ranks saved no loader state")
+    if "bucket_window" in first:
+        return elastic_state(states)
+    if {"consumed", "deal", "ranks"} <= first.keys():
+        return merge_states(states)
+    if first.keys() == {"epoch"} and all(s == first for s in states):
+        return dict(first)  # epoch-granular (llm EpochBatches): any resume restarts an epoch on any world
+    raise ValueError(
+        f"the train loader's state (keys {sorted(first)}) is per rank and cannot be re-split; resume on the "
+        "saving world size"
+    )
+
+
+def _check_compatible(trainer: Trainer, path: Path) -> int:
+    """Marker, sizes, hashes and parameter shapes; returns the world size the checkpoint was saved with."""
+    marker = verify_checkpoint(path)
     state = _load_file(path / TRAINER_STATE)
     for name, engine in sorted(trainer.engines.items()):
         if not engine.has_optimizer:
@@ -220,6 +305,7 @@ def _check_compatible(trainer: Trainer, path: Path) -> None:
                 f"checkpoint {path}: has no engine {name!r} (has {sorted(state['shapes'])})"
             )
         _check_shapes(path, name, saved, engine.named_shapes())
+    return int(marker["world_size"])
 
 
 def _check_shapes(
@@ -250,16 +336,28 @@ def _load_file(path: Path) -> dict[str, Any]:
 
 def restore_rank_state(trainer: Trainer, rank_state: Mapping[str, Any]) -> None:
     """RNG and loader state of this rank (called by the Trainer after the phase rebuilt its loader)."""
-    py = rank_state["python_rng"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, *rest = rank_state["numpy_rng"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    torch.set_rng_state(rank_state["torch_rng"])
+    if "reseed" in rank_state:  # resumed on another world size
+        reseed(*rank_state["reseed"])
+    else:
+        py = rank_state["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        kind, keys, *rest = rank_state["numpy_rng"]
+        np.random.set_state((kind, keys.numpy(), *rest))
+        torch.set_rng_state(rank_state["torch_rng"])
     loader_state = rank_state.get("loader")
     if loader_state is not None:
         if not hasattr(trainer.train_loader, "load_state_dict"):
             raise CheckpointError("checkpoint holds loader state but the train loader has no load_state_dict")
         trainer.train_loader.load_state_dict(loader_state)
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Seed python, numpy and torch for ``rank`` as a pure function of (seed, step, rank)."""
+    words = np.random.SeedSequence([seed % 2**32, step, rank]).generate_state(2)  # two uint32
+    value = int(words[0]) << 32 | int(words[1])
+    random.seed(value)
+    np.random.seed(words)
+    torch.manual_seed(value)
 
 
 # ---------------------------------------------------------------------- export

@@ -5,7 +5,7 @@ Nothing else in fusionrec imports ``deepspeed``. Recipes see two types:
 * :class:`DeepspeedStrategy` - process-group setup (``deepspeed`` launcher, ``torchrun``, Ray Train workers
   and a bare single process, all from the same code), the DeepSpeed JSON generated from the typed config,
   ``prepare(model, optim_cfg) -> Engine`` (several engines per run, some frozen), ``backward``/``step``,
-  checkpoint ``save``/``load``, ZeRO-3-safe ``full_state_dict``, all-reduce/gather/broadcast, barrier.
+  checkpoint ``save``/``load`` (``load_resharded`` at another world size), ZeRO-3-safe ``full_state_dict``, all-reduce/gather/broadcast, barrier.
 * :class:`Engine` - a model wrapped by DeepSpeed. ``engine(*args)`` runs the forward pass (ZeRO-3 gathers
   parameters), ``engine.module`` is the plain ``nn.Module`` (architecture only), ``set_trainable`` freezes
   it for a phase.
@@ -18,9 +18,13 @@ op switched off (a 78 s build), one intra-op thread per rank (oversubscription m
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
+import io
 import json
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
@@ -364,6 +368,82 @@ class DeepspeedStrategy:
         )
         if path is None:
             raise ValueError(f"checkpoint {ckpt_dir}: no DeepSpeed state for engine {engine.name!r}")
+
+    def load_resharded(self, engine: Engine, ckpt_dir: Path, saved_world: int, scratch: Path) -> None:
+        """Restore what :meth:`save` wrote with ``saved_world`` data-parallel ranks on this (different) world.
+
+        Collective (all ranks). DeepSpeed 0.19.8's ``load_checkpoint`` refuses partitioned optimizer state at
+        a new data-parallel size, and its ``elastic_checkpoint`` path can only shrink (it indexes the saved
+        partitions by the new rank). Its universal checkpoint re-partitions both ways for ZeRO-1/2/3: rank 0
+        converts ``ckpt_dir/<engine>`` with ``ds_to_universal`` into ``scratch`` (fp32 weights and Adam moments
+        per parameter, unpartitioned), every rank loads it with ``load_universal``, then ``scratch`` is removed.
+        Stage 0 without bf16 keeps the whole optimizer in ``mp_rank_00_model_states.pt``, which DeepSpeed
+        loads at any size. Raises ValueError naming both sizes and the stage when the conversion fails.
+        """
+        tag_dir = Path(ckpt_dir) / engine.name
+        if not any(tag_dir.glob("*optim_states.pt")):  # nothing partitioned: the plain load is exact
+            self.load(engine, ckpt_dir)
+            return
+        error = self._convert_universal(tag_dir, scratch / engine.name) if self.is_rank0 else None
+        error = self.broadcast_object(error)
+        if error is not None:
+            raise ValueError(
+                f"checkpoint {ckpt_dir}: engine {engine.name!r} (ZeRO-{engine.zero_stage}) saved by {saved_world} "
+                f"ranks cannot be re-partitioned for {self.world_size} ranks: {error}"
+            )
+        ds = engine._ds
+        ds._config.load_universal_checkpoint = True  # read by load_checkpoint only; reset right after
+        try:
+            self.load(engine, scratch)
+        finally:
+            ds._config.load_universal_checkpoint = False
+            self.barrier()  # every rank has read scratch before rank 0 deletes it
+            if self.is_rank0:
+                shutil.rmtree(scratch / engine.name, ignore_errors=True)
+
+    @staticmethod
+    def _convert_universal(tag_dir: Path, out: Path) -> str | None:
+        """ds_to_universal of one engine folder into ``out`` (single process); None or the error text."""
+        from deepspeed.checkpoint import ds_to_universal
+
+        shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        args = argparse.Namespace(
+            input_folder=str(tag_dir),
+            output_folder=str(out),
+            num_extract_workers=1,  # > 1 forks a process pool; one process keeps the ranks' CPU budget
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,  # our client state has no Megatron-style universal_checkpoint_info
+        )
+        chatter = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                ds_to_universal.main(args)
+        except Exception as err:  # noqa: BLE001 - any converter failure becomes one clear message
+            shutil.rmtree(out, ignore_errors=True)
+            return f"{type(err).__name__}: {err}"
+        return None
+
+    def full_optimizer_state(self, engine: Engine, key: str) -> dict[str, torch.Tensor]:
+        """Unpartitioned optimizer state ``key`` (e.g. ``"exp_avg"``) per parameter name, on every rank.
+
+        Collective under ZeRO (the partitions are all-reduced). Parameters without that state are left out;
+        call it after the first optimizer step or a checkpoint load (a fresh ZeRO optimizer holds none).
+        """
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        out = {}
+        optimizer = getattr(engine._ds.optimizer, "optimizer", engine._ds.optimizer)
+        for name, p in engine.module.named_parameters():
+            if engine.zero_stage == 0:
+                t = optimizer.state.get(p, {}).get(key)
+            else:
+                t = safe_get_full_optimizer_state(p, key)
+            if t is not None:
+                out[name] = t.detach().to("cpu", copy=True)
+        return out
 
     def full_state_dict(self, engine: Engine) -> dict[str, torch.Tensor]:
         """Unpartitioned CPU copy of the module's state dict on every rank (gathers ZeRO-3 shards)."""
