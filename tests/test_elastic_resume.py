@@ -1,7 +1,8 @@
 """Elastic resume: a checkpoint resumed on another world size (trainer/checkpoint.py, module docstring).
 
-The distributed test trains a real DeepSpeed engine on real shards: saved by 2 ranks (ZeRO-2, plain
-ShardLoader) and resumed by 1; saved by 1 (ZeRO-3, length-bucketed loader, mid-window) and resumed by 2.
+The distributed test trains a real DeepSpeed engine on real shards: saved by 2 ranks (ZeRO-2 and stage 0,
+plain ShardLoader) and resumed by 1; saved by 1 (ZeRO-3, length-bucketed loader, mid-window) and resumed
+by 2.
 It checks every training sample of the epoch is trained exactly once in total, and that weights, Adam
 moments and the LR right after the load equal the saved ones. The unit tests cover the state merging.
 """
@@ -153,11 +154,20 @@ def _check(saved: list[dict], resumed: list[dict], steps: int, corpus: Path) -> 
     assert resumed[0]["at"]["end"]["step"] == steps + math.ceil(per_rank / BATCH)
 
 
-def _on_one_rank(corpus: str, root: str) -> dict:
-    """Resume A (saved by 2 ranks) on 1; save B (ZeRO-3, bucketed, mid-window) for its resume on 2."""
+def _on_two_ranks(corpus: str, root: str) -> dict:
+    """Save A (ZeRO-2) and C (stage 0) for their resume on 1 rank."""
     return {
-        "a": _run(corpus, f"{root}/a", stage=2, steps=3, resume=True, window=0),
-        "b": _run(corpus, f"{root}/b", stage=3, steps=4, resume=False, window=3),
+        "a": _run(corpus, root, stage=2, steps=3, resume=False, window=0, subdir="a"),
+        "c": _run(corpus, root, stage=0, steps=2, resume=False, window=0, subdir="c"),
+    }
+
+
+def _on_one_rank(corpus: str, root: str) -> dict:
+    """Resume A and C (saved by 2 ranks) on 1; save B (ZeRO-3, bucketed, mid-window) for its resume on 2."""
+    return {
+        "a": _run(corpus, root, stage=2, steps=3, resume=True, window=0, subdir="a"),
+        "c": _run(corpus, root, stage=0, steps=2, resume=True, window=0, subdir="c"),
+        "b": _run(corpus, root, stage=3, steps=4, resume=False, window=3, subdir="b"),
     }
 
 
@@ -168,17 +178,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.distributed
-def test_zero2_shrinks_2_to_1_and_zero3_bucketed_grows_1_to_2(corpus: Path, tmp_path: Path) -> None:
+def test_zero2_and_stage0_shrink_2_to_1_zero3_bucketed_grows_1_to_2(corpus: Path, tmp_path: Path) -> None:
     kw = {"corpus": str(corpus), "root": str(tmp_path)}
-    a_saved = run_distributed_test(
-        _run, world_size=2, **kw, subdir="a", stage=2, steps=3, resume=False, window=0
-    )
+    two = run_distributed_test(_on_two_ranks, world_size=2, **kw)
     one = run_distributed_test(_on_one_rank, world_size=1, **kw)
     b_resumed = run_distributed_test(
         _run, world_size=2, **kw, subdir="b", stage=3, steps=4, resume=True, window=3
     )
-    _check(a_saved, [one[0]["a"]], steps=3, corpus=corpus)
+    _check([r["a"] for r in two], [one[0]["a"]], steps=3, corpus=corpus)
+    _check([r["c"] for r in two], [one[0]["c"]], steps=2, corpus=corpus)
     _check([one[0]["b"]], b_resumed, steps=4, corpus=corpus)  # 4 = one batch into the second window
+    assert not list(tmp_path.glob("*/resume/checkpoints/.reshard-*"))  # universal scratch deleted
 
 
 # ---------------------------------------------------------------------------------------- unit
