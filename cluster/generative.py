@@ -50,6 +50,10 @@ from .evaluator import (
 from .ray_local import RayConfig, check_reachable
 
 ID_SOURCES = ("checkpoint", "generate")
+_NO_ZERO_SHOT_USERS = (
+    "checkpoint {checkpoint} was trained with idgenrec.prompt.use_user_id = true: zero-shot evaluation "
+    "(IDs generated for unseen items) has no user IDs for unseen users; not supported"
+)
 
 
 def _offline() -> None:
@@ -198,6 +202,8 @@ def generate_dataset_table(
     from ..trainer.idgen.generator import IDGenConfig, generate_ids
     from ..trainer.idgenrec_data import load_items
 
+    if _prompt_config(checkpoint).use_user_id:  # on the driver, before any actor starts
+        raise ValueError(_NO_ZERO_SHOT_USERS.format(checkpoint=checkpoint))
     texts, _ = load_items(dataset_dir)
     if idgen is None:
         idgen = IDGenConfig(**run_section(checkpoint).get("idgen", {}))
@@ -348,10 +354,7 @@ class IDGenRecScorerFactory:
         users = None
         if prompt.use_user_id:
             if self.id_source == "generate":
-                raise ValueError(
-                    f"checkpoint {self.checkpoint} was trained with idgenrec.prompt.use_user_id = true: "
-                    "zero-shot (id_source='generate') user IDs for unseen users are not supported"
-                )
+                raise ValueError(_NO_ZERO_SHOT_USERS.format(checkpoint=self.checkpoint))
             users = load_user_table(self.checkpoint)
         return IDGenRecScorer(model, tokenizer, table, items, prompt, self.config(), users)
 

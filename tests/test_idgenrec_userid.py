@@ -6,6 +6,7 @@ is evaluated from the checkpoint (module ``evaluate`` and the Ray scorer's promp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -208,7 +209,12 @@ def _worker(corpus: str, tokenizer: str, run_dir: str) -> dict:
 
 @pytest.mark.distributed
 def test_user_ids_train_checkpoint_resume_and_evaluate_two_processes(tmp_path: Path) -> None:
-    from fusionrec.cluster.generative import GenerativeEvalConfig, IDGenRecScorer
+    from fusionrec.cluster.generative import (
+        GenerativeEvalConfig,
+        IDGenRecScorer,
+        IDGenRecScorerFactory,
+        generate_dataset_table,
+    )
     from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
     from fusionrec.trainer.checkpoint import list_checkpoints
     from fusionrec.trainer.modules.idgenrec import (
@@ -260,6 +266,16 @@ def test_user_ids_train_checkpoint_resume_and_evaluate_two_processes(tmp_path: P
     assert f"user {uid} " in tokenizer.decode(ids[0], skip_special_tokens=True).lower()
     with pytest.raises(ValueError, match="user ID table"):
         IDGenRecScorer(model, tokenizer, table, items, cfg.prompt, GenerativeEvalConfig())
+    # The actor's factory reads the run's prompt section (RUN/config.json, written by `fusionrec train`) and
+    # loads the checkpoint's user table; zero-shot (IDs for unseen items) refuses such a run on the driver.
+    (tmp_path / "full" / "config.json").write_text(
+        json.dumps({"idgenrec": {"prompt": {"use_user_id": True}}})
+    )
+    assert IDGenRecScorerFactory(str(ckpt), str(corpus))().users.hash == users.hash
+    with pytest.raises(ValueError, match="zero-shot"):
+        generate_dataset_table(ckpt, corpus)
+    with pytest.raises(ValueError, match="zero-shot"):
+        IDGenRecScorerFactory(str(ckpt), str(corpus), id_source="generate", id_table=table)()
     # Export carries the user table beside the item table.
     written = export_idgenrec(ckpt, tmp_path / "export")
     assert UserIDTable.load(written["user_id_table"]).hash == users.hash
