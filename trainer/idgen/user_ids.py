@@ -13,9 +13,11 @@ the training part (items[:-2]), the test sample's from items[:-1] (the valid tar
 
 **Profile window.** The generator reads the texts of the history items, oldest first, joined by ``"; "``,
 up to ``max_source_len`` tokens (the paper's T5 truncates its input the same way): the window is the
-oldest items until their token count (+1 per separator) reaches the budget. Longer histories thus share
-the window of their prefix, so most of a user's samples share one ID and the generator runs once per
-distinct window, not once per sample.
+oldest items until their token count (+1 per separator) reaches the budget. Longer histories share the
+window of their prefix, and the generator runs once per distinct window, not once per sample. With short
+item texts that saves little: on Amazon Beauty (T5 tokenizer, item texts ~23 tokens, budget 256) the
+176,139 samples have 131,303 distinct windows (4.9 items on average), i.e. a user-table regeneration is
+~11x the generator calls of the item table's first attempt (12,101 items).
 
 **Generation.** The first attempt of Algorithm 1 (diverse beam search, ``num_groups`` candidates at
 ``lambda_start``, IDs of [1, window) tokens), best non-empty encodable candidate. No uniqueness walk: a user
