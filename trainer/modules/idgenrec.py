@@ -706,11 +706,8 @@ def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module,
     """
     import tempfile
 
-    from fusionrec.trainer.checkpoint import TRAINER_STATE, verify_checkpoint
-
     path = Path(checkpoint_dir)
-    verify_checkpoint(path)
-    module = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
+    module = _verified_module_state(path)
     with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
         for name, text in module["tokenizer_files"].items():
             (Path(tmp) / name).write_text(text, encoding="utf-8")
@@ -730,12 +727,8 @@ def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module,
 
 def load_user_table(checkpoint_dir: str | Path) -> UserIDTable | None:
     """The user ID table a ``step-N`` checkpoint carries (hash verified), or None for a run without user IDs."""
-    from fusionrec.trainer.checkpoint import TRAINER_STATE, verify_checkpoint
-
     path = Path(checkpoint_dir)
-    verify_checkpoint(path)
-    module = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
-    state = module.get("user_table")
+    state = _verified_module_state(path).get("user_table")
     return UserIDTable.from_state(state, where=f"checkpoint {path}") if state is not None else None
 
 
@@ -774,3 +767,11 @@ def export_idgenrec(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str
 def build_idgenrec_module(cfg: IDGenRecConfig, run_dir: str | Path) -> IDGenRecModule:
     """The recipe's TrainModule; pass ``module.val_loader()`` as the Trainer's val_loader."""
     return IDGenRecModule(cfg, run_dir)
+
+
+def _verified_module_state(path: Path) -> dict[str, Any]:
+    """The IDGenRec module state of a verified (marker, sizes, hashes) ``step-N`` checkpoint."""
+    from fusionrec.trainer.checkpoint import TRAINER_STATE, verify_checkpoint
+
+    verify_checkpoint(path)
+    return torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
