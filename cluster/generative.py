@@ -271,17 +271,12 @@ class IDGenRecScorer:
         return ids, mask
 
     def user_id(self, users: Sequence[str] | None, k: int, hist: np.ndarray) -> str:
-        from ..trainer.prompts import user_key
+        from ..trainer.prompts import lookup_user_id
 
         if users is None:
             raise ValueError("this run uses user IDs: encode() needs the batch's user ids")
-        key = user_key(users[k], [self.item_ids[int(hist[-1])]])
-        if key not in self.users:
-            raise ValueError(
-                f"user {users[k]!r} (last history item {self.item_ids[int(hist[-1])]!r}) has no user ID in "
-                f"user ID table {self.users.version}"
-            )
-        return self.users[key]
+        last = [self.item_ids[int(hist[-1])]]
+        return lookup_user_id(self.users, users[k], last, where=f"user ID table {self.users.version}")
 
     def rank(self, batch: UserBatch) -> np.ndarray:
         from ..trainer.decoding import constrained_beam_search

@@ -176,6 +176,17 @@ def user_key(user: str, history: Sequence[str]) -> str:
     return f"{user}\t{history[-1]}"
 
 
+def lookup_user_id(
+    user_ids: Mapping[str, str], user: str, history: Sequence[str], where: str = "the user ID table"
+) -> str:
+    """The textual user ID of (user, history) in ``user_ids`` (keyed by :func:`user_key`); ValueError naming
+    the user, its last history item and ``where`` when it has none."""
+    key = user_key(user, history)
+    if key not in user_ids:
+        raise ValueError(f"user {user!r} (last history item {history[-1]!r}) has no user ID in {where}")
+    return user_ids[key]
+
+
 class PromptBuilder:
     """Samples → (prompt, target ID text). Textual IDs come from the current ID table(s) at load time.
 
@@ -205,12 +216,6 @@ class PromptBuilder:
         template = choose_template(self.cfg.seed, key, epoch, n) if train else self.cfg.eval_template
         user = None
         if self.cfg.use_user_id:
-            key = user_key(sample["user"], sample["history"])
-            if key not in self.user_ids:
-                raise ValueError(
-                    f"user {sample['user']!r} (last history item {sample['history'][-1]!r}) has no user ID "
-                    "in the user ID table"
-                )
-            user = self.user_ids[key]
+            user = lookup_user_id(self.user_ids, sample["user"], sample["history"])
         prompt = build_prompt([self._textual(i) for i in history], template, user, self.cfg.style)
         return prompt, self._textual(sample["target"])
