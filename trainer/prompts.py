@@ -176,6 +176,11 @@ def user_key(user: str, history: Sequence[str]) -> str:
     return f"{user}\t{history[-1]}"
 
 
+def user_of_key(key: str) -> str:
+    """The user of a :func:`user_key`."""
+    return key.split("\t", 1)[0]
+
+
 def lookup_user_id(
     user_ids: Mapping[str, str], user: str, history: Sequence[str], where: str = "the user ID table"
 ) -> str:

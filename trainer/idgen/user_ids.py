@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from fusionrec.fileio import atomic_write_text
 from fusionrec.trainer.idgen.generator import IDGenConfig, _Candidates, _encodable_fn, normalize_id
-from fusionrec.trainer.prompts import user_key
+from fusionrec.trainer.prompts import user_key, user_of_key
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 KINDS = ("title", "generator")
@@ -161,10 +161,10 @@ def share_stats(ids: Mapping[str, str]) -> dict[str, int]:
     """How many user IDs are held by more than one user (a user may hold several IDs over its prefixes)."""
     holders: dict[str, set[str]] = {}
     for key, tid in ids.items():
-        holders.setdefault(tid, set()).add(key.split("\t", 1)[0])
+        holders.setdefault(tid, set()).add(user_of_key(key))
     shared = {tid for tid, users in holders.items() if len(users) > 1}
     users = {u for tid in shared for u in holders[tid]}
-    all_users = {key.split("\t", 1)[0] for key in ids}
+    all_users = {user_of_key(key) for key in ids}
     return {"entries": len(ids), "users": len(all_users), "distinct_ids": len(holders),
             "shared_ids": len(shared), "users_in_shared": len(users)}  # fmt: skip
 
