@@ -268,3 +268,46 @@ def test_beauty_trie_round_trips_every_item(shared_data, t5_tokenizer_dir):
         nodes = torch.where(live, trie.step(nodes, enc[:, d]), nodes)
     assert trie.node_item[nodes].tolist() == list(range(12101))
     assert trie.lookup([tok.pad_token_id, *tok(ids[5]).input_ids]) == 5
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("k", "length_penalty"), [(5, 1.0), (12, 0.0)])
+def test_renormalized_search_equals_hf_renormalize_logits(setup, k, length_penalty):
+    """The trie-softmax scoring (each step's softmax over the node's children) is HF's constrained search
+    with ``renormalize_logits=True``."""
+    model, trie, _, ids, mask = setup
+    ref_items, ref_scores, _ = _hf(
+        model, trie, ids, mask, k, renormalize_logits=True, length_penalty=length_penalty
+    )
+    ours = constrained_beam_search(
+        model, ids, mask, trie, num_beams=k, top_k=k, renormalize=True, length_penalty=length_penalty
+    )
+    assert (ref_scores > -1e7).all()
+    assert torch.equal(ours.items, ref_items)
+    torch.testing.assert_close(ours.scores, ref_scores, atol=1e-5, rtol=0)
+    plain = constrained_beam_search(
+        model, ids, mask, trie, num_beams=k, top_k=k, length_penalty=length_penalty
+    )
+    assert (plain.scores < ours.scores - 1e-3).any()  # renormalising raises every log-prob: it did act
+
+
+@pytest.mark.unit
+def test_model_config_trie_softmax_sets_renormalized_item_likelihood_scoring(setup):
+    """A model trained with the trie softmax says so in its config: the search then renormalises and ranks
+    by the summed log-prob (= log P(item), length_penalty 0) unless told otherwise."""
+    model, trie, _, ids, mask = setup
+    explicit = constrained_beam_search(
+        model, ids, mask, trie, num_beams=8, top_k=8, renormalize=True, length_penalty=0.0
+    )
+    model.config.trie_softmax = True
+    try:
+        by_config = constrained_beam_search(model, ids, mask, trie, num_beams=8, top_k=8)
+        normed = constrained_beam_search(model, ids, mask, trie, num_beams=8, top_k=8, length_penalty=1.0)
+    finally:
+        del model.config.trie_softmax
+    assert torch.equal(by_config.items, explicit.items) and torch.equal(by_config.scores, explicit.scores)
+    assert not torch.equal(normed.scores, explicit.scores)
+    with pytest.raises(ValueError, match="needs a trie"):
+        constrained_beam_search(
+            model, ids, mask, None, num_beams=2, top_k=2, max_new_tokens=3, renormalize=True
+        )

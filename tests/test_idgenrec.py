@@ -234,13 +234,56 @@ def test_one_hot_soft_ids_reproduce_the_hard_rec_loss(corpus, tokenizer, table, 
 
 
 @pytest.mark.unit
-def test_all_padding_batch_gives_zero_loss_not_nan(corpus, tokenizer, table, tmp_path):
+@pytest.mark.parametrize("trie_softmax", [False, True])
+def test_all_padding_batch_gives_zero_loss_not_nan(corpus, tokenizer, table, tmp_path, trie_softmax):
     module = _bare_module(corpus, tokenizer, table, tmp_path)
+    module.cfg.trie_softmax = trie_softmax
     samples = [{**s, "_pad": True} for s in _samples(corpus)[:2]]
     out = module.train_batch(
         _collator("rec", tokenizer, table, corpus)(samples), Phase("rec", "recommender", steps=1)
     )
     assert out["loss"].item() == 0.0 and out["loss"].requires_grad
+
+
+@pytest.mark.unit
+def test_trie_softmax_loss_is_the_item_level_nll_of_a_distribution_over_the_catalogue(
+    corpus, tokenizer, table, tmp_path
+):
+    """With ``trie_softmax`` the summed loss of a sample is -log P(target item), where P is a proper
+    distribution over the catalogue; checked against the next-token sets enumerated from the ID list."""
+    module = _bare_module(corpus, tokenizer, table, tmp_path)
+    module.cfg.trie_softmax = True
+    samples = _samples(corpus)[:3]
+    batch = _collator("rec", tokenizer, table, corpus)(samples)
+    with torch.no_grad():
+        nll, n = module._rec_nll(module._rec_logits(batch, {}), batch["labels"])
+        loss = module.train_batch(batch, Phase("rec", "recommender", steps=1))["loss"]
+    torch.testing.assert_close(loss, nll / n)
+    paths = {item: module.tokens[item] + [tokenizer.eos_token_id] for item in table}
+    model = module.engines["recommender"].module
+    total = torch.zeros((), dtype=torch.float64)
+    for row, sample in enumerate(samples):
+        log_p = {}
+        for item, path in paths.items():
+            dec = torch.tensor([[0, *path[:-1]]])
+            with torch.no_grad():
+                logits = (
+                    model(
+                        input_ids=batch["input_ids"][row : row + 1],
+                        attention_mask=batch["attention_mask"][row : row + 1],
+                        decoder_input_ids=dec,
+                    )
+                    .logits[0]
+                    .double()
+                )
+            score = 0.0
+            for j, tok in enumerate(path):
+                allowed = sorted({p[j] for p in paths.values() if len(p) > j and p[:j] == path[:j]})
+                score += (logits[j, tok] - torch.logsumexp(logits[j, allowed], 0)).item()
+            log_p[item] = score
+        assert abs(sum(math.exp(v) for v in log_p.values()) - 1.0) < 1e-6  # a distribution over items
+        total += -log_p[sample["target"]]
+    torch.testing.assert_close(nll.double(), total, atol=1e-3, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------- IDs, warm-up loader, plan, config

@@ -167,3 +167,20 @@ def test_from_real_t5_tokenizer(t5_tokenizer_dir):
         assert trie.lookup([tok.pad_token_id, *ids]) == i
     with pytest.raises(ValueError, match=r"item 'b'.*cannot encode"):
         CompiledTrie.from_tokenizer(tok, ["ok", "\u2603\u2603"], ["a", "b"], decoder_start_token_id=0)
+
+
+@pytest.mark.unit
+def test_prefix_nodes_and_trie_log_softmax_by_hand():
+    trie = _small()  # nodes as in test_hand_built_layout_is_exact
+    labels = torch.tensor([[5, 7, EOS, -100], [3, EOS, -100, -100], [5, 8, EOS, -100]])
+    assert trie.prefix_nodes(labels).tolist() == [
+        [0, 2, 5, 6],
+        [0, 1, 3, trie.dead],
+        [0, 2, trie.dead, trie.dead],
+    ]
+    logits = torch.arange(12.0).repeat(2, 1)  # vocab 12
+    out = trie.log_softmax(logits, torch.tensor([0, 5]))
+    # root: children 3 and 5; node 5 = [5,7]: children eos and 9
+    assert torch.isfinite(out).sum(1).tolist() == [2, 2]
+    torch.testing.assert_close(out[0, [3, 5]], torch.log_softmax(torch.tensor([3.0, 5.0]), 0))
+    torch.testing.assert_close(out[1, [EOS, 9]], torch.log_softmax(torch.tensor([1.0, 9.0]), 0))

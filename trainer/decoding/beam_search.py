@@ -29,7 +29,7 @@ Hypotheses that only exist because of HF's -1e9 initialisation of the duplicate 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -48,9 +48,14 @@ class BeamSearchConfig:
 
     num_beams: int = 20
     top_k: int = 20
-    length_penalty: float = 1.0
+    # None: 1.0 (HF's default), or 0.0 for a trie-softmax model, whose summed step log-probs are already
+    # log P(item) of a distribution over the catalogue (dividing by the length would favour long IDs).
+    length_penalty: float | None = None
     early_stopping: bool | str = False
     max_new_tokens: int | None = None  # None: the trie's depth (every item reachable)
+    # Score each step by the softmax over the node's trie children only (a model trained with the trie
+    # softmax, see CompiledTrie.log_softmax). None: the model config's ``trie_softmax`` (default False).
+    renormalize: bool | None = None
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:
@@ -102,10 +107,11 @@ def constrained_beam_search(
     num_beams: int,
     top_k: int,
     exclude_items: torch.Tensor | list[list[int]] | None = None,
-    length_penalty: float = 1.0,
+    length_penalty: float | None = None,
     max_new_tokens: int | None = None,
     early_stopping: bool | str = False,
     timings: StepTimings | None = None,
+    renormalize: bool | None = None,
 ) -> BeamResult:
     """Top-``top_k`` distinct items per query by beam search constrained to ``trie``.
 
@@ -113,7 +119,7 @@ def constrained_beam_search(
     (e.g. its history). ``trie=None`` runs the same search unconstrained (``max_new_tokens`` required;
     ``items`` are then -1): the baseline that measures what the constraint costs.
     """
-    cfg = BeamSearchConfig(num_beams, top_k, length_penalty, early_stopping, max_new_tokens)
+    cfg = BeamSearchConfig(num_beams, top_k, length_penalty, early_stopping, max_new_tokens, renormalize)
     return beam_search(model, input_ids, attention_mask, cfg, trie, exclude_items, timings)
 
 
@@ -135,6 +141,7 @@ def beam_search(
         )
     batch, k = input_ids.shape[0], cfg.num_beams
     excluded = _excluded_keys(trie, exclude_items, batch, input_ids.device)
+    cfg = _resolve_scoring(cfg, model, trie)
     was_training = model.training
     model.eval()
     try:
@@ -148,7 +155,9 @@ def beam_search(
             if trie is None:
                 cand = _dense_candidates(log_probs, state.running_scores)
             else:
-                cand = _trie_candidates(log_probs, state.running_scores, state.nodes, trie, excluded)
+                cand = _trie_candidates(
+                    log_probs, state.running_scores, state.nodes, trie, excluded, bool(cfg.renormalize)
+                )
             t2 = time.perf_counter()
             first = state.cur_len == 1
             done = state.advance(cand, cfg, eos, trie)
@@ -189,6 +198,16 @@ def _special_tokens(
             "be generated; leave it None"
         )
     return start, eos, pad, cfg.max_new_tokens or trie.max_depth
+
+
+def _resolve_scoring(cfg: BeamSearchConfig, model: nn.Module, trie: CompiledTrie | None) -> BeamSearchConfig:
+    """Fill ``renormalize`` / ``length_penalty`` left None from the model config's ``trie_softmax``."""
+    trie_softmax = bool(getattr(model.config, "trie_softmax", False))
+    renormalize = trie_softmax if cfg.renormalize is None else cfg.renormalize
+    if renormalize and trie is None:
+        raise ValueError("renormalize (trie softmax) needs a trie")
+    length_penalty = (0.0 if trie_softmax else 1.0) if cfg.length_penalty is None else cfg.length_penalty
+    return replace(cfg, renormalize=renormalize, length_penalty=length_penalty)
 
 
 def _encode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Encoded:
@@ -301,12 +320,19 @@ def _trie_candidates(
     nodes: torch.Tensor,
     trie: CompiledTrie,
     excluded: torch.Tensor | None,
+    renormalize: bool = False,
 ) -> _Candidates:
-    """Top 2K per query among the trie children of all its beams, without a Python loop over beams."""
+    """Top 2K per query among the trie children of all its beams, without a Python loop over beams.
+
+    ``renormalize``: each beam's step log-prob is taken over its node's children only (minus their
+    logsumexp), the scoring of a model trained with the trie softmax."""
     batch, k = running_scores.shape
     rows, edges = trie.expand(nodes.view(-1))
     tokens, children = trie.child_token[edges], trie.child_node[edges]
-    scores = log_probs[rows, tokens] + running_scores.view(-1)[rows]  # same float op as HF's masked matrix
+    step = log_probs[rows, tokens]
+    if renormalize:
+        step = step - _segment_logsumexp(step, rows, log_probs.shape[0])[rows]
+    scores = step + running_scores.view(-1)[rows]  # same float op as HF's masked matrix
     query = torch.div(rows, k, rounding_mode="floor")
     if excluded is not None:
         pruned = torch.isin(query * (trie.num_nodes + 1) + children, excluded)
@@ -325,6 +351,14 @@ def _trie_candidates(
     token = torch.cat([tokens, rows.new_tensor([-1])])[src]
     node = torch.cat([children, rows.new_tensor([trie.dead])])[src]
     return _Candidates(top_scores, beam, token, node)
+
+
+def _segment_logsumexp(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """logsumexp of ``values`` grouped by ``rows`` (a row without values gets -inf)."""
+    top = values.new_full((num_rows,), float("-inf")).scatter_reduce(0, rows, values, "amax")
+    safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = values.new_zeros(num_rows).index_add_(0, rows, (values - safe[rows]).exp())
+    return safe + total.log()
 
 
 def _reorder_cache(cache, running_beam: torch.Tensor, k: int, first: bool) -> None:

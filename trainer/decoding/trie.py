@@ -188,6 +188,28 @@ class CompiledTrie:
         hit = (self.edge_key[pos] == keys) & (tokens >= 0) & (tokens < self.key_stride)
         return torch.where(hit, self.child_node[pos], torch.full_like(nodes, self.dead))
 
+    def prefix_nodes(self, labels: torch.Tensor) -> torch.Tensor:
+        """Node *before* each label token [B, T]: the root, then the node each teacher-forced prefix reaches.
+
+        ``labels`` are [B, T] generated tokens (eos included, ``-100`` padding); a prefix that left the trie
+        (or padding) gives ``dead``. T vectorised :meth:`step` calls, no Python loop over the batch.
+        """
+        nodes = torch.full(labels.shape[:1], self.root, dtype=torch.long, device=labels.device)
+        out = torch.empty(labels.shape, dtype=torch.long, device=labels.device)
+        for j in range(labels.shape[1]):
+            out[:, j] = nodes
+            nodes = self.step(nodes, labels[:, j])
+        return out
+
+    def log_softmax(self, logits: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """Log-softmax of ``logits`` [R, V] over each row's trie children only (``nodes`` [R]): the item-level
+        distribution of a model trained with the trie softmax. Non-children get ``-inf``; every node must be
+        live (a dead node has no children, so its row would be NaN)."""
+        rows, edges = self.expand(nodes)
+        allowed = torch.full_like(logits, float("-inf"))
+        allowed[rows, self.child_token[edges]] = 0.0
+        return torch.log_softmax(logits + allowed, dim=-1)
+
     def leaf_of(self, items: torch.Tensor) -> torch.Tensor:
         """Leaf node of each item index (``-1`` entries map to ``-1``)."""
         return torch.where(items >= 0, self.item_leaf[items.clamp(min=0)], items)

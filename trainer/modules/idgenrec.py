@@ -150,6 +150,10 @@ class IDGenRecConfig:
     title_words: int = 3
     user_title_words: int = 3  # words of a title user ID (prompt.use_user_id with initial_ids = "title")
     warmup_steps: int = 0  # ID-generator distillation of the initial table (text -> ID) before round 0
+    # Recommender loss as a softmax over the trie children of each teacher-forced prefix (the item-level
+    # likelihood the constrained beam search ranks by) instead of over the whole vocabulary. Not in the
+    # paper; see trie_token_nll. Decoding of such a model renormalises the same way (model.config).
+    trie_softmax: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -214,6 +218,30 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
         logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
     )
     return nll, (labels != IGNORE).sum()
+
+
+def trie_token_nll(
+    logits: torch.Tensor, labels: torch.Tensor, trie: CompiledTrie
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_nll` with each position's softmax restricted to the trie children of its prefix.
+
+    The sum over an ID's positions is then exactly -log P(item) under the constrained decoder, a softmax
+    over the catalogue: no gradient is spent on tokens that could never be decoded, and positions with a
+    single continuation cost nothing. Labels must be trie paths (the current table's IDs + eos).
+    """
+    keep = labels != IGNORE
+    nodes = trie.prefix_nodes(labels)[keep]
+    targets = labels[keep]
+    if (nodes == trie.dead).any():
+        raise ValueError(
+            "a label is not a path of the current ID trie (was the trie rebuilt with the table?)"
+        )
+    log_probs = trie.log_softmax(logits[keep].float(), nodes)
+    picked = log_probs.gather(1, targets[:, None])[:, 0]
+    if not torch.isfinite(picked).all():
+        raise ValueError("a label token is not a trie child of its prefix: labels and trie disagree")
+    # + 0 * logits.sum(): an all-padding batch still has a graph (see token_nll)
+    return -picked.sum() + 0.0 * logits.sum(), keep.sum()
 
 
 def build_trie(table: IDTable, tokens: Mapping[str, list[int]], decoder_start: int, eos: int) -> CompiledTrie:
@@ -313,6 +341,7 @@ class IDGenRecModule(BaseTrainModule):
         self._histories: dict[str, tuple[str, ...]] | None = None  # user key -> sample history
         self.stats: dict[str, int] = {"regenerations": 0, "table_mismatch": 0}
         self._trie: CompiledTrie | None = None
+        self._trie_dev: CompiledTrie | None = None  # self.trie on the engines' device (trie_softmax)
         self._loader: _TrainLoader | _BucketedTrainLoader | None = None
 
     # ------------------------------------------------------------------ setup
@@ -320,6 +349,7 @@ class IDGenRecModule(BaseTrainModule):
         self.strategy = strategy
         self.tokenizer, self.tokenizer_files = self._materialize_tokenizer()
         rec = build_seq2seq(self.cfg.recommender, tokenizer=self.tokenizer)
+        rec.config.trie_softmax = self.cfg.trie_softmax  # how its scores are decoded (beam search reads it)
         gen = build_seq2seq(self.cfg.id_generator, tokenizer=self.tokenizer)
         check_shared_vocab(rec, gen, self.tokenizer)
         self.rec_start = int(rec.config.decoder_start_token_id)
@@ -441,7 +471,12 @@ class IDGenRecModule(BaseTrainModule):
         return IDTable(ids, "generative", table.round, stats)
 
     def _set_table(self, table: IDTable) -> None:
-        self.table, self.tokens, self._trie = table, id_tokens(table, self.tokenizer), None
+        self.table, self.tokens, self._trie, self._trie_dev = (
+            table,
+            id_tokens(table, self.tokenizer),
+            None,
+            None,
+        )
         self.history.append(table.version)
         if self.strategy.is_rank0:
             table.save(self.run_dir / "id_tables" / f"{table.version}.json")
@@ -483,6 +518,8 @@ class IDGenRecModule(BaseTrainModule):
         model = build_seq2seq(cfg, tokenizer=self.tokenizer)
         target = SoftIDRecommender(model) if name == "recommender" else model
         target.load_state_dict(weights)
+        if name == "recommender":
+            model.config.trie_softmax = self.cfg.trie_softmax
         return model.eval()
 
     # ------------------------------------------------------------------ phases
@@ -545,6 +582,13 @@ class IDGenRecModule(BaseTrainModule):
         out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **soft)
         return out.logits
 
+    def _rec_nll(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.cfg.trie_softmax:
+            return token_nll(logits, labels)
+        if self._trie_dev is None or self._trie_dev.device != labels.device:
+            self._trie_dev = self.trie.to(labels.device)
+        return trie_token_nll(logits, labels, self._trie_dev)
+
     def soft_ids(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """softmax of the generator's teacher-forced logits, one row per soft prompt token (eq. 5)."""
         logits = self.engines["id_generator"](
@@ -567,7 +611,7 @@ class IDGenRecModule(BaseTrainModule):
             nll, n = token_nll(logits, batch["labels"])
             return {"loss": nll / n.clamp(min=1)}
         soft = self.soft_ids(batch) if phase.name == "id" else {}
-        nll, n = token_nll(self._rec_logits(batch, soft), batch["labels"])
+        nll, n = self._rec_nll(self._rec_logits(batch, soft), batch["labels"])
         out = {"loss": nll / n.clamp(min=1)}
         if soft:  # how peaked the soft IDs are: 1.0 = one-hot (= the hard IDs)
             out["soft_max_prob"] = soft["soft_probs"].detach().max(dim=-1).values.mean()
@@ -575,7 +619,7 @@ class IDGenRecModule(BaseTrainModule):
 
     @torch.no_grad()
     def eval_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        nll, n = token_nll(self._rec_logits(batch, {}), batch["labels"])
+        nll, n = self._rec_nll(self._rec_logits(batch, {}), batch["labels"])
         return {"loss_sum": nll.double(), "count": n.double(), "samples": batch["real"].sum().double()}
 
     def batch_stats(self, batch: Mapping[str, torch.Tensor]) -> BatchStats:
@@ -620,6 +664,7 @@ class IDGenRecModule(BaseTrainModule):
             "user_history": list(self.user_history),
             "stats": dict(self.stats),
             "recommender_config": dataclasses.asdict(self.cfg.recommender),
+            "trie_softmax": self.cfg.trie_softmax,
             "id_generator_config": dataclasses.asdict(self.cfg.id_generator),
             "tokenizer_files": dict(self.tokenizer_files),
         }
@@ -631,6 +676,11 @@ class IDGenRecModule(BaseTrainModule):
                 f"checkpoint {'has' if users is not None else 'has no'} user ID table but "
                 f"idgenrec.prompt.use_user_id = {str(self.cfg.prompt.use_user_id).lower()}; resume with the "
                 "setting the run was trained with"
+            )
+        if bool(state.get("trie_softmax", False)) != self.cfg.trie_softmax:
+            raise ValueError(
+                f"checkpoint was trained with idgenrec.trie_softmax = {str(not self.cfg.trie_softmax).lower()}"
+                " but the config says otherwise; resume with the setting the run was trained with"
             )
         if _sha(state["tokenizer_files"]) != _sha(self.tokenizer_files):
             raise ValueError(
@@ -713,6 +763,7 @@ def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module,
             (Path(tmp) / name).write_text(text, encoding="utf-8")
         tokenizer = load_tokenizer(tmp)
     model = build_seq2seq(ModelConfig(**module["recommender_config"]), tokenizer=tokenizer)
+    model.config.trie_softmax = bool(module.get("trie_softmax", False))  # older checkpoints: full softmax
     wrapper = SoftIDRecommender(model)
     weights = DeepspeedStrategy.consolidated_state_dict(path, "recommender")
     wrapper.load_state_dict(weights, strict=False)  # tied embeddings appear once in ZeRO's consolidated dict
