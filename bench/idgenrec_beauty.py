@@ -121,6 +121,7 @@ def _summary(run_dir: Path, wall: float, cpu: float) -> dict[str, Any]:
         "tokens": summary["tokens_seen"], "samples_per_s": sps, "tokens_per_s": tps,
         "s_per_step": 64 / sps, "val_loss": val[-1] if val else None,
         "loss": [x["rec/loss"] for x in summary["logs"] if "rec/loss" in x][-1],
+        "trie_softmax": load_config(run_dir / "config.toml").idgenrec.trie_softmax,
     }  # fmt: skip
 
 
@@ -244,7 +245,8 @@ def _lines(plan, main, base, fp32, ours, pop, pad, eval_s, eval_cpu, quick) -> l
         "metrics": {k: round(v, 4) for k, v in ours.items() if "@" in k},
         "most_popular_metrics": {k: round(v, 4) for k, v in pop.items() if "@" in k},
         "setup": "tiny T5 d128 2+2, reduced T5 vocab, title IDs (no ID phase), terse prompt, bucketing, bf16, "
-                 "2 ranks x 32, beam 20 over all 12,101 items, history not masked",
+                 f"2 ranks x 32, trie softmax {main['trie_softmax']}, beam 20 over all 12,101 items, history "
+                 "not masked",
     }  # fmt: skip
     speed = {
         "ours_samples_per_s": round(main["samples_per_s"], 1), "ours_tokens_per_s": round(main["tokens_per_s"]),
