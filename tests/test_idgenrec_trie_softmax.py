@@ -1,0 +1,92 @@
+"""``idgenrec.trie_softmax`` through the whole recipe: a 2-process DeepSpeed run (ID phase, regeneration,
+recommender phase) trains on the item-level loss, resumes with the same losses, and every consumer of its
+checkpoint (module ``evaluate``, ``export``; the Ray scorer loads it through the same function) decodes it with the renormalised scoring; a
+resume with the other setting is refused. The loss itself is checked by hand in test_idgenrec.py and the
+decoding against HF's ``renormalize_logits`` in test_beam_search.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from fusionrec.trainer.models.tokenizer import TokenizerConfig
+from fusionrec.trainer.modules.idgenrec import IDGenRecModule
+from test_idgenrec import make_corpus, make_tokenizer, tiny_config
+
+SCHEDULE = dict(rounds=1, id_steps=2, rec_steps=2, trie_softmax=True)  # id: steps 1-2, rec: steps 3-4
+TOTAL, STOP_AT = 4, 3
+
+
+def _worker(corpus: str, tokenizer: str, run_dir: str) -> dict:
+    from fusionrec.trainer.callbacks import CheckpointCallback, HistoryCallback
+    from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
+    from fusionrec.trainer.loop import Trainer
+    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    cfg = tiny_config(corpus, tokenizer=TokenizerConfig(path=tokenizer), **SCHEDULE)
+
+    def fit(sub: str, max_steps: int, resume: str | None):
+        ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4)
+        tc = TrainConfig(run_dir=f"{run_dir}/{sub}", max_steps=max_steps, log_every=1, tensorboard=False,
+                         progress=False, deepspeed=ds, optim=OptimConfig(lr=3e-3),
+                         checkpoint=CheckpointConfig(resume=resume))  # fmt: skip
+        module = build_idgenrec_module(cfg, tc.run_dir)
+        history = HistoryCallback()
+        Trainer(tc, DeepspeedStrategy(ds), module, [], [history, CheckpointCallback()]).fit()
+        losses = {int(log["step"]): v for log in history.logs for k, v in log.items() if k.endswith("/loss")}
+        return module, losses
+
+    module, losses = fit("full", TOTAL, None)
+    out = {"losses": losses, "history": module.history, "metrics": module.evaluate_split("valid")}
+    fit("resumed", STOP_AT, None)
+    out["resumed_losses"] = fit("resumed", TOTAL, "auto")[1]
+    return out
+
+
+@pytest.mark.distributed
+def test_trie_softmax_run_trains_resumes_and_is_decoded_renormalised_everywhere(tmp_path: Path) -> None:
+    from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
+    from fusionrec.trainer.checkpoint import list_checkpoints
+    from fusionrec.trainer.modules.idgenrec import evaluate, export_idgenrec, load_idgenrec_for_eval
+    from fusionrec.trainer.testing import run_distributed_test
+
+    corpus = make_corpus(tmp_path / "corpus")
+    tok = make_tokenizer(corpus, tmp_path / "tokenizer")
+    r0, r1 = run_distributed_test(_worker, world_size=2, timeout_s=300, corpus=str(corpus), tokenizer=str(tok),
+                                  run_dir=str(tmp_path))  # fmt: skip
+    assert r0["losses"] == r1["losses"] and sorted(r0["losses"]) == [1, 2, 3, 4]
+    assert len(r0["history"]) == 2  # regenerated after the ID phase: the rec phase trained on the new trie
+    assert all(math.isfinite(v) and v > 0 for v in r0["losses"].values())
+    assert r0["resumed_losses"] == {4: pytest.approx(r0["losses"][4], rel=1e-5)}
+    # The checkpoint says how it is decoded; module evaluate from it == the in-training evaluation.
+    ckpt = list_checkpoints(tmp_path / "full" / "checkpoints")[-1][1]
+    model, tokenizer, table, trie = load_idgenrec_for_eval(ckpt)
+    assert model.config.trie_softmax is True
+    cfg = tiny_config(str(corpus), **SCHEDULE)
+    valid = [
+        s for s in ShardDataset(corpus, LoaderConfig(splits=["valid"], shuffle=False, even_batches=False))
+    ]
+    with torch.no_grad():
+        sums = evaluate(model, tokenizer, table, trie, valid, cfg.eval, cfg.prompt)
+        model.config.trie_softmax = False  # the same weights decoded the plain way rank differently
+        plain = evaluate(model, tokenizer, table, trie, valid, cfg.eval, cfg.prompt)
+        model.config.trie_softmax = True
+    assert sums.to_dict() == pytest.approx(r0["metrics"]) and sums.to_dict()["count"] == 48
+    assert sums.to_dict() != plain.to_dict()
+    # Export writes the setting into the HF config, so a transformers user sees how to decode it.
+    written = export_idgenrec(ckpt, tmp_path / "export")
+    exported = json.loads((written["recommender"] / "config.json").read_text())
+    assert exported["trie_softmax"] is True
+
+
+@pytest.mark.unit
+def test_resume_with_the_other_trie_softmax_setting_is_refused(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "corpus")
+    module = IDGenRecModule(tiny_config(str(corpus)), tmp_path / "run")
+    with pytest.raises(ValueError, match="idgenrec.trie_softmax = true"):
+        module.load_state_dict({"trie_softmax": True, "user_table": None})
