@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,21 +120,9 @@ def _ckpt(checkpoint: str | Path) -> Path:
 
 def module_state(checkpoint: str | Path) -> dict[str, Any]:
     """The IDGenRec module state of a verified checkpoint; a checkpoint without its ID table is an error."""
-    from ..trainer.checkpoint import TRAINER_STATE, verify_checkpoint
+    from ..trainer.modules.idgenrec import verified_module_state
 
-    path = _ckpt(checkpoint)
-    verify_checkpoint(path)
-    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True).get("module") or {}
-    table = state.get("table")
-    if not isinstance(table, Mapping) or not table.get("ids"):
-        raise ValueError(
-            f"checkpoint {path}: has no ID table (module state keys: {sorted(state)}); every IDGenRec "
-            "checkpoint must carry the item -> textual ID table its recommender was trained with"
-        )
-    for key in ("tokenizer_files", "recommender_config", "id_generator_config"):
-        if key not in state:
-            raise ValueError(f"checkpoint {path}: module state lacks {key!r}; not an IDGenRec checkpoint")
-    return state
+    return verified_module_state(_ckpt(checkpoint))
 
 
 def run_section(checkpoint: str | Path) -> dict[str, Any]:

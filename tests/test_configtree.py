@@ -45,7 +45,9 @@ class Root:
 
 
 def test_nested_tables_and_lists_of_tables():
-    cfg = from_dict(Root, {"seed": 3, "inner": {"lr": 1, "names": ["a"]}, "items": [{"name": "x", "path": "/d"}]})
+    cfg = from_dict(
+        Root, {"seed": 3, "inner": {"lr": 1, "names": ["a"]}, "items": [{"name": "x", "path": "/d"}]}
+    )
     assert cfg.seed == 3 and cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
     assert cfg.items[0].path == Path("/d")
 
@@ -72,7 +74,9 @@ def test_bad_values_name_key_and_value(data, match):
 
 
 def test_overrides_parse_toml_values():
-    data = apply_overrides({"inner": {"lr": 1.0}}, ["inner.lr=2e-4", "seed=7", "inner.names=['a','b']", "x.y=word"])
+    data = apply_overrides(
+        {"inner": {"lr": 1.0}}, ["inner.lr=2e-4", "seed=7", "inner.names=['a','b']", "x.y=word"]
+    )
     assert data == {"inner": {"lr": 2e-4, "names": ["a", "b"]}, "seed": 7, "x": {"y": "word"}}
     with pytest.raises(ConfigError, match="not of the form"):
         apply_overrides({}, ["seed"])

@@ -188,6 +188,13 @@ def test_checkpoint_without_its_id_table_is_refused(tiny_run, tmp_path):
     with pytest.raises(ValueError, match=r"has no ID table"):
         evaluate_checkpoint(ckpt, tiny_run["corpus"], eval_cfg(1))
     assert not (run / "eval").exists()  # nothing written, no actor started
+    from fusionrec.trainer.modules.idgenrec import export_idgenrec, load_idgenrec_for_eval
+
+    with pytest.raises(ValueError, match=r"has no ID table"):  # the trainer's loaders share the check
+        load_idgenrec_for_eval(ckpt)
+    with pytest.raises(ValueError, match=r"has no ID table"):
+        export_idgenrec(ckpt, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.unit

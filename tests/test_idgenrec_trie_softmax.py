@@ -1,7 +1,7 @@
 """``idgenrec.trie_softmax`` through the whole recipe: a 2-process DeepSpeed run (ID phase, regeneration,
 recommender phase) trains on the item-level loss, resumes with the same losses, and every consumer of its
-checkpoint (module ``evaluate``, ``export``; the Ray scorer loads it through the same function) decodes it with the renormalised scoring; a
-resume with the other setting is refused. The loss itself is checked by hand in test_idgenrec.py and the
+checkpoint (module ``evaluate``, ``export``; the Ray scorer loads it through the same function) decodes it
+with the renormalised scoring; a resume with the other setting is refused. The loss itself is checked by hand in test_idgenrec.py and the
 decoding against HF's ``renormalize_logits`` in test_beam_search.py.
 """
 
@@ -60,7 +60,8 @@ def test_trie_softmax_run_trains_resumes_and_is_decoded_renormalised_everywhere(
     r0, r1 = run_distributed_test(_worker, world_size=2, timeout_s=300, corpus=str(corpus), tokenizer=str(tok),
                                   run_dir=str(tmp_path))  # fmt: skip
     assert r0["losses"] == r1["losses"] and sorted(r0["losses"]) == [1, 2, 3, 4]
-    assert len(r0["history"]) == 2  # regenerated after the ID phase: the rec phase trained on the new trie
+    # regenerated after the ID phase: the rec phase trained on the new table's trie (a stale one would fail)
+    assert len(r0["history"]) == 2 and r0["history"][0] != r0["history"][1]
     assert all(math.isfinite(v) and v > 0 for v in r0["losses"].values())
     assert r0["resumed_losses"] == {4: pytest.approx(r0["losses"][4], rel=1e-5)}
     # The checkpoint says how it is decoded; module evaluate from it == the in-training evaluation.
@@ -78,10 +79,12 @@ def test_trie_softmax_run_trains_resumes_and_is_decoded_renormalised_everywhere(
         model.config.trie_softmax = True
     assert sums.to_dict() == pytest.approx(r0["metrics"]) and sums.to_dict()["count"] == 48
     assert sums.to_dict() != plain.to_dict()
-    # Export writes the setting into the HF config, so a transformers user sees how to decode it.
+    # Export writes the setting into the HF config, and HF's equivalent decoding into generation_config.json.
     written = export_idgenrec(ckpt, tmp_path / "export")
     exported = json.loads((written["recommender"] / "config.json").read_text())
+    generation = json.loads((written["recommender"] / "generation_config.json").read_text())
     assert exported["trie_softmax"] is True
+    assert generation["renormalize_logits"] is True and generation["length_penalty"] == 0.0
 
 
 @pytest.mark.unit
@@ -90,3 +93,6 @@ def test_resume_with_the_other_trie_softmax_setting_is_refused(tmp_path: Path) -
     module = IDGenRecModule(tiny_config(str(corpus)), tmp_path / "run")
     with pytest.raises(ValueError, match="idgenrec.trie_softmax = true"):
         module.load_state_dict({"trie_softmax": True, "user_table": None})
+    module = IDGenRecModule(tiny_config(str(corpus), trie_softmax=True), tmp_path / "run")
+    with pytest.raises(ValueError, match="idgenrec.trie_softmax = false"):
+        module.load_state_dict({"user_table": None})  # a checkpoint from before the option: full softmax

@@ -11,6 +11,9 @@ in Python and then ranks all ``num_beams x vocab`` entries of a masked score mat
 its trie node; a step expands all (batch x beams) nodes to their children with one CSR gather
 (:meth:`CompiledTrie.expand`), scores exactly those candidates, and ranks per query only the candidates
 (a few hundred instead of 20 x 32k). The log-softmax is still over the full vocabulary, so scores are HF's.
+With ``renormalize`` (a model trained with the trie softmax) each step's log-prob is instead taken over the
+node's children only, which is HF's search with ``renormalize_logits=True``; the default length penalty is
+then 0, so items rank by log P(item).
 
 Extras for recommendation: the result is the top-k distinct *items* (leaf -> item index), and a query's
 history can be excluded: every trie node whose items are all excluded for that query is pruned (so no beam is
@@ -48,8 +51,8 @@ class BeamSearchConfig:
 
     num_beams: int = 20
     top_k: int = 20
-    # None: 1.0 (HF's default), or 0.0 for a trie-softmax model, whose summed step log-probs are already
-    # log P(item) of a distribution over the catalogue (dividing by the length would favour long IDs).
+    # None: 1.0 (HF's default), or 0.0 when renormalising: the summed step log-probs are then log P(item)
+    # of a distribution over the catalogue (dividing by the length would favour long IDs).
     length_penalty: float | None = None
     early_stopping: bool | str = False
     max_new_tokens: int | None = None  # None: the trie's depth (every item reachable)
@@ -71,7 +74,7 @@ class BeamSearchConfig:
 @dataclass
 class BeamResult:
     items: torch.Tensor  # [B, k] int64 item index (-1: no valid item for this slot)
-    scores: torch.Tensor  # [B, k] float32 length-normalised log-probability (-inf for empty slots)
+    scores: torch.Tensor  # [B, k] float32 log-probability / len ** length_penalty (-inf for empty slots)
     sequences: torch.Tensor  # [B, k, L] int64 decoder_start + tokens + eos, padded with pad_token_id
     steps: int  # decoding steps run
 
@@ -206,7 +209,7 @@ def _resolve_scoring(cfg: BeamSearchConfig, model: nn.Module, trie: CompiledTrie
     renormalize = trie_softmax if cfg.renormalize is None else cfg.renormalize
     if renormalize and trie is None:
         raise ValueError("renormalize (trie softmax) needs a trie")
-    length_penalty = (0.0 if trie_softmax else 1.0) if cfg.length_penalty is None else cfg.length_penalty
+    length_penalty = (0.0 if renormalize else 1.0) if cfg.length_penalty is None else cfg.length_penalty
     return replace(cfg, renormalize=renormalize, length_penalty=length_penalty)
 
 
@@ -331,7 +334,8 @@ def _trie_candidates(
     tokens, children = trie.child_token[edges], trie.child_node[edges]
     step = log_probs[rows, tokens]
     if renormalize:
-        step = step - _segment_logsumexp(step, rows, log_probs.shape[0])[rows]
+        lse = _segment_logsumexp(step, rows, log_probs.shape[0])[rows]
+        step = torch.where(torch.isfinite(lse), step - lse, step)  # all children -inf: stay -inf, not NaN
     scores = step + running_scores.view(-1)[rows]  # same float op as HF's masked matrix
     query = torch.div(rows, k, rounding_mode="floor")
     if excluded is not None:

@@ -203,12 +203,11 @@ class CompiledTrie:
 
     def log_softmax(self, logits: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Log-softmax of ``logits`` [R, V] over each row's trie children only (``nodes`` [R]): the item-level
-        distribution of a model trained with the trie softmax. Non-children get ``-inf``; every node must be
-        live (a dead node has no children, so its row would be NaN)."""
+        distribution of a model trained with the trie softmax. Non-children get ``-inf``."""
         rows, edges = self.expand(nodes)
-        allowed = torch.full_like(logits, float("-inf"))
-        allowed[rows, self.child_token[edges]] = 0.0
-        return torch.log_softmax(logits + allowed, dim=-1)
+        allowed = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        allowed[rows, self.child_token[edges]] = True
+        return torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
 
     def leaf_of(self, items: torch.Tensor) -> torch.Tensor:
         """Leaf node of each item index (``-1`` entries map to ``-1``)."""

@@ -232,16 +232,13 @@ def trie_token_nll(
     keep = labels != IGNORE
     nodes = trie.prefix_nodes(labels)[keep]
     targets = labels[keep]
-    if (nodes == trie.dead).any():
+    if (trie.step(nodes, targets) == trie.dead).any():  # structural: independent of the logits' values
         raise ValueError(
             "a label is not a path of the current ID trie (was the trie rebuilt with the table?)"
         )
     log_probs = trie.log_softmax(logits[keep].float(), nodes)
-    picked = log_probs.gather(1, targets[:, None])[:, 0]
-    if not torch.isfinite(picked).all():
-        raise ValueError("a label token is not a trie child of its prefix: labels and trie disagree")
-    # + 0 * logits.sum(): an all-padding batch still has a graph (see token_nll)
-    return -picked.sum() + 0.0 * logits.sum(), keep.sum()
+    # an all-padding batch selects no logits: the sum is 0 and still a graph for DeepSpeed's backward
+    return -log_probs.gather(1, targets[:, None]).sum(), keep.sum()
 
 
 def build_trie(table: IDTable, tokens: Mapping[str, list[int]], decoder_start: int, eos: int) -> CompiledTrie:
@@ -349,7 +346,7 @@ class IDGenRecModule(BaseTrainModule):
         self.strategy = strategy
         self.tokenizer, self.tokenizer_files = self._materialize_tokenizer()
         rec = build_seq2seq(self.cfg.recommender, tokenizer=self.tokenizer)
-        rec.config.trie_softmax = self.cfg.trie_softmax  # how its scores are decoded (beam search reads it)
+        _set_trie_softmax(rec, self.cfg.trie_softmax)  # how its scores are decoded (beam search reads it)
         gen = build_seq2seq(self.cfg.id_generator, tokenizer=self.tokenizer)
         check_shared_vocab(rec, gen, self.tokenizer)
         self.rec_start = int(rec.config.decoder_start_token_id)
@@ -519,7 +516,7 @@ class IDGenRecModule(BaseTrainModule):
         target = SoftIDRecommender(model) if name == "recommender" else model
         target.load_state_dict(weights)
         if name == "recommender":
-            model.config.trie_softmax = self.cfg.trie_softmax
+            _set_trie_softmax(model, self.cfg.trie_softmax)
         return model.eval()
 
     # ------------------------------------------------------------------ phases
@@ -747,6 +744,16 @@ def _rank_chunk(model, collate, trie, chunk, cfg: RankingConfig) -> MetricSums:
     return MetricSums.from_topk(res.items.cpu(), targets, tuple(cfg.ks))
 
 
+def _set_trie_softmax(model: torch.nn.Module, on: bool) -> None:
+    """Record how the recommender's scores are decoded: ``config.trie_softmax`` (our beam search) and, for an
+    exported folder used with HF ``generate`` + ``prefix_allowed_tokens_fn``, the equivalent generation
+    settings (``renormalize_logits``, ``length_penalty`` 0; equivalence tested in test_beam_search.py)."""
+    model.config.trie_softmax = on
+    if on:
+        model.generation_config.renormalize_logits = True
+        model.generation_config.length_penalty = 0.0
+
+
 def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module, Any, IDTable, CompiledTrie]:
     """(recommender, tokenizer, id_table, trie) from a ``step-N`` checkpoint, no process group needed.
 
@@ -757,13 +764,13 @@ def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module,
     import tempfile
 
     path = Path(checkpoint_dir)
-    module = _verified_module_state(path)
+    module = verified_module_state(path)
     with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
         for name, text in module["tokenizer_files"].items():
             (Path(tmp) / name).write_text(text, encoding="utf-8")
         tokenizer = load_tokenizer(tmp)
     model = build_seq2seq(ModelConfig(**module["recommender_config"]), tokenizer=tokenizer)
-    model.config.trie_softmax = bool(module.get("trie_softmax", False))  # older checkpoints: full softmax
+    _set_trie_softmax(model, bool(module.get("trie_softmax", False)))  # older checkpoints: full softmax
     wrapper = SoftIDRecommender(model)
     weights = DeepspeedStrategy.consolidated_state_dict(path, "recommender")
     wrapper.load_state_dict(weights, strict=False)  # tied embeddings appear once in ZeRO's consolidated dict
@@ -779,7 +786,7 @@ def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module,
 def load_user_table(checkpoint_dir: str | Path) -> UserIDTable | None:
     """The user ID table a ``step-N`` checkpoint carries (hash verified), or None for a run without user IDs."""
     path = Path(checkpoint_dir)
-    state = _verified_module_state(path).get("user_table")
+    state = verified_module_state(path).get("user_table")
     return UserIDTable.from_state(state, where=f"checkpoint {path}") if state is not None else None
 
 
@@ -789,11 +796,9 @@ def export_idgenrec(checkpoint_dir: str | Path, out_dir: str | Path) -> dict[str
     ``out_dir/recommender``, ``out_dir/id_generator``, ``out_dir/tokenizer``, ``out_dir/id_table.json``
     (+ ``out_dir/user_id_table.json`` for a run with user IDs).
     """
-    from fusionrec.trainer.checkpoint import TRAINER_STATE
-
     path, out = Path(checkpoint_dir), Path(out_dir)
     recommender, tokenizer, table, _ = load_idgenrec_for_eval(path)
-    module = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
+    module = verified_module_state(path)
     generator = build_seq2seq(ModelConfig(**module["id_generator_config"]), tokenizer=tokenizer)
     weights = DeepspeedStrategy.consolidated_state_dict(path, "id_generator")
     generator.load_state_dict(weights, strict=False)
@@ -820,9 +825,25 @@ def build_idgenrec_module(cfg: IDGenRecConfig, run_dir: str | Path) -> IDGenRecM
     return IDGenRecModule(cfg, run_dir)
 
 
-def _verified_module_state(path: Path) -> dict[str, Any]:
-    """The IDGenRec module state of a verified (marker, sizes, hashes) ``step-N`` checkpoint."""
+def verified_module_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The IDGenRec module state of a verified (marker, sizes, hashes) ``step-N`` checkpoint.
+
+    A checkpoint of another recipe, or one without the ID table its recommender was trained with, is a
+    ValueError naming the checkpoint (not a KeyError later)."""
     from fusionrec.trainer.checkpoint import TRAINER_STATE, verify_checkpoint
 
+    path = Path(checkpoint_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     verify_checkpoint(path)
-    return torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["module"]
+    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True).get("module") or {}
+    table = state.get("table")
+    if not isinstance(table, Mapping) or not table.get("ids"):
+        raise ValueError(
+            f"checkpoint {path}: has no ID table (module state keys: {sorted(state)}); every IDGenRec "
+            "checkpoint must carry the item -> textual ID table its recommender was trained with"
+        )
+    for key in ("tokenizer_files", "recommender_config", "id_generator_config"):
+        if key not in state:
+            raise ValueError(f"checkpoint {path}: module state lacks {key!r}; not an IDGenRec checkpoint")
+    return state
