@@ -148,22 +148,18 @@ def _evaluate(run_dir: Path, samples: list[dict[str, Any]]) -> tuple[dict[str, f
 
 
 def _most_popular(corpus: Path, samples: list[dict[str, Any]], ks: tuple[int, ...]) -> dict[str, float]:
-    """Items ranked by interaction count in the training part of every sequence (items[:-2])."""
-    from collections import Counter
-
-    import pyarrow.parquet as pq
+    """cluster.baselines' most-popular (counts over each training part items[:-2], ties by item index), the
+    very scorer `fusionrec evaluate` reports, ranked for the bench's users."""
+    import numpy as np
     import torch
+    from fusionrec.cluster.baselines import MostPopularScorer, fit_most_popular, load_corpus, train_sequences
     from fusionrec.trainer.metrics import MetricSums
 
-    counts: Counter[str] = Counter()
-    for path in sorted((corpus / "processed").glob("*/sequences.parquet")):
-        name = path.parent.name
-        for seq in pq.read_table(path, columns=["item_ids"])["item_ids"].to_pylist():
-            counts.update(f"{name}:{i}" if ":" not in i else i for i in seq[:-2])
-    order = [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    index = {item: k for k, item in enumerate(order)}
+    seqs, vocab, _ = load_corpus(corpus / "processed" / "amazon_beauty")
+    order = MostPopularScorer(fit_most_popular(train_sequences(seqs, vocab), len(vocab)), max(ks)).order
+    index = {vocab[i]: rank for rank, i in enumerate(order)}  # vocab: the corpus keys ("dataset:item")
     ranked = torch.arange(max(ks)).repeat(len(samples), 1)  # everyone gets the same top list
-    targets = torch.tensor([index.get(s["target"], len(order)) for s in samples])  # unseen: never ranked
+    targets = torch.from_numpy(np.asarray([index[s["target"]] for s in samples], dtype=np.int64))
     return MetricSums.from_topk(ranked, targets, ks).to_dict()
 
 
