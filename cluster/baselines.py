@@ -278,9 +278,21 @@ class SASRecScorer:
 def train_sasrec(
     train: list[np.ndarray], num_items: int, cfg: SASRecTrainConfig, valid: EvalSet | None = None, log=print
 ) -> tuple[SASRec, dict[str, Any]]:
-    """Train SASRec on training sequences; with `valid`, keep the state with the best valid NDCG@10."""
+    """Train SASRec on training sequences; with `valid`, keep the state with the best valid NDCG@10.
+
+    `cfg.threads` applies for the training only: the caller's torch thread count is restored afterwards."""
+    before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _fit_sasrec(train, num_items, cfg, valid, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_sasrec(
+    train: list[np.ndarray], num_items: int, cfg: SASRecTrainConfig, valid: EvalSet | None, log
+) -> tuple[SASRec, dict[str, Any]]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = SASRec(cfg.model_config(num_items))

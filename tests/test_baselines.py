@@ -3,6 +3,7 @@ and the real-data check on Amazon Beauty (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -93,7 +94,11 @@ def test_sasrec_learns_sequential_pattern_and_round_trips(tmp_path, loss):
     valid = EvalSet.from_sequences(seqs, "valid", "tiny", items)
     test = EvalSet.from_sequences(seqs, "test", "tiny", items)
     cfg = SASRecTrainConfig(hidden=32, max_len=20, epochs=25, batch_size=64, loss=loss, eval_every=5, lr=3e-3)
-    model, hist = train_sasrec(train, len(items), cfg, valid, log=lambda s: None)
+    before = torch.get_num_threads()
+    model, hist = train_sasrec(
+        train, len(items), dataclasses.replace(cfg, threads=before + 1), valid, log=lambda s: None
+    )
+    assert torch.get_num_threads() == before  # the training's own thread count is not left behind
     ours = evaluate_in_process(SASRecScorer(model, 20), test, (10,)).to_dict()
     pop = np.argsort(-fit_most_popular(train, len(items)), kind="stable")[:10]
     pop_hr = float(np.isin(test.targets, pop).mean())
