@@ -276,3 +276,25 @@ def test_zero0_and_zero1_clip_like_one_process() -> None:
         assert r["diff0"] < 1e-5 and r["diff1"] < 1e-5, (r["diff0"], r["diff1"])
         assert r["norms0"] == pytest.approx(r["ref_norms"], rel=1e-5)  # logged norm: global, before clipping
         assert r["norms1"] == pytest.approx(r["ref_norms"], rel=1e-5)
+
+
+def _frozen_engines() -> dict:
+    from fusionrec.trainer.modules.toy import ToyRegressor
+
+    out = {}
+    for stage in (1, 2, 3):
+        strategy = DeepspeedStrategy(DeepSpeedConfig(zero_stage=stage, micro_batch_size=4))
+        try:
+            engine = strategy.prepare(ToyRegressor(), None, name="reference")
+            out[stage] = f"engine in eval mode: {not engine.module.training}"
+        except ValueError as err:
+            out[stage] = str(err)
+    return out
+
+
+@pytest.mark.distributed
+def test_frozen_engine_below_zero3_is_a_clear_error() -> None:
+    (r0,) = run_distributed_test(_frozen_engines, world_size=1)
+    for stage in (1, 2):
+        assert f"engine 'reference': a frozen model (optim=None) cannot be a ZeRO-{stage} engine" in r0[stage]
+    assert r0[3] == "engine in eval mode: True"  # ZeRO-3 partitions the frozen weights: allowed

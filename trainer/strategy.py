@@ -324,6 +324,12 @@ class DeepspeedStrategy:
             if "scheduler" not in ds_cfg:
                 kwargs["lr_scheduler"] = _lambda_scheduler(optim)
         stage = int(ds_cfg["zero_optimization"].get("stage", 0))
+        if optim is None and stage in (1, 2):
+            raise ValueError(
+                f"engine {name!r}: a frozen model (optim=None) cannot be a ZeRO-{stage} engine (DeepSpeed "
+                "refuses it; ZeRO-1/2 shard optimizer state and gradients, which a frozen model has none of): "
+                "keep a plain frozen replica on strategy.device below ZeRO-3"
+            )
         clip = _take_over_clipping(ds_cfg, stage)
         _size_reduce_bucket(ds_cfg["zero_optimization"], model, stage)
         ds_engine, *_ = deepspeed.initialize(**kwargs)
