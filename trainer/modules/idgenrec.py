@@ -746,12 +746,12 @@ def _rank_chunk(model, collate, trie, chunk, cfg: RankingConfig) -> MetricSums:
 
 def _set_trie_softmax(model: torch.nn.Module, on: bool) -> None:
     """Record how the recommender's scores are decoded: ``config.trie_softmax`` (our beam search) and, for an
-    exported folder used with HF ``generate`` + ``prefix_allowed_tokens_fn``, the equivalent generation
-    settings (``renormalize_logits``, ``length_penalty`` 0; equivalence tested in test_beam_search.py)."""
+    exported folder used with HF ``generate`` + ``prefix_allowed_tokens_fn``, ``renormalize_logits`` (HF's
+    equivalent, tested in test_beam_search.py; HF's validation refuses a saved ``length_penalty`` without
+    ``num_beams``, so ``length_penalty=0`` is the caller's, as documented in docs/evaluation.md)."""
     model.config.trie_softmax = on
     if on:
         model.generation_config.renormalize_logits = True
-        model.generation_config.length_penalty = 0.0
 
 
 def load_idgenrec_for_eval(checkpoint_dir: str | Path) -> tuple[torch.nn.Module, Any, IDTable, CompiledTrie]:
