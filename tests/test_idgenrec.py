@@ -87,6 +87,25 @@ def tiny_config(corpus: str, **kw) -> IDGenRecConfig:
     return IDGenRecConfig(**{**base, **kw})
 
 
+def fit_idgenrec(cfg: IDGenRecConfig, run_dir: str, max_steps: int, resume: str | None):
+    """(module, {step: loss}) of a real ZeRO-2 run of ``cfg`` (micro-batch 4, lr 3e-3, a checkpoint at the
+    end); called inside a ``run_distributed_test`` worker by the 2-process recipe tests."""
+    from fusionrec.trainer.callbacks import CheckpointCallback, HistoryCallback
+    from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
+    from fusionrec.trainer.loop import Trainer
+    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4)
+    tc = TrainConfig(run_dir=run_dir, max_steps=max_steps, log_every=1, tensorboard=False, progress=False,
+                     deepspeed=ds, optim=OptimConfig(lr=3e-3), checkpoint=CheckpointConfig(resume=resume))  # fmt: skip
+    module = build_idgenrec_module(cfg, tc.run_dir)
+    history = HistoryCallback()
+    Trainer(tc, DeepspeedStrategy(ds), module, [], [history, CheckpointCallback()]).fit()
+    losses = {int(log["step"]): v for log in history.logs for k, v in log.items() if k.endswith("/loss")}
+    return module, losses
+
+
 def make_tokenizer(corpus: Path, out: Path) -> Path:
     """The tokenizer the module would train (item texts + templates + digits), saved as a folder."""
     texts, _ = load_items(corpus)

@@ -15,31 +15,17 @@ import pytest
 import torch
 from fusionrec.trainer.models.tokenizer import TokenizerConfig
 from fusionrec.trainer.modules.idgenrec import IDGenRecModule
-from test_idgenrec import make_corpus, make_tokenizer, tiny_config
+from test_idgenrec import fit_idgenrec, make_corpus, make_tokenizer, tiny_config
 
 SCHEDULE = dict(rounds=1, id_steps=2, rec_steps=2, trie_softmax=True)  # id: steps 1-2, rec: steps 3-4
 TOTAL, STOP_AT = 4, 3
 
 
 def _worker(corpus: str, tokenizer: str, run_dir: str) -> dict:
-    from fusionrec.trainer.callbacks import CheckpointCallback, HistoryCallback
-    from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
-    from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
-    from fusionrec.trainer.strategy import DeepspeedStrategy
-
     cfg = tiny_config(corpus, tokenizer=TokenizerConfig(path=tokenizer), **SCHEDULE)
 
     def fit(sub: str, max_steps: int, resume: str | None):
-        ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4)
-        tc = TrainConfig(run_dir=f"{run_dir}/{sub}", max_steps=max_steps, log_every=1, tensorboard=False,
-                         progress=False, deepspeed=ds, optim=OptimConfig(lr=3e-3),
-                         checkpoint=CheckpointConfig(resume=resume))  # fmt: skip
-        module = build_idgenrec_module(cfg, tc.run_dir)
-        history = HistoryCallback()
-        Trainer(tc, DeepspeedStrategy(ds), module, [], [history, CheckpointCallback()]).fit()
-        losses = {int(log["step"]): v for log in history.logs for k, v in log.items() if k.endswith("/loss")}
-        return module, losses
+        return fit_idgenrec(cfg, f"{run_dir}/{sub}", max_steps, resume)
 
     module, losses = fit("full", TOTAL, None)
     out = {"losses": losses, "history": module.history, "metrics": module.evaluate_split("valid")}

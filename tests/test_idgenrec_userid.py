@@ -25,7 +25,7 @@ from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer
 from fusionrec.trainer.modules.idgenrec import IDGenRecConfig, IDGenRecModule
 from fusionrec.trainer.prompts import STYLES, PromptBuilder, PromptConfig, user_key
-from test_idgenrec import TINY, make_corpus, make_tokenizer, tiny_config
+from test_idgenrec import TINY, fit_idgenrec, make_corpus, make_tokenizer, tiny_config
 
 IDGEN = IDGenConfig(num_groups=4, lambda_max=3.0, max_windows=1)
 USER = "u3"  # 8 items: train targets at positions 1..5, valid at 6, test at 7
@@ -159,25 +159,11 @@ TOTAL, STOP_AT = 4, 3
 
 
 def _worker(corpus: str, tokenizer: str, run_dir: str) -> dict:
-    from fusionrec.trainer.callbacks import CheckpointCallback, HistoryCallback
-    from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
-    from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
-    from fusionrec.trainer.strategy import DeepspeedStrategy
-
     prompt = PromptConfig(use_user_id=True)
     cfg = tiny_config(corpus, tokenizer=TokenizerConfig(path=tokenizer), prompt=prompt, **SCHEDULE)
 
     def fit(sub: str, max_steps: int, resume: str | None):
-        ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4)
-        tc = TrainConfig(run_dir=f"{run_dir}/{sub}", max_steps=max_steps, log_every=1, tensorboard=False,
-                         progress=False, deepspeed=ds, optim=OptimConfig(lr=3e-3),
-                         checkpoint=CheckpointConfig(resume=resume))  # fmt: skip
-        module = build_idgenrec_module(cfg, tc.run_dir)
-        history = HistoryCallback()
-        Trainer(tc, DeepspeedStrategy(ds), module, [], [history, CheckpointCallback()]).fit()
-        losses = {int(log["step"]): v for log in history.logs for k, v in log.items() if k.endswith("/loss")}
-        return module, losses
+        return fit_idgenrec(cfg, f"{run_dir}/{sub}", max_steps, resume)
 
     module, losses = fit("full", TOTAL, None)
     local = module.local_model("id_generator")
