@@ -468,12 +468,8 @@ class IDGenRecModule(BaseTrainModule):
         return IDTable(ids, "generative", table.round, stats)
 
     def _set_table(self, table: IDTable) -> None:
-        self.table, self.tokens, self._trie, self._trie_dev = (
-            table,
-            id_tokens(table, self.tokenizer),
-            None,
-            None,
-        )
+        self.table, self.tokens = table, id_tokens(table, self.tokenizer)
+        self._trie = self._trie_dev = None  # rebuilt lazily from the new table
         self.history.append(table.version)
         if self.strategy.is_rank0:
             table.save(self.run_dir / "id_tables" / f"{table.version}.json")
