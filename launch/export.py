@@ -34,7 +34,10 @@ def export_checkpoint(run_or_checkpoint: str | Path, out_dir: str | Path) -> dic
     ValueError naming the recipe when it has no exporter (e.g. `toy`), or naming the path when it is
     neither a run dir nor a checkpoint of one, or a run without a complete checkpoint.
     """
+    from fusionrec.trainer.checkpoint import verify_checkpoint
+
     recipe, cfg, checkpoint = resolve_source(run_or_checkpoint)
+    verify_checkpoint(checkpoint)  # a broken or crafted checkpoint leaves no output folder behind
     mod_name, fn_name = EXPORTERS[recipe].split(":")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

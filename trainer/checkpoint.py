@@ -12,7 +12,9 @@ Layout of one checkpoint::
 Writing is atomic: every rank writes into ``.step-N.tmp``; after a barrier rank 0 writes the marker and
 renames the folder (rename is atomic on one filesystem). Loading checks the marker, sizes, hashes and every
 parameter shape on rank 0 and broadcasts the verdict, so all ranks raise the same clear
-``CheckpointError`` before any training step. Our own files are loaded with ``weights_only=True``.
+``CheckpointError`` before any training step. Every ``.pt`` file is loaded weights-only (DeepSpeed's own
+reads too) and scanned first for code references (fusionrec/safe_pickle.py): ``COMPLETE.json`` gives
+integrity, not authenticity - anyone who can write the folder can rewrite the marker.
 
 Resuming on another world size (saved by 2 ranks, resumed by 1 or 3: users get whatever nodes are free):
 
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from fusionrec.data_pipeline.loader import merge_states
+from fusionrec.safe_pickle import UnsafePickleError, check_pickles
 from fusionrec.trainer.bucketing import elastic_state
 
 if TYPE_CHECKING:
@@ -117,6 +120,10 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             )
         if "sha256" in meta and _sha256(f) != meta["sha256"]:
             raise CheckpointError(f"checkpoint {path}: {rel} sha256 mismatch (corrupted)")
+    try:  # the marker proves integrity, not authenticity: no file may reference code
+        check_pickles(path)
+    except UnsafePickleError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
     return marker
 
 

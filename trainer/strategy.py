@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import io
 import json
 import os
@@ -35,8 +36,22 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from fusionrec.safe_pickle import ALLOWED_GLOBALS, check_pickles
 from fusionrec.trainer.config import BatchPlan, DeepSpeedConfig, OptimConfig
 from torch import nn
+
+
+def _allow_deepspeed_types() -> None:
+    """Register the DeepSpeed classes named in ``safe_pickle.ALLOWED_GLOBALS`` with torch's weights-only
+    unpickler (every torch.load is weights-only in a fusionrec process; see fusionrec/safe_pickle.py)."""
+    classes = []
+    for qualname in sorted(ALLOWED_GLOBALS):
+        module, _, name = qualname.rpartition(".")
+        classes.append(getattr(importlib.import_module(module), name))  # a rename in DeepSpeed fails here
+    torch.serialization.add_safe_globals(classes)
+
+
+_allow_deepspeed_types()
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 _BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -365,7 +380,9 @@ class DeepspeedStrategy:
         engine._ds.save_checkpoint(str(ckpt_dir), tag=engine.name, client_state={}, save_latest=False)
 
     def load(self, engine: Engine, ckpt_dir: Path) -> None:
-        """Restore what :meth:`save` wrote (all ranks). Raises ValueError when DeepSpeed finds nothing."""
+        """Restore what :meth:`save` wrote (all ranks). Raises ValueError when DeepSpeed finds nothing, and
+        (safe_pickle.UnsafePickleError, a ValueError) on a file that is not plain checkpoint data."""
+        check_pickles(Path(ckpt_dir) / engine.name)
         path, _ = engine._ds.load_checkpoint(
             str(ckpt_dir),
             tag=engine.name,
@@ -387,6 +404,7 @@ class DeepspeedStrategy:
         loads at any size. Raises ValueError naming both sizes and the stage when the conversion fails.
         """
         tag_dir = Path(ckpt_dir) / engine.name
+        check_pickles(tag_dir)  # every rank, before rank 0's converter reads a file
         if not any(tag_dir.glob("*optim_states.pt")):  # nothing partitioned: the plain load is exact
             self.load(engine, ckpt_dir)
             return
@@ -470,13 +488,13 @@ class DeepspeedStrategy:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         tag_dir = Path(ckpt_dir) / name
+        check_pickles(tag_dir)
         if any(tag_dir.glob("*optim_states.pt")) and any(tag_dir.glob("zero_pp_rank_*")):
             return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=name))
         model_file = tag_dir / "mp_rank_00_model_states.pt"
         if not model_file.exists():
             raise ValueError(f"checkpoint {ckpt_dir}: no model states for {name!r} (expected {model_file})")
-        # DeepSpeed's model-states file pickles config objects; its "module" entry is a plain state dict.
-        state = torch.load(model_file, map_location="cpu", weights_only=False)
+        state = torch.load(model_file, map_location="cpu", weights_only=True)
         return {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}
 
     # ---------------------------------------------------------------- collectives
