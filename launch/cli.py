@@ -1,7 +1,8 @@
 """The `fusionrec` command line: one parser, one small function per subcommand.
 
 Heavy libraries (torch, ray, deepspeed) are imported inside the command functions so `fusionrec --help`
-stays instant. Every failure the user can fix ends as one line on stderr and a non-zero exit status.
+stays instant. Every failure the user can fix ends as one line on stderr and exit status 2; anything else
+is a crash and keeps its traceback (exit status 1). `FUSIONREC_DEBUG=1` shows the traceback of both.
 """
 
 from __future__ import annotations
@@ -175,12 +176,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fusionrec: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as err:
-        # User-fixable problems (bad config, bad data, missing files) end as one readable line.
-        if os.environ.get("FUSIONREC_DEBUG"):
-            raise
+    except Exception as err:
+        if not is_user_error(err) or os.environ.get("FUSIONREC_DEBUG"):
+            raise  # a crash (inside torch, DeepSpeed, Ray or ours): the traceback, exit status 1
         print(f"fusionrec {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+# What the user can fix (a bad config, bad data, a missing or refused file, an unreachable Ray address)
+# by the project's convention: ValueError (ConfigError, DataError, CheckpointError, ... derive from it).
+USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """A user error, or a distributed failure (Ray Train) whose every failing rank had a user error."""
+    if isinstance(err, USER_ERRORS):
+        return True
+    cause = getattr(err, "cause", None)  # Ray's task-error wrapper around a worker's own exception
+    if isinstance(cause, BaseException) and cause is not err:
+        return is_user_error(cause)
+    failures = getattr(err, "failures", None)  # RayTrainError: world rank -> the worker's exception
+    return isinstance(failures, dict) and bool(failures) and all(map(is_user_error, failures.values()))
 
 
 if __name__ == "__main__":

@@ -359,3 +359,53 @@ def test_every_benchmark_module_is_a_command_with_run():
         runs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run"]
         assert runs, f"bench/{name}.py has no run()"
         assert "quick" in [a.arg for a in runs[0].args.args], f"bench/{name}.py: run() takes no quick"
+
+
+# ----------------------------------------------------------------------------------------- crashes
+_CRASH = """
+import sys
+import torch
+
+def broken_loss(pred, target):  # torch's own error from inside torch: (8, 4) @ (8, 4)
+    return torch.mm(pred, target)
+
+torch.nn.functional.mse_loss = broken_loss
+from fusionrec.launch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration
+def test_a_crash_inside_torch_keeps_its_traceback_and_a_distinct_status(tmp_path):
+    argv = ["train", "toy", f"train.run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.progress=false"]
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-c", _CRASH, *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # not 2, the user-error status
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in proc.stderr
+    assert "fusionrec train: error:" not in proc.stderr
+
+
+@pytest.mark.unit
+def test_a_train_config_typo_is_still_one_line(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "toy", f"train.run_dir={tmp_path}", "train.max_stepz=3")
+    assert code == 2 and "train.max_stepz" in one_error_line(err, "train")
+
+
+@pytest.mark.unit
+def test_user_errors_are_told_apart_from_crashes():
+    from fusionrec.cluster.ray_train import RayTrainError, WorkerFailure
+    from fusionrec.launch.cli import is_user_error
+    from fusionrec.trainer.checkpoint import CheckpointError
+
+    class Wrapped(RuntimeError):  # the shape of Ray's RayTaskError: the worker's exception as .cause
+        def __init__(self, cause):
+            super().__init__(str(cause))
+            self.cause = cause
+
+    assert is_user_error(CheckpointError("x")) and is_user_error(FileNotFoundError("y"))
+    assert not is_user_error(RuntimeError("CUDA error")) and not is_user_error(KeyError("k"))
+    user = RayTrainError("m", "toy", {0: Wrapped(ValueError("bad")), 1: ValueError("bad")})
+    mixed = RayTrainError("m", "toy", {0: ValueError("bad"), 1: WorkerFailure("RuntimeError", "boom")})
+    assert is_user_error(user) and not is_user_error(mixed)
+    assert not is_user_error(RayTrainError("controller failed", "toy"))
