@@ -214,3 +214,44 @@ def test_uneven_ranks_stop_together_and_count_the_tail(tmp_path) -> None:
     # Overlapped: rank 1 ran the forward of its 4th batch before learning rank 0 had none, then dropped it.
     assert r1[False]["forwards"] == 6 and r1[True]["forwards"] == 5
     assert r0[False]["fingerprint"] == r0[True]["fingerprint"]  # the dropped forward changed nothing
+
+
+def _progress_run(run_dir: str) -> dict:
+    from fusionrec.trainer.callbacks import ProgressCallback
+    from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
+    from fusionrec.trainer.loop import Trainer
+    from fusionrec.trainer.modules.toy import ToyBatches, ToyModule, make_regression
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    class EpochPlan(ToyModule):
+        def plan(self, max_steps):
+            return [Phase(name="a", engine="model", epochs=2), Phase(name="b", engine="model", steps=3)]
+
+    class Recorded(ProgressCallback):
+        seen: list[tuple[int | None, int]] = []
+
+        def on_phase_start(self, trainer, phase):
+            super().on_phase_start(trainer, phase)
+            self.seen.append((self.bar.total, self.bar.n))
+
+        def on_fit_end(self, trainer):
+            self.seen.append((self.bar.total, self.bar.n))
+            super().on_fit_end(trainer)
+
+    ds = DeepSpeedConfig(zero_stage=0, micro_batch_size=8, grad_accum=2)
+    cfg = TrainConfig(run_dir=run_dir, max_steps=100_000, deepspeed=ds, optim=OptimConfig(lr=1e-3))
+    cfg.checkpoint.save_at_end = False
+    strategy = DeepspeedStrategy(ds)
+    strategy.setup()
+    x, y = make_regression(512, 16, 4)
+    bar = Recorded()
+    state = Trainer(cfg, strategy, EpochPlan(), ToyBatches({"x": x, "y": y}, 8, 0, 1), [bar]).fit()
+    return {"seen": bar.seen, "steps": state.step}
+
+
+@pytest.mark.distributed
+def test_progress_bar_counts_the_phase_plan_not_max_steps(tmp_path) -> None:
+    (r0,) = run_distributed_test(_progress_run, world_size=1, run_dir=str(tmp_path))
+    # 512 samples / micro 8 = 64 micro-batches = 32 steps per epoch: 2 epochs + 3 steps = 67, not 100,000.
+    assert r0["steps"] == 67
+    assert r0["seen"] == [(67, 0), (67, 64), (67, 67)]

@@ -76,18 +76,32 @@ class TensorBoardCallback(Callback):
 
 
 class ProgressCallback(Callback):
-    """A tqdm bar over optimizer steps on rank 0, showing the latest global loss."""
+    """A tqdm bar over optimizer steps on rank 0, showing the latest global loss.
+
+    Its total is the phase plan's length, not the ``max_steps`` ceiling: step phases count exactly, epoch
+    phases as epochs x optimizer steps per epoch of their loader (known once a phase built it; phases not
+    started yet are estimated from the last loader of the same engine, else the current one). The total is
+    refined at every phase start.
+    """
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self._per_epoch: dict[str, int] = {}  # engine -> optimizer steps per epoch of its last loader
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.strategy.is_rank0:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(
-                total=trainer.cfg.max_steps, initial=trainer.state.step, desc="train", unit="step"
-            )
+            self.bar = tqdm(total=None, initial=trainer.state.step, desc="train", unit="step")
+
+    def on_phase_start(self, trainer: Trainer, phase: Phase) -> None:
+        if self.bar is None:
+            return
+        micro = len(trainer.train_loader) if hasattr(trainer.train_loader, "__len__") else 0
+        if phase.epochs is not None and micro:
+            self._per_epoch[phase.engine] = max(1, micro // trainer.strategy.batch_plan.grad_accum)
+        self.bar.total = planned_steps(trainer, self._per_epoch, phase.engine)
+        self.bar.refresh()
 
     def on_step_end(self, trainer: Trainer, phase: Phase) -> None:
         if self.bar is not None:
@@ -102,6 +116,21 @@ class ProgressCallback(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def planned_steps(trainer: Trainer, per_epoch: dict[str, int], current_engine: str) -> int:
+    """Optimizer steps of the whole plan (capped by ``max_steps``) as known at the current phase's start."""
+    state = trainer.state
+    total = state.step - state.phase_step  # steps of the finished phases
+    for phase in trainer.phases[state.phase_index :]:
+        if phase.steps is not None:
+            total += phase.steps
+            continue
+        estimate = per_epoch.get(phase.engine) or per_epoch.get(current_engine)
+        if estimate is None:
+            return trainer.cfg.max_steps
+        total += phase.epochs * estimate
+    return min(total, trainer.cfg.max_steps)
 
 
 class ValidationCallback(Callback):
