@@ -111,23 +111,23 @@ class EvaluateConfig:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _ckpt(checkpoint: str | Path) -> Path:
-    path = Path(checkpoint).resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
+def checkpoint_path(checkpoint: str | Path) -> Path:
+    """A checkpoint folder, or a run dir meaning its newest complete checkpoint."""
+    from ..trainer.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(checkpoint)
 
 
 def module_state(checkpoint: str | Path) -> dict[str, Any]:
     """The IDGenRec module state of a verified checkpoint; a checkpoint without its ID table is an error."""
     from ..trainer.modules.idgenrec import verified_module_state
 
-    return verified_module_state(_ckpt(checkpoint))
+    return verified_module_state(checkpoint_path(checkpoint))
 
 
 def run_section(checkpoint: str | Path) -> dict[str, Any]:
     """The `[idgenrec]` section of the run's resolved config (RUN/config.json beside RUN/checkpoints)."""
-    path = _ckpt(checkpoint).parent.parent / "config.json"
+    path = checkpoint_path(checkpoint).parent.parent / "config.json"
     if not path.is_file():
         raise ValueError(
             f"{path}: missing; a checkpoint must sit in RUN/checkpoints/step-N of a fusionrec run"
@@ -153,7 +153,7 @@ def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
     from ..trainer.models.tokenizer import load_tokenizer
     from ..trainer.strategy import DeepspeedStrategy
 
-    path, state = _ckpt(checkpoint), module_state(checkpoint)
+    path, state = checkpoint_path(checkpoint), module_state(checkpoint)
     if not (path / "id_generator").is_dir():
         raise ValueError(f"checkpoint {path}: no id_generator/ weights; zero-shot IDs cannot be generated")
     with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
@@ -314,9 +314,9 @@ class IDGenRecScorerFactory:
 
     def describe(self) -> dict[str, Any]:
         """What identifies this scorer in a run fingerprint (the table by version, not by content)."""
-        marker = _ckpt(self.checkpoint) / "COMPLETE.json"
+        marker = checkpoint_path(self.checkpoint) / "COMPLETE.json"
         desc = {k: v for k, v in dataclasses.asdict(self).items() if k != "id_table"}
-        desc["checkpoint"] = str(_ckpt(self.checkpoint))
+        desc["checkpoint"] = str(checkpoint_path(self.checkpoint))
         desc["type"] = type(self).__name__
         desc["checkpoint_marker_sha256"] = (
             hashlib.sha256(marker.read_bytes()).hexdigest() if marker.exists() else None
@@ -436,7 +436,7 @@ def evaluate_checkpoint(
     """
     cfg = _with_overrides(cfg or EvaluateConfig(), split, num_actors, max_users, ray_address, results_dir)
     check_ray_address(cfg.ray)
-    ckpt = _ckpt(checkpoint)
+    ckpt = checkpoint_path(checkpoint)
     module_state(ckpt)  # a checkpoint without its ID table fails here, before any actor starts
     corpus = Path(corpus_dir).resolve()
     names = sorted(p.name for p in (corpus / "processed").glob("*") if (p / "sequences.parquet").is_file())

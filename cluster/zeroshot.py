@@ -34,6 +34,7 @@ from .generative import (
     IDGenRecScorerFactory,
     atomic_write,
     check_ray_address,
+    checkpoint_path,
     claim_results_dir,
     generate_dataset_table,
     load_evalset,
@@ -159,7 +160,7 @@ def run_zeroshot(
     """
     cfg = cfg or ZeroShotConfig()
     check_ray_address(cfg.ray)
-    ckpt, corpus = Path(checkpoint).resolve(), Path(corpus_dir).resolve()
+    ckpt, corpus = checkpoint_path(checkpoint), Path(corpus_dir).resolve()
     module_state(ckpt)
     idgen_config(ckpt, cfg.idgen)  # a bad Algorithm-1 override fails before any work
     names = heldout_datasets(corpus, datasets if datasets is not None else cfg.datasets)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tarfile
 import uuid
@@ -231,12 +232,26 @@ def init_ray(address: str | None = None, num_cpus: int = 2) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(
-            num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1"
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
+    _quiet_ray_data()
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's per-dataset INFO lines (execution start, plan, finish) and its nag about the progress bars
+    we switch off repeat for every shard write; our own stage lines say what runs. Warnings still show."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").addFilter(
+        lambda record: "Progress bars disabled" not in record.getMessage()
+    )
 
 
 _WORKER_PLAN: dict[str, ShardPlan] = {}  # per Ray worker process: the plan of the corpus being written

@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on Ray actors beside the baselines")
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/step-N of an IDGenRec run")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="an IDGenRec run dir (its newest complete checkpoint) or RUN/checkpoints/step-N",
+    )
     p.add_argument("--data", required=True, help="a prepared corpus (every OUT/processed/* dataset)")
     p.add_argument("--actors", type=int, default=None, help="evaluator actors (default: eval.evaluator)")
     p.add_argument("--config", help="TOML with an [eval] section (optional)")
@@ -93,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zeroshot", help="evaluate a pretrained checkpoint on held-out platforms, no training")
     p.add_argument("--config", help="TOML with a [zeroshot] section")
-    p.add_argument("--checkpoint", help="overrides zeroshot.checkpoint")
+    p.add_argument("--checkpoint", help="a run dir or RUN/checkpoints/step-N (zeroshot.checkpoint)")
     p.add_argument("--data", help="the Fusion corpus whose OUT/zeroshot/* are evaluated (zeroshot.corpus)")
     _add_overrides(p)
 

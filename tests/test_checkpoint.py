@@ -11,6 +11,7 @@ from fusionrec.trainer.checkpoint import (
     MARKER,
     CheckpointError,
     list_checkpoints,
+    resolve_checkpoint,
     resolve_resume,
     verify_checkpoint,
 )
@@ -42,6 +43,19 @@ def test_discovery_ignores_incomplete_and_picks_newest(tmp_path: Path) -> None:
         resolve_resume(tmp_path, str(tmp_path / "step-99"))
     with pytest.raises(CheckpointError, match="incomplete"):
         verify_checkpoint(tmp_path / "step-12")
+
+
+@pytest.mark.unit
+def test_a_run_dir_means_its_newest_complete_checkpoint(tmp_path: Path) -> None:
+    _fake_checkpoint(tmp_path / "checkpoints", 2)
+    newest = _fake_checkpoint(tmp_path / "checkpoints", 5)
+    _fake_checkpoint(tmp_path / "checkpoints", 9, complete=False)
+    assert resolve_checkpoint(tmp_path) == newest.resolve()
+    assert resolve_checkpoint(newest) == newest.resolve()
+    with pytest.raises(CheckpointError, match="neither a checkpoint"):
+        resolve_checkpoint(tmp_path / "checkpoints")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        resolve_checkpoint(tmp_path / "nope")
 
 
 @pytest.mark.unit

@@ -90,7 +90,9 @@ def test_rayjob_entrypoint_is_a_real_job_command(rayjob):
         pytest.skip(
             f"`fusionrec {command}` is not in the CLI yet (launch/cli.py); only the jobs wrapper was checked"
         )
-    sub[command].parse_args(args)  # the flags are the CLI's own
+    parsed = sub[command].parse_args(args)  # the flags are the CLI's own
+    if getattr(parsed, "checkpoint", None):  # a path the run creates: the run dir (its newest checkpoint)
+        assert "/checkpoints/" not in parsed.checkpoint and not parsed.checkpoint.endswith("latest")
 
 
 @pytest.mark.unit

@@ -88,15 +88,13 @@ class ProgressCallback(Callback):
         self.bar: Any = None
         self._per_epoch: dict[str, int] = {}  # engine -> optimizer steps per epoch of its last loader
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.strategy.is_rank0:
+    def on_phase_start(self, trainer: Trainer, phase: Phase) -> None:
+        if not trainer.strategy.is_rank0:
+            return
+        if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=None, initial=trainer.state.step, desc="train", unit="step")
-
-    def on_phase_start(self, trainer: Trainer, phase: Phase) -> None:
-        if self.bar is None:
-            return
+            self.bar = tqdm(total=0, initial=trainer.state.step, desc="train", unit="step", delay=0.1)
         micro = len(trainer.train_loader) if hasattr(trainer.train_loader, "__len__") else 0
         if phase.epochs is not None and micro:
             self._per_epoch[phase.engine] = max(1, micro // trainer.strategy.batch_plan.grad_accum)

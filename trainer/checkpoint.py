@@ -94,6 +94,22 @@ def resolve_resume(root: Path, resume: str | None) -> Path | None:
     return path
 
 
+def resolve_checkpoint(path: str | Path, checkpoints_dir: str = "checkpoints") -> Path:
+    """A checkpoint folder (holding the marker) as is; a run dir as its newest complete checkpoint."""
+    src = Path(path).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    if (src / MARKER).is_file() or _STEP_RE.match(src.name):
+        return src  # an incomplete step-N is refused, with its reason, by verify_checkpoint
+    found = list_checkpoints(src / checkpoints_dir)
+    if not found:
+        raise CheckpointError(
+            f"{src}: neither a checkpoint (no {MARKER}) nor a run dir with a complete checkpoint under "
+            f"{src / checkpoints_dir}"
+        )
+    return found[-1][1]
+
+
 def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Check the marker, every listed file's size and the small files' sha256. Returns the marker."""
     marker_file = path / MARKER

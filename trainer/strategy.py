@@ -27,18 +27,28 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
-import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
-from fusionrec.safe_pickle import ALLOWED_GLOBALS, check_pickles
-from fusionrec.trainer.config import BatchPlan, DeepSpeedConfig, OptimConfig
-from torch import nn
+
+# DeepSpeed warns "Setting accelerator to CPU" from every process that imports it when it finds no GPU;
+# naming the accelerator it would pick anyway keeps one line per rank out of every log. A user's value wins.
+if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+    os.environ["DS_ACCELERATOR"] = "cpu"
+
+import deepspeed  # noqa: E402  (reads DS_ACCELERATOR at import)
+import torch.distributed as dist  # noqa: E402
+from deepspeed.accelerator import get_accelerator  # noqa: E402
+from fusionrec.safe_pickle import ALLOWED_GLOBALS, check_pickles  # noqa: E402
+from fusionrec.trainer.config import BatchPlan, DeepSpeedConfig, OptimConfig  # noqa: E402
+from torch import nn  # noqa: E402
+
+# ZeRO calls torch's deprecated all_gather_into_tensor alias: one FutureWarning per rank, nothing to act on.
+warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor. is deprecated", category=FutureWarning)
 
 
 def _allow_deepspeed_types() -> None:
