@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: set up .venv, lint, then run every test but `gpu` ones (slow ones skip when
+# The README's test command: set up .venv, lint, then run every test but `gpu` and `stress` ones (slow ones skip when
 # ../shared/data is absent). Extra arguments go to pytest, e.g. `bash launch/test.sh -m unit`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,5 +8,5 @@ cd "$ROOT"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=disabled \
   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
 .venv/bin/ruff check .
-if [ "$#" -eq 0 ]; then set -- -m "not gpu"; fi
+if [ "$#" -eq 0 ]; then set -- -m "not gpu and not stress"; fi
 exec .venv/bin/python -m pytest -p no:cacheprovider --timeout 900 "$@"

@@ -51,8 +51,7 @@ def test_multinode_script_rejects_bad_flags_and_builds_commands(tmp_path: Path) 
     assert "--no_ssh" not in dry.stdout
 
 
-@pytest.mark.distributed
-def test_two_simulated_nodes_train_as_one_job(tmp_path: Path) -> None:
+def _two_node_job(tmp_path: Path) -> None:
     port = str(free_port())
     out = tmp_path / "out"
     procs = []
@@ -97,3 +96,76 @@ def test_two_simulated_nodes_train_as_one_job(tmp_path: Path) -> None:
     assert r0["fingerprint"] == r1["fingerprint"]  # weights synced across the two nodes
     assert r0["losses"] == r1["losses"] and len(r0["losses"]) == 6
     assert r0["losses"][-1] < r0["losses"][0]
+
+
+@pytest.mark.distributed
+def test_two_simulated_nodes_train_as_one_job(tmp_path: Path) -> None:
+    _two_node_job(tmp_path)
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("attempt", range(20))
+def test_two_node_job_exits_cleanly_every_time(tmp_path: Path, attempt: int) -> None:
+    """`pytest -m stress tests/test_multinode.py`: the two-node job 20 times in a row, every exit 0."""
+    _two_node_job(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ teardown
+_TEARDOWN = """
+import json, os, signal, sys, time
+from fusionrec.trainer.config import DeepSpeedConfig
+from fusionrec.trainer.strategy import DeepspeedStrategy
+
+mode, out = sys.argv[1], sys.argv[2]
+strategy = DeepspeedStrategy(DeepSpeedConfig(zero_stage=0, micro_batch_size=1, dist_timeout_s=5))
+strategy.setup()
+strategy.all_reduce(1.0)  # the group is up and used
+rank = strategy.rank
+if rank == 1:
+    if mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "exited":
+        os._exit(0)
+    time.sleep(2.0)  # "slow": still working when rank 0 wants to leave
+arrived = time.time()
+strategy.teardown()
+with open(f"{out}/rank{rank}.json", "w") as fh:
+    json.dump({"arrived": arrived, "left": time.time()}, fh)
+"""
+
+
+def _teardown_pair(tmp_path: Path, mode: str) -> tuple[list[int], dict[int, dict], str]:
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port)  # fmt: skip
+        log = (tmp_path / f"rank{rank}.log").open("w")
+        cmd = [sys.executable, "-c", _TEARDOWN, mode, str(tmp_path)]
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+    codes = [p.wait(timeout=120) for p in procs]
+    out = {
+        r: json.loads((tmp_path / f"rank{r}.json").read_text())
+        for r in (0, 1)
+        if (tmp_path / f"rank{r}.json").exists()
+    }
+    return codes, out, (tmp_path / "rank0.log").read_text()
+
+
+@pytest.mark.distributed
+def test_teardown_waits_for_a_slow_peer(tmp_path: Path) -> None:
+    """Deterministic: rank 1 is still working when rank 0 reaches teardown. Rank 0 must not destroy its end
+    of the group (and the rendezvous store it hosts) before rank 1 got there too."""
+    codes, out, log0 = _teardown_pair(tmp_path, "slow")
+    assert codes == [0, 0], log0[-2000:]
+    assert out[0]["left"] >= out[1]["arrived"], "rank 0 left the group while rank 1 was still working"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["killed", "exited"])
+def test_teardown_after_the_peer_is_gone_exits_cleanly(tmp_path: Path, mode: str) -> None:
+    """The peer is killed (or exits) before teardown: rank 0 leaves within the bound, with a warning, exit 0."""
+    codes, out, log0 = _teardown_pair(tmp_path, mode)
+    assert codes[0] == 0, log0[-2000:]
+    assert "leaving" in log0 and "terminate called" not in log0
+    assert out[0]["left"] - out[0]["arrived"] < 30

@@ -23,10 +23,13 @@ import contextlib
 import copy
 import importlib
 import io
+import itertools
 import json
+import logging
 import os
 import shutil
 import socket
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
@@ -62,6 +65,8 @@ def _allow_deepspeed_types() -> None:
 
 
 _allow_deepspeed_types()
+
+log = logging.getLogger(__name__)
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 _BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -560,8 +565,53 @@ class DeepspeedStrategy:
         return _map_tensors(batch, lambda t: t.to(self.device, non_blocking=True))
 
     def teardown(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group in order; every launcher's ranks end here (docs/operations.md).
+
+        The ranks first meet on the rendezvous store, so none destroys its end of a connection that a peer
+        still uses, then each destroys its group. Rank 0 hosts that store under torchrun, the deepspeed
+        launcher and multinode.sh, so it destroys last, once every other rank said it is done with the store.
+        A peer that already crashed or was killed costs at most ``_LEAVE_TIMEOUT_S`` and a warning, never an
+        error: the work of this rank is finished and saved by then.
+        """
+        if not dist.is_initialized():
+            return
+        if self.world_size > 1:
+            timeout = min(_LEAVE_TIMEOUT_S, float(self.cfg.dist_timeout_s))
+            leave_in_order(dist.distributed_c10d._get_default_store(), self.rank, self.world_size, timeout)
+        dist.destroy_process_group()
+
+
+_LEAVE_TIMEOUT_S = 60.0
+_LEAVES = itertools.count()  # one key space per teardown: the same store can outlive a process group
+
+
+def leave_in_order(store: Any, rank: int, world_size: int, timeout_s: float) -> bool:
+    """Store barrier before a group is destroyed: all ranks arrive, then ranks > 0 report that they are done
+    with the store and rank 0 (its host) waits for them. False, with a warning, when a peer never came."""
+    key = f"fusionrec/leave/{next(_LEAVES)}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        store.add(f"{key}/arrived", 1)
+        arrived = _wait_count(store, f"{key}/arrived", world_size, deadline)
+        store.add(f"{key}/left", 1)
+        if rank == 0 and arrived:
+            arrived = _wait_count(store, f"{key}/left", world_size, deadline)
+    except Exception as err:  # noqa: BLE001 - the store's host is gone: nothing left to wait for
+        log.warning("rank %d: leaving the process group without its peers (store: %s)", rank, err)
+        return False
+    if not arrived:
+        log.warning(
+            "rank %d: some peers did not reach teardown within %.0f s; leaving anyway", rank, timeout_s
+        )
+    return arrived
+
+
+def _wait_count(store: Any, key: str, target: int, deadline: float) -> bool:
+    while int(store.add(key, 0)) < target:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _lambda_scheduler(optim: OptimConfig):  # -> Callable[[Optimizer], LambdaLR]
