@@ -136,7 +136,7 @@ def _evaluate(run_dir: Path, samples: list[dict[str, Any]]) -> tuple[dict[str, f
     import torch
     from fusionrec.launch.config import load_config
     from fusionrec.trainer.checkpoint import list_checkpoints
-    from fusionrec.trainer.modules.idgenrec import evaluate, load_idgenrec_for_eval
+    from fusionrec.trainer.recipes.idgenrec.artefacts import evaluate, load_idgenrec_for_eval
 
     cfg = load_config(run_dir / "config.toml").idgenrec
     model, tokenizer, table, trie = load_idgenrec_for_eval(list_checkpoints(run_dir / "checkpoints")[-1][1])

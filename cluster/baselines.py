@@ -24,52 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..trainer.metrics import MetricSums
 from ..trainer.models.sasrec import SASRec, SASRecConfig, left_pad
+from ..trainer.recipes.sasrec.data import (  # noqa: F401 - load_corpus/train_sequences: cluster's API too
+    length_sorted_batches,
+    load_corpus,
+    negatives,
+    sequence_batch,
+    train_sequences,
+)
+from ..trainer.recipes.sasrec.loss import sasrec_loss
 from .evaluator import EvalSet, UserBatch
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-def load_corpus(path: str | Path) -> tuple[pa.Table, list[str], str]:
-    """(sequences table, item vocabulary, dataset name) from a `sequences.parquet` file / processed dataset
-    folder, or a raw P5 folder (`user_sequence.txt` + `item_plain_text.txt`, read with read_p5)."""
-    path = Path(path)
-    if path.is_dir() and (path / "user_sequence.txt").exists():
-        from ..data_pipeline.preprocess import build_sequences
-        from ..data_pipeline.readers import read_p5
-
-        raw = read_p5(path)
-        return build_sequences(raw.interactions), raw.items["item_id"].to_pylist(), raw.name
-    seq_path = path / "sequences.parquet" if path.is_dir() else path
-    if not seq_path.exists():
-        raise FileNotFoundError(f"{path}: neither a sequences.parquet nor a P5 folder (user_sequence.txt)")
-    seqs = pq.read_table(seq_path)
-    items_path = seq_path.with_name("items.parquet")
-    vocab = (
-        pq.read_table(items_path, columns=["item_id"])["item_id"].to_pylist()
-        if items_path.exists()
-        else sorted({i for s in seqs["item_ids"].to_pylist() for i in s})
-    )
-    return seqs, vocab, seq_path.parent.name
-
-
-def train_sequences(sequences: pa.Table, item_ids: list[str]) -> list[np.ndarray]:
-    """Each user's training part items[:-2] as item indices (users with < 3 items contribute nothing)."""
-    index = {item: i for i, item in enumerate(item_ids)}
-    out = []
-    for user, seq in zip(sequences["user_id"].to_pylist(), sequences["item_ids"].to_pylist(), strict=True):
-        try:
-            out.append(np.asarray([index[i] for i in seq[:-2]], dtype=np.int64))
-        except KeyError as err:
-            raise ValueError(f"user {user!r}: item {err.args[0]!r} is missing from the item table") from None
-    return out
 
 
 def _save_checkpoint(out: Path, config: dict[str, Any], item_ids: list[str], write_payload) -> Path:
@@ -201,45 +171,13 @@ class SASRecTrainConfig:
         )
 
 
-def _batches(train: list[np.ndarray], users: np.ndarray, batch_size: int, rng: np.random.Generator) -> list:
-    """Shuffled batches of similar length (sorted inside chunks of 32 batches): trimmed batches stay short."""
-    perm = rng.permutation(users)
-    chunk = 32 * batch_size
-    batches = []
-    for lo in range(0, len(perm), chunk):
-        part = perm[lo : lo + chunk]
-        part = part[np.argsort([len(train[u]) for u in part], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def _sasrec_loss(model: SASRec, seqs: list[np.ndarray], loss: str, rng: np.random.Generator) -> torch.Tensor:
-    inp = left_pad([s[:-1] for s in seqs], model.cfg.max_len)
-    lab = left_pad([s[1:] for s in seqs], model.cfg.max_len, shift=0, fill=-1)
-    hidden = model.encode(inp)
-    mask = lab >= 0
-    h, pos = hidden[mask], lab[mask]
-    weights = model.item_weights()
-    if loss == "ce":
-        return F.cross_entropy(h @ weights.T, pos)
-    # One negative per position, drawn uniformly among items the user never interacted with (as the paper).
-    neg = torch.from_numpy(_negatives(seqs, lab, model.cfg.num_items, rng))
-    pos_logit = (h * weights[pos]).sum(-1)
-    neg_logit = (h * weights[neg]).sum(-1)
-    return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
-
-
-def _negatives(
-    seqs: list[np.ndarray], lab: torch.Tensor, num_items: int, rng: np.random.Generator
-) -> np.ndarray:
-    rows = np.nonzero(lab.numpy() >= 0)[0]
-    neg = rng.integers(0, num_items, size=len(rows))
-    seen = [set(s.tolist()) for s in seqs]
-    for i, (r, n) in enumerate(zip(rows, neg, strict=True)):
-        while n in seen[r]:
-            n = rng.integers(0, num_items)
-        neg[i] = n
-    return neg
+    batch = sequence_batch(seqs, model.cfg.max_len)
+    hidden, weights = model(batch["inp"])
+    neg = None
+    if loss == "bce":
+        neg = torch.from_numpy(negatives(seqs, batch["lab"], model.cfg.num_items, rng))
+    return sasrec_loss(hidden, weights, batch["lab"], neg)
 
 
 @torch.no_grad()
@@ -305,7 +243,7 @@ def _fit_sasrec(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         total = 0.0
-        batches = _batches(train, users, cfg.batch_size, rng)
+        batches = length_sorted_batches(train, users, cfg.batch_size, rng)
         for b in batches:
             loss = _sasrec_loss(model, [train[u] for u in b], cfg.loss, rng)
             opt.zero_grad(set_to_none=True)
@@ -347,6 +285,11 @@ def save_sasrec(
 
 
 def load_sasrec(ckpt: str | Path) -> tuple[SASRec, list[str]]:
+    """A baseline folder (save_sasrec) or a checkpoint of `fusionrec train sasrec` (RUN/checkpoints/step-N)."""
+    if (Path(ckpt) / "COMPLETE.json").is_file():
+        from ..trainer.recipes.sasrec.artefacts import load_sasrec_checkpoint
+
+        return load_sasrec_checkpoint(ckpt)
     config, item_ids = _load_checkpoint(ckpt, "sasrec")
     model = SASRec(SASRecConfig(**config["sasrec"]))
     if model.cfg.num_items != len(item_ids):

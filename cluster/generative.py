@@ -113,14 +113,14 @@ class EvaluateConfig:
 
 def checkpoint_path(checkpoint: str | Path) -> Path:
     """A checkpoint folder, or a run dir meaning its newest complete checkpoint."""
-    from ..trainer.checkpoint import resolve_checkpoint
+    from ..trainer.checkpoint_reader import resolve_checkpoint
 
     return resolve_checkpoint(checkpoint)
 
 
 def module_state(checkpoint: str | Path) -> dict[str, Any]:
     """The IDGenRec module state of a verified checkpoint; a checkpoint without its ID table is an error."""
-    from ..trainer.modules.idgenrec import verified_module_state
+    from ..trainer.recipes.idgenrec.artefacts import verified_module_state
 
     return verified_module_state(checkpoint_path(checkpoint))
 
@@ -149,9 +149,9 @@ def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
     _offline()
     import tempfile
 
+    from ..trainer.checkpoint_reader import load_weights
     from ..trainer.models.seq2seq import ModelConfig, build_seq2seq
     from ..trainer.models.tokenizer import load_tokenizer
-    from ..trainer.strategy import DeepspeedStrategy
 
     path, state = checkpoint_path(checkpoint), module_state(checkpoint)
     if not (path / "id_generator").is_dir():
@@ -161,11 +161,7 @@ def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
             (Path(tmp) / name).write_text(text, encoding="utf-8")
         tokenizer = load_tokenizer(tmp)
     model = build_seq2seq(ModelConfig(**state["id_generator_config"]), tokenizer=tokenizer)
-    weights = DeepspeedStrategy.consolidated_state_dict(path, "id_generator")
-    model.load_state_dict(weights, strict=False)  # tied embeddings appear once in ZeRO's dict
-    absent = [n for n, _ in model.named_parameters() if n not in weights]
-    if absent:
-        raise ValueError(f"checkpoint {path}: id_generator lacks weights for {absent[:5]}")
+    load_weights(model, path, "id_generator")
     return model.eval(), tokenizer
 
 
@@ -212,7 +208,7 @@ class IDGenRecScorer:
     def __init__(self, model, tokenizer, table, item_ids: Sequence[str], prompt, cfg: GenerativeEvalConfig,
                  users: Any = None):  # fmt: skip
         from ..trainer.idgenrec_data import id_tokens
-        from ..trainer.modules.idgenrec import build_trie
+        from ..trainer.recipes.idgenrec.artefacts import build_trie
 
         if prompt.use_user_id and users is None:
             raise ValueError("prompt.use_user_id is set but the scorer got no user ID table")
@@ -327,7 +323,7 @@ class IDGenRecScorerFactory:
     def __call__(self) -> IDGenRecScorer:
         _offline()
         torch.set_num_threads(self.threads)
-        from ..trainer.modules.idgenrec import load_idgenrec_for_eval, load_user_table
+        from ..trainer.recipes.idgenrec.artefacts import load_idgenrec_for_eval, load_user_table
 
         module_state(self.checkpoint)  # a checkpoint without its ID table: a clear error, not a KeyError
         model, tokenizer, ckpt_table, _ = load_idgenrec_for_eval(self.checkpoint)

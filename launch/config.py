@@ -33,6 +33,7 @@ LAZY_SECTIONS = {
     "idgenrec": "fusionrec.trainer.modules.idgenrec:IDGenRecConfig",
     "dmpo": "fusionrec.trainer.modules.dmpo:DMPORecipeConfig",
     "palr": "fusionrec.trainer.modules.palr:PALRRecipeConfig",
+    "sasrec": "fusionrec.trainer.recipes.sasrec.config:SASRecRecipeConfig",
     "eval": "fusionrec.cluster.generative:EvaluateConfig",
     "zeroshot": "fusionrec.cluster.zeroshot:ZeroShotConfig",
 }
@@ -52,6 +53,7 @@ class Config:
     idgenrec: Any = None  # trainer.modules.idgenrec.IDGenRecConfig (needs a corpus)
     dmpo: Any = None  # trainer.modules.dmpo.DMPORecipeConfig (SFT / DMPO stage, files)
     palr: Any = None  # trainer.modules.palr.PALRRecipeConfig (processed dataset, retriever)
+    sasrec: Any = None  # trainer.recipes.sasrec.config.SASRecRecipeConfig (one processed dataset)
     eval: Any = None  # cluster.generative.EvaluateConfig (`fusionrec evaluate`)
     zeroshot: Any = None  # cluster.zeroshot.ZeroShotConfig (`fusionrec zeroshot`)
 

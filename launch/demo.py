@@ -67,7 +67,7 @@ def train(cfg: Config, nproc: int) -> int:
 
 
 def latest_checkpoint(cfg: Config) -> Path:
-    from fusionrec.trainer.checkpoint import resolve_resume
+    from fusionrec.trainer.checkpoint_reader import resolve_resume
 
     root = Path(cfg.train.run_dir) / cfg.train.checkpoint.dir
     ckpt = resolve_resume(root, "auto")

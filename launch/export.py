@@ -112,7 +112,7 @@ def export_genrec(checkpoint: Path, cfg: Config, out: Path) -> dict[str, Path]:
 def export_idgenrec(checkpoint: Path, cfg: Config, out: Path) -> dict[str, Path]:
     """`out/recommender`, `out/id_generator` (each with the tokenizer), `out/tokenizer`, `out/id_table.json`
     (the textual IDs the recommender was trained with: its outputs mean nothing without them)."""
-    from fusionrec.trainer.modules.idgenrec import export_idgenrec as export_models
+    from fusionrec.trainer.recipes.idgenrec.artefacts import export_idgenrec as export_models
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
         written = export_models(checkpoint, tmp)
@@ -135,19 +135,12 @@ def export_palr(checkpoint: Path, cfg: Config, out: Path) -> dict[str, Path]:
 
 def _export_ranker(checkpoint: Path, model_cfg: Any, engine: str, out: Path) -> dict[str, Path]:
     """Rebuild the ranker as trained (base + LoRA), load the consolidated weights strictly, merge, save."""
-    from fusionrec.trainer.checkpoint import CheckpointError, verify_checkpoint
+    from fusionrec.trainer.checkpoint_reader import load_weights, verify_checkpoint
     from fusionrec.trainer.models.causal_lm import build_ranker, export_merged
-    from fusionrec.trainer.strategy import DeepspeedStrategy
 
     verify_checkpoint(checkpoint)
     model, tokenizer = build_ranker(model_cfg)
-    weights = DeepspeedStrategy.consolidated_state_dict(checkpoint, engine)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {checkpoint}: engine {engine!r} does not match the run's model config "
-            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
-        )
+    load_weights(model, checkpoint, engine)
     return {engine: export_merged(model, tokenizer, out / engine)}  # temp dir + rename inside
 
 

@@ -31,6 +31,7 @@ RECIPES = {
     "idgenrec": "fusionrec.launch.recipes:build_idgenrec",
     "dmpo": "fusionrec.launch.recipes:build_dmpo",
     "palr": "fusionrec.launch.recipes:build_palr",
+    "sasrec": "fusionrec.launch.recipes:build_sasrec",
 }
 
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fusionrec.trainer.checkpoint import (
+from fusionrec.trainer.checkpoint_reader import (
     MARKER,
     CheckpointError,
     list_checkpoints,

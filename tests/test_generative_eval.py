@@ -67,8 +67,8 @@ def test_one_actor_equals_two_actors_equals_trainer_reference(tiny_run, two_acto
     from fusionrec.cluster.evaluator import evaluate
     from fusionrec.cluster.generative import IDGenRecScorerFactory
     from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
-    from fusionrec.trainer.modules.idgenrec import RankingConfig, load_idgenrec_for_eval
-    from fusionrec.trainer.modules.idgenrec import evaluate as trainer_evaluate
+    from fusionrec.trainer.recipes.idgenrec.artefacts import RankingConfig, load_idgenrec_for_eval
+    from fusionrec.trainer.recipes.idgenrec.artefacts import evaluate as trainer_evaluate
 
     records, _ = two_actor_run
     two = next(r for r in records if r["model"] == "idgenrec")
@@ -153,7 +153,7 @@ def test_exclude_history_never_recommends_a_history_item(tiny_run):
 def test_item_missing_from_the_id_table_is_named(tiny_run):
     from fusionrec.cluster.generative import IDGenRecScorerFactory
     from fusionrec.trainer.idgen.id_table import IDTable
-    from fusionrec.trainer.modules.idgenrec import load_idgenrec_for_eval
+    from fusionrec.trainer.recipes.idgenrec.artefacts import load_idgenrec_for_eval
 
     _, _, table, _ = load_idgenrec_for_eval(tiny_run["checkpoint"])
     ids = table.as_dict()
@@ -188,7 +188,7 @@ def test_checkpoint_without_its_id_table_is_refused(tiny_run, tmp_path):
     with pytest.raises(ValueError, match=r"has no ID table"):
         evaluate_checkpoint(ckpt, tiny_run["corpus"], eval_cfg(1))
     assert not (run / "eval").exists()  # nothing written, no actor started
-    from fusionrec.trainer.modules.idgenrec import export_idgenrec, load_idgenrec_for_eval
+    from fusionrec.trainer.recipes.idgenrec.artefacts import export_idgenrec, load_idgenrec_for_eval
 
     with pytest.raises(ValueError, match=r"has no ID table"):  # the trainer's loaders share the check
         load_idgenrec_for_eval(ckpt)
@@ -236,8 +236,8 @@ def test_factory_and_config_validation():
 def test_scorer_prompts_follow_the_runs_prompt_style(tiny_run):
     """A run trained with terse prompts is evaluated with terse prompts (the scorer once always used P5)."""
     from fusionrec.cluster.generative import GenerativeEvalConfig, IDGenRecScorer
-    from fusionrec.trainer.modules.idgenrec import load_idgenrec_for_eval
     from fusionrec.trainer.prompts import PromptConfig, build_prompt
+    from fusionrec.trainer.recipes.idgenrec.artefacts import load_idgenrec_for_eval
 
     model, tok, table, _ = load_idgenrec_for_eval(tiny_run["checkpoint"])
     items = sorted(table)

@@ -38,12 +38,10 @@ from fusionrec.trainer.modules.idgenrec import (
     IDGenRecConfig,
     IDGenRecDataConfig,
     IDGenRecModule,
-    RankingConfig,
-    build_trie,
     check_shared_vocab,
-    evaluate,
 )
 from fusionrec.trainer.prompts import TEMPLATES, PromptBuilder, PromptConfig, build_prompt
+from fusionrec.trainer.recipes.idgenrec.artefacts import RankingConfig, build_trie, evaluate
 
 COLORS = ["red", "blue", "green", "black", "white", "pink", "gold", "silver"]
 NOUNS = ["lipstick", "shampoo", "brush", "lotion", "mirror", "perfume"]

@@ -120,7 +120,7 @@ def _worker(corpus: str, tokenizer: str, run_dir: str, zero_stage: int) -> dict:
 def test_alternate_training_two_processes(tmp_path: Path, zero_stage: int) -> None:
     from fusionrec.trainer.checkpoint import list_checkpoints
     from fusionrec.trainer.idgen.id_table import IDTable
-    from fusionrec.trainer.modules.idgenrec import evaluate, export_idgenrec, load_idgenrec_for_eval
+    from fusionrec.trainer.recipes.idgenrec.artefacts import evaluate, export_idgenrec, load_idgenrec_for_eval
     from fusionrec.trainer.testing import run_distributed_test
 
     corpus = make_corpus(tmp_path / "corpus")

@@ -38,7 +38,7 @@ def _worker(corpus: str, tokenizer: str, run_dir: str) -> dict:
 def test_trie_softmax_run_trains_resumes_and_is_decoded_renormalised_everywhere(tmp_path: Path) -> None:
     from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
     from fusionrec.trainer.checkpoint import list_checkpoints
-    from fusionrec.trainer.modules.idgenrec import evaluate, export_idgenrec, load_idgenrec_for_eval
+    from fusionrec.trainer.recipes.idgenrec.artefacts import evaluate, export_idgenrec, load_idgenrec_for_eval
     from fusionrec.trainer.testing import run_distributed_test
 
     corpus = make_corpus(tmp_path / "corpus")

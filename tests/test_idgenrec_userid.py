@@ -203,7 +203,7 @@ def test_user_ids_train_checkpoint_resume_and_evaluate_two_processes(tmp_path: P
     )
     from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
     from fusionrec.trainer.checkpoint import list_checkpoints
-    from fusionrec.trainer.modules.idgenrec import (
+    from fusionrec.trainer.recipes.idgenrec.artefacts import (
         evaluate,
         export_idgenrec,
         load_idgenrec_for_eval,

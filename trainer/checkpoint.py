@@ -4,6 +4,7 @@ Layout of one checkpoint::
 
     step-N/
       <engine>/...            DeepSpeed save_checkpoint of each trainable engine (model, optimizer, scheduler)
+      weights/<engine>.safetensors  each trained engine's consolidated weights (read without DeepSpeed)
       trainer_state.pt        step/phase counters, module state (ID tables), engine param shapes, world size
       rank-00000.pt ...       per rank: RNG (python, numpy, torch) and loader state
       config.json             the resolved TrainConfig
@@ -35,12 +36,10 @@ Multi-node note: the tmp-dir + rename protocol needs ``RUN`` on a filesystem sha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,98 +48,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from fusionrec.data_pipeline.loader import merge_states
-from fusionrec.safe_pickle import UnsafePickleError, check_pickles
 from fusionrec.trainer.bucketing import elastic_state
+from fusionrec.trainer.checkpoint_reader import (
+    FORMAT_VERSION,
+    HASH_LIMIT,
+    MARKER,
+    TRAINER_STATE,
+    WEIGHTS_DIR,
+    CheckpointError,
+    list_checkpoints,
+    load_weights,
+    read_file,
+    sha256_file,
+    verify_checkpoint,
+)
 
 if TYPE_CHECKING:
     from fusionrec.trainer.loop import Trainer
 
-MARKER = "COMPLETE.json"
-TRAINER_STATE = "trainer_state.pt"
-FORMAT_VERSION = 1
-_STEP_RE = re.compile(r"^step-(\d+)$")
-_HASH_LIMIT = 64 * 1024 * 1024  # sha256 for files up to 64 MiB (our small files); sizes for all
-
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names the path and the problem."""
-
-
-# ---------------------------------------------------------------------- discovery
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``root`` (those with a marker), oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        m = _STEP_RE.match(child.name)
-        if m and (child / MARKER).is_file():
-            found.append((int(m.group(1)), child))
-    return sorted(found)
-
-
-def resolve_resume(root: Path, resume: str | None) -> Path | None:
-    """None -> fresh start; "auto" -> newest complete checkpoint (or fresh); else that path (must exist)."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        found = list_checkpoints(root)
-        return found[-1][1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint.resume: {path} is not a directory")
-    return path
-
-
-def resolve_checkpoint(path: str | Path, checkpoints_dir: str = "checkpoints") -> Path:
-    """A checkpoint folder (holding the marker) as is; a run dir as its newest complete checkpoint."""
-    src = Path(path).resolve()
-    if not src.is_dir():
-        raise FileNotFoundError(f"checkpoint not found: {src}")
-    if (src / MARKER).is_file() or _STEP_RE.match(src.name):
-        return src  # an incomplete step-N is refused, with its reason, by verify_checkpoint
-    found = list_checkpoints(src / checkpoints_dir)
-    if not found:
-        raise CheckpointError(
-            f"{src}: neither a checkpoint (no {MARKER}) nor a run dir with a complete checkpoint under "
-            f"{src / checkpoints_dir}"
-        )
-    return found[-1][1]
-
-
-def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Check the marker, every listed file's size and the small files' sha256. Returns the marker."""
-    marker_file = path / MARKER
-    if not marker_file.is_file():
-        raise CheckpointError(f"checkpoint {path}: incomplete (no {MARKER}); it was never finished")
-    try:
-        marker = json.loads(marker_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(
-            f"checkpoint {path}/{MARKER}:{err.lineno}: corrupted marker ({err.msg})"
-        ) from None
-    if marker.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path}: format_version {marker.get('format_version')} != {FORMAT_VERSION}"
-        )
-    for rel, meta in marker["files"].items():
-        f = path / rel
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint {path}: missing file {rel}")
-        size = f.stat().st_size
-        if size != meta["bytes"]:
-            raise CheckpointError(
-                f"checkpoint {path}: {rel} has {size} bytes, expected {meta['bytes']} (corrupted)"
-            )
-        if "sha256" in meta and _sha256(f) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint {path}: {rel} sha256 mismatch (corrupted)")
-    try:  # the marker proves integrity, not authenticity: no file may reference code
-        check_pickles(path)
-    except UnsafePickleError as err:
-        raise CheckpointError(f"checkpoint {path}: {err}") from None
-    return marker
 
 
 # ---------------------------------------------------------------------- save
@@ -153,9 +79,10 @@ def save_checkpoint(trainer: Trainer) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     strategy.barrier()
-    for _, engine in sorted(trainer.engines.items()):
+    for name, engine in sorted(trainer.engines.items()):
         if engine.has_optimizer:  # frozen engines are rebuilt by configure(); nothing to save
             strategy.save(engine, tmp)
+            _save_weights(strategy, engine, tmp / WEIGHTS_DIR / f"{name}.safetensors")
     torch.save(_rank_state(trainer), tmp / f"rank-{strategy.rank:05d}.pt")
     strategy.barrier()
     if strategy.is_rank0:
@@ -168,6 +95,16 @@ def save_checkpoint(trainer: Trainer) -> Path:
         _prune(root, trainer.cfg.checkpoint.keep_last)
     strategy.barrier()
     return final
+
+
+def _save_weights(strategy: Any, engine: Any, file: Path) -> None:
+    """Collective: the engine's consolidated weights, read back by checkpoint_reader without DeepSpeed."""
+    from safetensors.torch import save_file
+
+    weights, contents = strategy.consolidated_weights(engine)
+    if weights is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(file), metadata={"contents": contents, "engine": engine.name})
 
 
 def _trainer_state(trainer: Trainer) -> dict[str, Any]:
@@ -198,8 +135,8 @@ def _write_marker(tmp: Path, step: int, world_size: int) -> None:
     for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
         size = f.stat().st_size
         meta: dict[str, Any] = {"bytes": size}
-        if size <= _HASH_LIMIT:
-            meta["sha256"] = _sha256(f)
+        if size <= HASH_LIMIT:
+            meta["sha256"] = sha256_file(f)
         files[str(f.relative_to(tmp))] = meta
     marker = {"format_version": FORMAT_VERSION, "step": step, "world_size": world_size, "files": files}
     (tmp / MARKER).write_text(json.dumps(marker, indent=1))
@@ -208,14 +145,6 @@ def _write_marker(tmp: Path, step: int, world_size: int) -> None:
 def _prune(root: Path, keep_last: int) -> None:
     for _, path in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------- load
@@ -236,9 +165,9 @@ def load_checkpoint(trainer: Trainer, path: Path) -> dict[str, Any]:
     error, saved_world = strategy.broadcast_object((error, saved_world))
     if error is not None:
         raise CheckpointError(error)
-    state = _load_file(path / TRAINER_STATE)
+    state = read_file(path / TRAINER_STATE)
     if saved_world == strategy.world_size:
-        rank_state = _load_file(path / f"rank-{strategy.rank:05d}.pt")
+        rank_state = read_file(path / f"rank-{strategy.rank:05d}.pt")
     else:  # before the engines: a loader that cannot be re-split fails without touching them
         rank_state = _elastic_rank_state(trainer, path, saved_world, int(state["state"]["step"]))
     _load_engines(trainer, path, saved_world)
@@ -269,7 +198,7 @@ def _load_engines(trainer: Trainer, path: Path, saved_world: int) -> None:
 def _elastic_rank_state(trainer: Trainer, path: Path, saved_world: int, step: int) -> dict[str, Any]:
     """Merged loader state of all ``saved_world`` ranks + the (seed, step, rank) to reseed from."""
     rank, world = trainer.strategy.rank, trainer.strategy.world_size
-    saved = [_load_file(path / f"rank-{r:05d}.pt").get("loader") for r in range(saved_world)]
+    saved = [read_file(path / f"rank-{r:05d}.pt").get("loader") for r in range(saved_world)]
     try:
         loader = merge_loader_states(saved)
     except ValueError as err:
@@ -318,7 +247,7 @@ def merge_loader_states(states: Sequence[Any]) -> Any:
 def _check_compatible(trainer: Trainer, path: Path) -> int:
     """Marker, sizes, hashes and parameter shapes; returns the world size the checkpoint was saved with."""
     marker = verify_checkpoint(path)
-    state = _load_file(path / TRAINER_STATE)
+    state = read_file(path / TRAINER_STATE)
     for name, engine in sorted(trainer.engines.items()):
         if not engine.has_optimizer:
             continue
@@ -346,15 +275,6 @@ def _check_shapes(
                 f"checkpoint {path}: engine {name!r} parameter {pname} has shape {list(saved[pname])} in the "
                 f"checkpoint but {list(shape)} in the model (different model config?)"
             )
-
-
-def _load_file(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file missing: {path}") from None
-    except Exception as err:  # torch raises several types for truncated/garbled zips
-        raise CheckpointError(f"checkpoint file {path} is unreadable ({type(err).__name__}: {err})") from None
 
 
 def restore_rank_state(trainer: Trainer, rank_state: Mapping[str, Any]) -> None:
@@ -392,10 +312,8 @@ def export(checkpoint: Path, out_dir: Path, models: Mapping[str, Any]) -> dict[s
     and saved with save_pretrained (safetensors; tied embeddings handled by transformers). The module
     state (ID tables) goes to ``out_dir/module_state.json`` when JSON-serialisable.
     """
-    from fusionrec.trainer.strategy import DeepspeedStrategy
-
     verify_checkpoint(checkpoint)
-    state = _load_file(checkpoint / TRAINER_STATE)
+    state = read_file(checkpoint / TRAINER_STATE)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, model in sorted(models.items()):
@@ -405,9 +323,7 @@ def export(checkpoint: Path, out_dir: Path, models: Mapping[str, Any]) -> dict[s
             )
         current = {n: list(p.shape) for n, p in model.named_parameters()}
         _check_shapes(checkpoint, name, state["shapes"][name], current)
-        sd = DeepspeedStrategy.consolidated_state_dict(checkpoint, name)
-        model.load_state_dict(sd, strict=False)  # tied weights appear once in ZeRO's consolidated dict
-        _assert_loaded(checkpoint, name, model, sd)
+        load_weights(model, checkpoint, name)
         tmp = out_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp))

@@ -117,7 +117,8 @@ class Trainer:
                 )
 
     def _restore_checkpoint(self) -> None:
-        from fusionrec.trainer.checkpoint import load_checkpoint, resolve_resume
+        from fusionrec.trainer.checkpoint import load_checkpoint
+        from fusionrec.trainer.checkpoint_reader import resolve_resume
 
         path = resolve_resume(self.checkpoint_root, self.cfg.checkpoint.resume)
         if path is not None:

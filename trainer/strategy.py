@@ -183,6 +183,13 @@ class Engine:
         self._grad_norm: float | None = None
         self._local_clip = 0.0  # > 0: the strategy clips (stage 0), DeepSpeed does not
         self.trainable = optim is not None
+        # What the run trains, fixed at prepare time (phases may freeze an engine later): a strict subset of
+        # the parameters (a LoRA base stays frozen) means only those are the checkpoint's weights.
+        names = [n for n, _ in ds_engine.module.named_parameters()]
+        trained = {n for n, p in ds_engine.module.named_parameters() if p.requires_grad}
+        self.trained_subset: frozenset[str] | None = (
+            frozenset(trained) if trained and len(trained) < len(names) else None
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # A frozen engine runs its bare module: DeepSpeed's forward arms backward hooks whose epilogue
@@ -484,6 +491,49 @@ class DeepspeedStrategy:
                 out[name] = t.detach().to("cpu", copy=True)
         return out
 
+    def consolidated_weights(self, engine: Engine) -> tuple[dict[str, torch.Tensor] | None, str]:
+        """(weights, contents) for the checkpoint's ``weights/<engine>.safetensors``; collective.
+
+        contents ``"full"``: every parameter and buffer; ``"trainable"``: only the parameters the run trains
+        (the engine had frozen ones at prepare time, e.g. a LoRA base its config rebuilds). Parameters kept
+        in bf16 come from DeepSpeed's fp32 master copy, as DeepSpeed's own consolidation does. The CPU copy
+        is made on rank 0 only (None elsewhere).
+        """
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        module, subset = engine.module, engine.trained_subset
+        params = dict(module.named_parameters())
+        names = sorted(subset) if subset is not None else sorted(params)
+        master = engine.zero_stage > 0 and any(params[n].dtype != torch.float32 for n in names)
+        if master:  # collective per parameter, in the same order on every rank
+            values = {n: safe_get_full_fp32_param(params[n]) for n in names}
+        else:
+            values = self._gathered(engine, [params[n] for n in names], names)
+        if not self.is_rank0:
+            return None, "trainable" if subset is not None else "full"
+        out = {n: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for n, v in values.items()}  # fmt: skip
+        if subset is not None:
+            return out, "trainable"
+        for key, value in module.state_dict().items():  # buffers and tied aliases (shared storage: one copy)
+            if key not in out:
+                alias = next((n for n in names if params[n] is _state_tensor(module, key)), None)
+                out[key] = out[alias].clone() if alias else value.detach().to("cpu", copy=True).contiguous()
+        return out, "full"
+
+    def _gathered(
+        self, engine: Engine, tensors: list[torch.Tensor], names: list[str]
+    ) -> dict[str, torch.Tensor]:
+        ctx = (
+            deepspeed.zero.GatheredParameters(tensors, modifier_rank=None)
+            if engine.zero_stage == 3
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            if not self.is_rank0:
+                return {}
+            return {n: t.detach().to("cpu", copy=True) for n, t in zip(names, tensors, strict=True)}
+
     def full_state_dict(self, engine: Engine) -> dict[str, torch.Tensor]:
         """Unpartitioned CPU copy of the module's state dict on every rank (gathers ZeRO-3 shards)."""
         module = engine.module
@@ -612,6 +662,12 @@ def _wait_count(store: Any, key: str, target: int, deadline: float) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def _state_tensor(module: nn.Module, key: str) -> Any:
+    """The parameter or buffer object behind a state-dict key (to find tied aliases)."""
+    owner, _, attr = key.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr, None)
 
 
 def _lambda_scheduler(optim: OptimConfig):  # -> Callable[[Optimizer], LambdaLR]

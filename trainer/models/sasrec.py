@@ -107,6 +107,11 @@ class SASRec(nn.Module):
         mask = mask & ~torch.eye(length, dtype=torch.bool, device=real.device)
         return mask.repeat_interleave(self.cfg.num_heads, dim=0)
 
+    def forward(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states [B, L, d], item output embeddings [num_items, d]): both read inside forward, so an
+        engine that partitions parameters (ZeRO-3) has them gathered for the loss."""
+        return self.encode(seqs), self.item_weights()
+
     def item_weights(self) -> torch.Tensor:
         """[num_items, d] output embedding of every real item (shared with the input table)."""
         return self.item_emb.weight[1:]
