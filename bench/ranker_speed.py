@@ -194,8 +194,8 @@ def _rank_main(config_path: str, out_path: str, warmup: int) -> None:
     t_start = time.perf_counter()
     from fusionrec.fileio import atomic_write_text
     from fusionrec.launch.config import load_config
-    from fusionrec.launch.recipes import build_dmpo
     from fusionrec.trainer.loop import Trainer
+    from fusionrec.trainer.recipes.dmpo.build import build as build_dmpo
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     import_rss = _max_rss_mb()  # interpreter + torch/DeepSpeed/transformers imports, before any model

@@ -20,3 +20,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def replace_folders(tmp_root: str | Path, out: str | Path, names: list[str]) -> dict[str, Path]:
+    """Rename each finished ``tmp_root/<name>`` over ``out/<name>`` (a reader never sees a half-written one);
+    returns {name without suffix: final path}. ``tmp_root`` must be on the same filesystem as ``out``."""
+    import shutil
+
+    written = {}
+    for name in names:
+        target = Path(out) / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(Path(tmp_root) / name, target)
+        written[Path(name).stem] = target
+    return written

@@ -7,6 +7,7 @@ module only composes them and adds the CLI conveniences (TOML + dotted overrides
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,53 +23,66 @@ from fusionrec.launch.configtree import (
     write_resolved,
 )
 from fusionrec.trainer.config import TrainConfig
+from fusionrec.trainer.recipes import Recipe, discover
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-# Sections whose dataclass lives beside heavy code (torch, transformers, deepspeed): imported only when a
-# config has that section, so `fusionrec synth/prepare/inspect` start in a second, not after ~10 s of imports.
+# Non-recipe sections whose dataclass lives beside heavy code (torch, transformers, ray): imported only when a
+# config has that section, so `fusionrec synth/prepare/inspect` start in a second. Recipe sections come from
+# the recipe registry (trainer/recipes/__init__.py), each declared by its recipe folder.
 LAZY_SECTIONS = {
     "loader": "fusionrec.data_pipeline.loader:LoaderConfig",
-    "genrec": "fusionrec.trainer.modules.genrec:GenRecConfig",
-    "idgenrec": "fusionrec.trainer.modules.idgenrec:IDGenRecConfig",
-    "dmpo": "fusionrec.trainer.modules.dmpo:DMPORecipeConfig",
-    "palr": "fusionrec.trainer.modules.palr:PALRRecipeConfig",
-    "sasrec": "fusionrec.trainer.recipes.sasrec.config:SASRecRecipeConfig",
     "eval": "fusionrec.cluster.generative:EvaluateConfig",
     "zeroshot": "fusionrec.cluster.zeroshot:ZeroShotConfig",
 }
 
 
+@functools.cache
+def recipes() -> dict[str, Recipe]:
+    """Every recipe folder found (trainer/recipes/<name>/, $FUSIONREC_RECIPE_PATH), by name."""
+    return discover()
+
+
 @dataclass
 class Config:
-    """Every section a fusionrec run can have. `data` and `train` always exist (defaults when absent);
-    the sections of LAZY_SECTIONS are None when absent, else their typed dataclass (see `section`)."""
+    """Every section a fusionrec run can have. `data` and `train` always exist (defaults when absent); the
+    sections of LAZY_SECTIONS are None when absent, else their typed dataclass; each recipe's section
+    `[name]` is in `recipes` (written back as a top-level table) - read any of them with `section(name)`."""
 
     # The prepared corpus (output of `fusionrec prepare`) that train/evaluate read; "" = <train.run_dir>/corpus.
     corpus: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loader: Any = None  # data_pipeline.loader.LoaderConfig
-    genrec: Any = None  # trainer.modules.genrec.GenRecConfig
-    idgenrec: Any = None  # trainer.modules.idgenrec.IDGenRecConfig (needs a corpus)
-    dmpo: Any = None  # trainer.modules.dmpo.DMPORecipeConfig (SFT / DMPO stage, files)
-    palr: Any = None  # trainer.modules.palr.PALRRecipeConfig (processed dataset, retriever)
-    sasrec: Any = None  # trainer.recipes.sasrec.config.SASRecRecipeConfig (one processed dataset)
     eval: Any = None  # cluster.generative.EvaluateConfig (`fusionrec evaluate`)
     zeroshot: Any = None  # cluster.zeroshot.ZeroShotConfig (`fusionrec zeroshot`)
+    recipes: dict[str, Any] = field(default_factory=dict, metadata={"flatten": True})
 
     def corpus_dir(self) -> Path:
         return Path(self.corpus) if self.corpus else Path(self.train.run_dir) / "corpus"
 
     def section(self, name: str) -> Any:
         """The typed sub-config `name`; its defaults when the config has no such section."""
-        value = getattr(self, name)
+        value = self.recipes.get(name) if name in recipes() else getattr(self, name)
         return value if value is not None else section_class(name)()
+
+    def required_section(self, name: str) -> Any:
+        """A recipe section the run cannot do without (ValueError naming a shipped example)."""
+        if self.recipes.get(name) is None:
+            raise ValueError(f"the {name} recipe needs a [{name}] section (e.g. --config {name}_tiny)")
+        return self.recipes[name]
+
+    def __getattr__(self, name: str) -> Any:  # cfg.idgenrec: a recipe section, None when absent
+        if name != "recipes" and name in recipes():
+            return self.recipes.get(name)
+        raise AttributeError(f"{type(self).__name__} has no section {name!r}")
 
 
 def section_class(name: str) -> type:
-    module, cls = LAZY_SECTIONS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    if name in LAZY_SECTIONS:
+        module, cls = LAZY_SECTIONS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    return recipes()[name].load("section")
 
 
 def _build_lazy_sections(cfg: Config) -> Config:
@@ -79,6 +93,21 @@ def _build_lazy_sections(cfg: Config) -> Config:
         elif value is not None and not isinstance(value, section_class(name)):
             raise ConfigError(f"[{name}] must be a table, got {value!r}")
     return cfg
+
+
+def _take_recipe_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """Pop each recipe's `[name]` table out of `data` and type it with the recipe's section class."""
+    out = {}
+    for name, recipe in recipes().items():
+        if name not in data:
+            continue
+        value = data.pop(name)
+        if recipe.section is None:
+            raise ConfigError(f"[{name}]: the {name} recipe takes no config section")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table, got {value!r}")
+        out[name] = from_dict(section_class(name), value, name)
+    return out
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -101,7 +130,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = load_toml(resolve_config_path(path)) if path else {}
     data = apply_overrides(data, overrides or [])
     _propagate_corpus(data)
-    return _build_lazy_sections(from_dict(Config, data))
+    sections = _take_recipe_sections(data)
+    cfg = _build_lazy_sections(from_dict(Config, data))
+    cfg.recipes = sections
+    return cfg
 
 
 def _propagate_corpus(data: dict) -> None:
@@ -118,4 +150,12 @@ def _propagate_corpus(data: dict) -> None:
             section["corpus"] = corpus
 
 
-__all__ = ["Config", "ConfigError", "dumps_toml", "load_config", "resolve_config_path", "write_resolved"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "dumps_toml",
+    "load_config",
+    "recipes",
+    "resolve_config_path",
+    "write_resolved",
+]

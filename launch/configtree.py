@@ -138,7 +138,9 @@ def to_dict(cfg: Any) -> Any:
         out = {}
         for f in dataclasses.fields(cfg):
             v = to_dict(getattr(cfg, f.name))
-            if v is not None:
+            if f.metadata.get("flatten"):  # a dict of sections written as top-level tables
+                out.update(v or {})
+            elif v is not None:
                 out[f.name] = v
         return out
     if isinstance(cfg, list | tuple):

@@ -19,10 +19,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fusionrec.fileio import atomic_write_text
+from fusionrec.trainer.worker import Built
+
+if TYPE_CHECKING:
+    from fusionrec.launch.config import Config
 
 RETRIEVER_DIR = Path("retriever") / "sasrec"
 POLL_S = 2.0
@@ -100,3 +104,18 @@ def sasrec_retriever(recipe: Any, run_dir: str | Path, strategy: Any) -> Any:
         _train_once(recipe, path, strategy)
     model, item_ids = load_sasrec(path)
     return SASRecRetriever(model, item_ids)
+
+
+def build_palr(cfg: Config, strategy: Any) -> Built:
+    """PALR (paper 002): retrieval candidates -> instruction-tuned LLM ranker.
+
+    The default retriever, SASRec, lives in cluster/ (trainer/ must not import it): built here, from
+    `palr.retriever_checkpoint` or trained once on the corpus' training split (below).
+    """
+    from fusionrec.trainer.modules.palr import PALRModule
+
+    recipe = cfg.required_section("palr")
+    retriever = None
+    if recipe.retriever == "sasrec":
+        retriever = sasrec_retriever(recipe, cfg.train.run_dir, strategy)
+    return Built(module=PALRModule(recipe, retriever=retriever), train_loader=[])

@@ -7,41 +7,30 @@
   deepspeed launcher with `--launcher deepspeed`) with N local ranks on 127.0.0.1.
 * `--nproc 1`: runs as a world of one (the strategy sets the env for a single rank).
 
-Recipes register a builder `build(cfg: Config, strategy) -> Built` in RECIPES; the builder receives the
-whole tree but passes each component only its own section. `Built` lives in trainer/worker.py (re-exported
-here for the builders).
+Recipes are discovered (trainer/recipes/__init__.py: every `trainer/recipes/<name>/` declaring `RECIPE`,
+plus folders on $FUSIONREC_RECIPE_PATH); a recipe's builder `build(cfg, strategy) -> Built` receives the whole
+tree but passes each component only its own section.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from fusionrec.launch.config import Config, load_config, write_resolved
+from fusionrec.launch.config import Config, load_config, recipes, write_resolved
 from fusionrec.trainer.worker import Built, RecipeRun, run_recipe
-
-# recipe -> "module:function" of its builder (imported lazily: recipes pull in heavy libraries).
-RECIPES = {
-    "toy": "fusionrec.launch.recipes:build_toy",
-    "genrec": "fusionrec.launch.recipes:build_genrec",
-    "idgenrec": "fusionrec.launch.recipes:build_idgenrec",
-    "dmpo": "fusionrec.launch.recipes:build_dmpo",
-    "palr": "fusionrec.launch.recipes:build_palr",
-    "sasrec": "fusionrec.launch.recipes:build_sasrec",
-}
 
 
 def recipe_run(recipe: str) -> RecipeRun:
     """The recipe's builder bound with the root-config writer: what every rank runs, under any launcher
     (ValueError naming the known recipes for an unknown name)."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
-    mod_name, fn_name = RECIPES[recipe].split(":")
-    return RecipeRun(recipe, getattr(importlib.import_module(mod_name), fn_name), write_resolved)
+    known = recipes()
+    if recipe not in known:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(sorted(known))}")
+    return RecipeRun(recipe, known[recipe].load("build"), write_resolved)
 
 
 def in_launcher() -> bool:
@@ -91,4 +80,4 @@ def main(recipe: str, config: str | None, overrides: list[str], nproc: int, laun
     return spawn_local(recipe, cfg, nproc, launcher)
 
 
-__all__ = ["RECIPES", "Built", "main", "recipe_run", "run_worker", "spawn_local"]
+__all__ = ["Built", "main", "recipe_run", "run_worker", "spawn_local"]

@@ -73,8 +73,7 @@ def _corpus(d: Path) -> Path:
 def _build_twice_and_train(data_dir: str, run_dir: str) -> dict:
     """One rank: build the palr recipe (SASRec trained by rank 0), rebuild (reuse), fine-tune 2 steps."""
     from fusionrec.launch.config import load_config
-    from fusionrec.launch.palr_retriever import RETRIEVER_DIR
-    from fusionrec.launch.recipes import build_palr
+    from fusionrec.launch.palr_retriever import RETRIEVER_DIR, build_palr
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.strategy import DeepspeedStrategy
 

@@ -87,9 +87,9 @@ def test_unknown_recipe_fails_before_ray(tmp_path, capsys):
 @pytest.mark.unit
 def test_recipe_run_travels_to_workers_by_reference():
     """The driver ships the RecipeRun pickled; the builder and config writer arrive as the same module-level
-    functions (workers import launch/ themselves; cluster/ never does)."""
+    functions (workers import the recipe folder themselves; cluster/ never imports launch/)."""
     from fusionrec.launch.config import write_resolved
-    from fusionrec.launch.recipes import build_toy
+    from fusionrec.trainer.recipes.toy.build import build as build_toy
     from ray import cloudpickle
 
     run = recipe_run("toy")

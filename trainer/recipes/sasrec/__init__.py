@@ -5,3 +5,11 @@ module.py (the TrainModule: CE or sampled-BCE loss over every position, validati
 (a checkpoint's model for scoring; read without DeepSpeed). The architecture is trainer/models/sasrec.py;
 cluster/baselines.py scores checkpoints of this recipe on Ray actors.
 """
+
+from fusionrec.trainer.recipes import Recipe
+
+RECIPE = Recipe(
+    "sasrec",
+    build="fusionrec.trainer.recipes.sasrec.build:build",
+    section="fusionrec.trainer.recipes.sasrec.config:SASRecRecipeConfig",
+)
