@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from ..fileio import atomic_target
 from ..fileio import atomic_write_text as _atomic_write
 from ..trainer.metrics import MetricSums
 from .ray_local import RayConfig, init_ray
@@ -543,8 +543,7 @@ def plot_results(results: Sequence[dict[str, Any]], path: str | Path, metric: st
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -382,9 +382,7 @@ def claim_results_dir(out: Path, identity: dict[str, Any], summaries: str = "res
             f"{json.loads(path.read_text()).get('checkpoint')} vs {identity.get('checkpoint')}); "
             "use a fresh results_dir or delete it"
         )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     for stale in out.glob(summaries):
         stale.unlink()
 

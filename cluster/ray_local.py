@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from ..ports import free_port, free_ports  # noqa: F401  (free_port: also this module's API)
+
 RAY_ENV_DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -149,28 +151,6 @@ def ray_session(cfg: RayConfig | None = None) -> Iterator[str]:
     finally:
         if started:
             shutdown_ray()
-
-
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (the OS picks it, so concurrent sessions do not collide)."""
-    return free_ports(1)[0]
-
-
-def free_ports(n: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
-    """`n` distinct TCP ports free right now on 127.0.0.1 and not in `exclude`.
-
-    All sockets stay bound until every port is picked: closing each before asking for the next lets the OS
-    hand out the same port twice (seen: Ray refused a node whose metrics and agent ports were equal).
-    """
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        while len(ports) < n:
-            s = stack.enter_context(socket.socket())
-            s.bind((LOCALHOST, 0))
-            port = s.getsockname()[1]
-            if port not in exclude:
-                ports.append(port)
-        return ports
 
 
 # `ray start --address` (a worker node) in Ray 2.60 either aborts ("multi-node clusters are not supported")

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 from fusionrec.data_pipeline.errors import DataError
+from fusionrec.fileio import atomic_write_text
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 SPLITS = ("train", "valid", "test")
@@ -417,10 +418,7 @@ class ShardDataset(IterableDataset):
         """Fix the deal for the next iteration and publish it to worker processes."""
         self._deal, self._pads, self._next_slot = self._planned_deal(workers)
         if self._plan_path is not None:
-            tmp = f"{self._plan_path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(self._state(), f)
-            os.replace(tmp, self._plan_path)
+            atomic_write_text(self._plan_path, json.dumps(self._state()))
 
     def _record(self, positions: Sequence[int], slot: int, pads: int) -> None:
         """The loop received these samples from consumer `slot` (and `pads` padding copies)."""

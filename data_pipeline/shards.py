@@ -28,6 +28,7 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from fusionrec import __version__
 
 from ..fileio import atomic_write_text
 from .config import ShardConfig
@@ -35,7 +36,6 @@ from .errors import DataError
 from .preprocess import SPLITS, ProcessedDataset, sample_positions
 
 SCHEMA_VERSION = 1
-FUSIONREC_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
 BLOCK = tarfile.BLOCKSIZE
@@ -335,7 +335,7 @@ def _manifest(datasets, rows, seed, sources, config_sha256) -> dict:
         skipped.update({f"{ds.name}/{reason}": n for reason, n in sorted(ds.skipped.items())})
     return {
         "schema_version": SCHEMA_VERSION,
-        "fusionrec_version": FUSIONREC_VERSION,
+        "fusionrec_version": __version__,
         "config_sha256": config_sha256,
         "seed": seed,
         "sources": dict(sorted(sources.items())),

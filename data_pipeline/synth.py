@@ -26,7 +26,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fusionrec.fileio import atomic_write_bytes
 
 # ------------------------------------------------------------------------------------------- vocabularies
 # Sub-categories and product nouns per category. Some sub-categories and nouns recur across categories on
@@ -598,9 +598,7 @@ def _write(path: Path, lines: list[str]) -> str:
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return path.name
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import tomli_w
+from fusionrec.fileio import atomic_write_text
 
 T = TypeVar("T")
 
@@ -204,8 +205,6 @@ def write_resolved(cfg: Any, out_dir: str | Path) -> Path:
     """Write `config.toml` (+ `config.json`) into `out_dir` atomically; returns the TOML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("config.toml", dumps_toml(cfg)), ("config.json", json.dumps(to_dict(cfg), indent=2))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / name)
+    atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
+    atomic_write_text(out_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
     return out_dir / "config.toml"

@@ -46,7 +46,7 @@ def spawn_local(recipe: str, cfg: Config, nproc: int, launcher: str) -> int:
     The ranks read the already resolved config from the run dir (named in an env var) rather than from
     forwarded flags, which the launchers' own argument parsers would try to interpret.
     """
-    from fusionrec.trainer.strategy import free_port
+    from fusionrec.ports import free_port
 
     resolved = write_resolved(cfg, Path(cfg.train.run_dir))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))

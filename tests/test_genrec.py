@@ -17,7 +17,6 @@ from fusionrec.launch.configtree import ConfigError, from_dict, load_toml
 from fusionrec.trainer.config import TrainConfig
 from fusionrec.trainer.decoding import constrained_beam_search
 from fusionrec.trainer.genrec_data import (
-    IGNORE,
     ClozeCollate,
     FinetuneCollate,
     GenRecDataConfig,
@@ -32,9 +31,10 @@ from fusionrec.trainer.models.tokenizer import load_tokenizer
 from fusionrec.trainer.modules.genrec import (
     GenRecConfig,
     build_genrec_module,
-    token_cross_entropy,
 )
 from fusionrec.trainer.testing import run_distributed_test
+from fusionrec.trainer.tokens import IGNORE_INDEX as IGNORE
+from fusionrec.trainer.tokens import token_cross_entropy
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"beauty": (14, 30), "toys": (8, 20)}  # users, items

@@ -22,7 +22,6 @@ from fusionrec.data_pipeline.shards import write_shards
 from fusionrec.trainer.idgen.generator import IDGenConfig
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.idgenrec_data import (
-    IGNORE,
     IDGenRecCollator,
     ItemBatches,
     encodable_fn,
@@ -42,6 +41,7 @@ from fusionrec.trainer.modules.idgenrec import (
 )
 from fusionrec.trainer.prompts import TEMPLATES, PromptBuilder, PromptConfig, build_prompt
 from fusionrec.trainer.recipes.idgenrec.artefacts import RankingConfig, build_trie, evaluate
+from fusionrec.trainer.tokens import IGNORE_INDEX as IGNORE
 
 COLORS = ["red", "blue", "green", "black", "white", "pink", "gold", "silver"]
 NOUNS = ["lipstick", "shampoo", "brush", "lotion", "mirror", "perfume"]
@@ -244,7 +244,7 @@ def test_one_hot_soft_ids_reproduce_the_hard_rec_loss(corpus, tokenizer, table, 
         rows, pos = batch["soft_index"].T
         one_hot = torch.nn.functional.one_hot(batch["input_ids"][rows, pos], len(tokenizer)).float()
         soft = {"soft_probs": one_hot, "soft_index": batch["soft_index"]}
-        from fusionrec.trainer.modules.idgenrec import token_nll
+        from fusionrec.trainer.tokens import token_nll
 
         nll, n = token_nll(module._rec_logits(batch, soft), batch["labels"])
     torch.testing.assert_close(nll / n, hard)

@@ -74,7 +74,9 @@ def test_config_validation_names_the_field(kwargs, field):
 def test_unknown_recipe_fails_before_ray(tmp_path, capsys):
     from fusionrec.launch.cli import main
 
-    with pytest.raises(ValueError, match=r"unknown recipe 'nope'; known: dmpo, genrec, idgenrec, palr, sasrec, toy"):
+    with pytest.raises(
+        ValueError, match=r"unknown recipe 'nope'; known: dmpo, genrec, idgenrec, palr, sasrec, toy"
+    ):
         recipe_run("nope")
     run = json.dumps(str(tmp_path / "run"))
     assert main(["train", "nope", "--ray", "--nproc", "2", f"train.run_dir={run}"]) == 2

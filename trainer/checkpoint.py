@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from fusionrec.data_pipeline.loader import merge_states
+from fusionrec.fileio import atomic_write_text
 from fusionrec.trainer.bucketing import elastic_state
 from fusionrec.trainer.checkpoint_reader import (
     FORMAT_VERSION,
@@ -349,6 +350,4 @@ def _export_module_state(module_state: Mapping[str, Any], out_dir: Path) -> None
         text = json.dumps(module_state, indent=1)
     except TypeError:
         return  # tensors in module state: they stay in the checkpoint
-    tmp = out_dir / ".module_state.json.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out_dir / "module_state.json")
+    atomic_write_text(out_dir / "module_state.json", text)

@@ -31,8 +31,6 @@ HASH_LIMIT = 64 * 1024 * 1024  # sha256 for files up to 64 MiB (our small files)
 WEIGHTS_DIR = "weights"  # <engine>.safetensors: consolidated weights, written at save time
 
 
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names the path and the problem."""
 

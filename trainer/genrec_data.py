@@ -43,11 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from fusionrec.data_pipeline.loader import SPLITS, LoaderConfig, ShardDataset
+from fusionrec.trainer.tokens import IGNORE_INDEX, pad_right
 
-IGNORE = -100  # label padding: positions the loss must never see (the reference padded labels with real ids)
 NO_ID = 0  # row 0 of both ID tables: "this token is not part of a user/item ID"
 PretrainSource = Literal["sequences", "prefixes"]
 MASK_TOKEN = "<mask>"
@@ -279,25 +278,17 @@ def cloze_position(seed: int, key: str, pos: int, n: int) -> int:
     return random.Random(f"{seed}|{key}|{pos}").randrange(n)
 
 
-def _pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
-    """Right-padded [len(rows), max(1, longest)] int64 tensor (right padding keeps positions exact)."""
-    out = np.full((len(rows), max([1, *(len(r) for r in rows)])), value, dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return torch.from_numpy(out)
-
-
 def _batch(
     encs: list[Encoded], labels: list[list[int]], real: list[bool], pad: int
 ) -> dict[str, torch.Tensor]:
-    ids = _pad_rows([e.input_ids for e in encs], pad)
+    ids = pad_right([e.input_ids for e in encs], pad)
     return {
         "input_ids": ids,
-        "attention_mask": _pad_rows([[1] * len(e.input_ids) for e in encs], 0),
-        "user_index": _pad_rows([e.user_index for e in encs], NO_ID),
-        "item_index": _pad_rows([e.item_index for e in encs], NO_ID),
+        "attention_mask": pad_right([[1] * len(e.input_ids) for e in encs], 0),
+        "user_index": pad_right([e.user_index for e in encs], NO_ID),
+        "item_index": pad_right([e.item_index for e in encs], NO_ID),
         # Loader padding copies (not real) get no labels at all: they must not train the model.
-        "labels": _pad_rows([lab if r else [] for lab, r in zip(labels, real, strict=True)], IGNORE),
+        "labels": pad_right([lab if r else [] for lab, r in zip(labels, real, strict=True)], IGNORE_INDEX),
         "is_real": torch.tensor(real, dtype=torch.bool),
         "truncated_items": torch.tensor(sum(e.truncated for e, r in zip(encs, real, strict=True) if r)),
     }
@@ -324,7 +315,7 @@ class FinetuneCollate:
         batch = _batch(encs, labels, real, enc.pad)
         if self.with_eval:
             batch["target_items"] = torch.tensor(targets, dtype=torch.int64)
-            batch["history_items"] = _pad_rows(hist, -1)
+            batch["history_items"] = pad_right(hist, -1)
         return batch
 
 

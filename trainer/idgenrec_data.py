@@ -35,8 +35,8 @@ from fusionrec.data_pipeline.loader import SPLITS, LoaderConfig, ShardDataset
 from fusionrec.trainer.idgen.generator import normalize_id
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.prompts import PromptBuilder, token_positions
+from fusionrec.trainer.tokens import IGNORE_INDEX, pad_right
 
-IGNORE = -100  # label padding: the loss never sees these positions
 _TITLE = re.compile(r"^\s*title:\s*([^;]*)", re.IGNORECASE)
 
 
@@ -149,14 +149,6 @@ class CollateConfig:
             raise ValueError(f"collate.max_source_len must be >= 2, got {self.max_source_len}")
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), max(width, 1)), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out
-
-
 def _with_word_boundary(ids: Sequence[int], pos: list[int], toks: Sequence[int]) -> list[int]:
     """Include a stand-alone word-boundary piece ("▁") that starts the ID's own tokenisation.
 
@@ -213,14 +205,14 @@ class IDGenRecCollator:
             ids, pos = token_positions(self.tokenizer, prompt)
             inputs.append(ids)
             positions.append(pos)
-            labels.append([IGNORE] if s.get("_pad") else [*self.tokens[s["target"]], self.eos])
-        input_ids = _pad(inputs, self.pad)
+            labels.append([IGNORE_INDEX] if s.get("_pad") else [*self.tokens[s["target"]], self.eos])
+        input_ids = pad_right(inputs, self.pad)
         batch = {
             "input_ids": input_ids,
             "attention_mask": (
                 torch.arange(input_ids.shape[1]) < torch.tensor([len(r) for r in inputs])[:, None]
             ).long(),
-            "labels": _pad(labels, IGNORE),
+            "labels": pad_right(labels, IGNORE_INDEX),
             "real": torch.tensor([not s.get("_pad") for s in samples]),
         }
         if self.mode == "id":
@@ -266,7 +258,7 @@ class IDGenRecCollator:
         return {
             "gen_input_ids": enc["input_ids"],
             "gen_attention_mask": enc["attention_mask"],
-            "gen_decoder_input_ids": _pad(dec, self.pad),
+            "gen_decoder_input_ids": pad_right(dec, self.pad),
             "soft_index": torch.tensor(index, dtype=torch.long).reshape(-1, 2),
             "soft_item_step": torch.tensor(item_step, dtype=torch.long).reshape(-1, 2),
         }
@@ -343,11 +335,11 @@ def text_to_id_batch(
             padding=True,
             return_tensors="pt",
         )
-        labels = [[*tokens[i], eos] if r else [IGNORE] for i, r in zip(items, real, strict=True)]
+        labels = [[*tokens[i], eos] if r else [IGNORE_INDEX] for i, r in zip(items, real, strict=True)]
         return {
             "gen_input_ids": enc["input_ids"],
             "gen_attention_mask": enc["attention_mask"],
-            "labels": _pad(labels, IGNORE),
+            "labels": pad_right(labels, IGNORE_INDEX),
             "real": torch.tensor(real),
         }
 

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -46,6 +45,7 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 import deepspeed  # noqa: E402  (reads DS_ACCELERATOR at import)
 import torch.distributed as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
+from fusionrec.ports import free_port  # noqa: E402,F401  (also imported from here by launchers/tests)
 from fusionrec.safe_pickle import ALLOWED_GLOBALS, check_pickles  # noqa: E402
 from fusionrec.trainer.config import BatchPlan, DeepSpeedConfig, OptimConfig  # noqa: E402
 from torch import nn  # noqa: E402
@@ -70,13 +70,6 @@ log = logging.getLogger(__name__)
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 _BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bound then released; the caller binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

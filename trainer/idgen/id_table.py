@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fusionrec.fileio import atomic_write_text
 from fusionrec.trainer.models.tokenizer import encode_strict
 from transformers import PreTrainedTokenizerBase
 
@@ -126,15 +125,7 @@ class IDTable:
             "stats": self.stats,
             "ids": self._ids,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, ensure_ascii=False, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> IDTable:

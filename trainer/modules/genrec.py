@@ -25,12 +25,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from fusionrec.data_pipeline.loader import SPLITS, LoaderConfig, ShardDataset, ShardLoader
 from fusionrec.trainer.config import OptimConfig
 from fusionrec.trainer.decoding import BeamResult, CompiledTrie, constrained_beam_search
 from fusionrec.trainer.genrec_data import (
-    IGNORE,
     ClozeCollate,
     FinetuneCollate,
     GenRecDataConfig,
@@ -45,6 +43,7 @@ from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.tokenizer import TokenizerConfig, build_tokenizer
 from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
+from fusionrec.trainer.tokens import IGNORE_INDEX, token_cross_entropy
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
 
@@ -240,7 +239,7 @@ class GenRecModule(BaseTrainModule):
         for key in ("truncated_items", "empty_sequences"):
             if key in batch:
                 self.skipped[key] = self.skipped.get(key, 0) + int(batch[key])
-        return {"loss": loss, "label_tokens": (labels != IGNORE).sum().double()}
+        return {"loss": loss, "label_tokens": (labels != IGNORE_INDEX).sum().double()}
 
     def batch_stats(self, batch: Mapping[str, torch.Tensor]) -> BatchStats:
         real = batch["is_real"]
@@ -291,14 +290,6 @@ class GenRecModule(BaseTrainModule):
                 "embedding rows would name different users/items"
             )
         self.skipped = dict(state.get("skipped", {}))
-
-
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean CE over label tokens (``-100`` ignored); 0 for a batch without labels (never NaN)."""
-    total = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    return total / (labels != IGNORE).sum().clamp(min=1)
 
 
 def build_genrec_module(

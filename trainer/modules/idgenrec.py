@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from fusionrec.data_pipeline.loader import (
     LoaderConfig,
     ShardDataset,
@@ -64,7 +63,6 @@ from fusionrec.trainer.idgen.user_ids import (
     user_histories,
 )
 from fusionrec.trainer.idgenrec_data import (
-    IGNORE,
     CollateConfig,
     IDGenRecCollator,
     ItemBatches,
@@ -88,6 +86,7 @@ from fusionrec.trainer.recipes.idgenrec.artefacts import (
     table_from_state,
 )
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
+from fusionrec.trainer.tokens import IGNORE_INDEX, token_nll
 
 log = logging.getLogger(__name__)
 ENGINES = {"id": "id_generator", "rec": "recommender", "warmup": "id_generator"}
@@ -190,16 +189,7 @@ def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
     dec = labels.new_full(labels.shape, pad)
     dec[:, 0] = start
     dec[:, 1:] = labels[:, :-1]
-    return dec.masked_fill(dec == IGNORE, pad)
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token NLL over non-ignored labels, their count). An all-padding batch gives (0, 0) with a
-    graph, so DeepSpeed's backward still runs on every rank."""
-    nll = F.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return nll, (labels != IGNORE).sum()
+    return dec.masked_fill(dec == IGNORE_INDEX, pad)
 
 
 def trie_token_nll(
@@ -211,7 +201,7 @@ def trie_token_nll(
     over the catalogue: no gradient is spent on tokens that could never be decoded, and positions with a
     single continuation cost nothing. Labels must be trie paths (the current table's IDs + eos).
     """
-    keep = labels != IGNORE
+    keep = labels != IGNORE_INDEX
     nodes = trie.prefix_nodes(labels)[keep]
     targets = labels[keep]
     if (trie.step(nodes, targets) == trie.dead).any():  # structural: independent of the logits' values
@@ -592,7 +582,7 @@ class IDGenRecModule(BaseTrainModule):
 
     def batch_stats(self, batch: Mapping[str, torch.Tensor]) -> BatchStats:
         mask = batch.get("attention_mask", batch.get("gen_attention_mask"))
-        tokens = int(mask.sum()) + int((batch["labels"] != IGNORE).sum())
+        tokens = int(mask.sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
         return BatchStats(samples=int(batch["real"].sum()), tokens=tokens)
 
     # ------------------------------------------------------------------ ranking evaluation
@@ -671,5 +661,3 @@ class IDGenRecModule(BaseTrainModule):
 def build_idgenrec_module(cfg: IDGenRecConfig, run_dir: str | Path) -> IDGenRecModule:
     """The recipe's TrainModule; pass ``module.val_loader()`` as the Trainer's val_loader."""
     return IDGenRecModule(cfg, run_dir)
-
-

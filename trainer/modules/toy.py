@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fusionrec.fileio import atomic_write_text
 from fusionrec.trainer.config import OptimConfig
 from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
@@ -270,9 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".rank-{strategy.rank}.json.tmp"
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, out / f"rank-{strategy.rank}.json")
+    atomic_write_text(out / f"rank-{strategy.rank}.json", json.dumps(result))
     strategy.teardown()
 
 
