@@ -283,3 +283,58 @@ def test_the_import_scan_sees_relative_lazy_and_importlib_imports(tmp_path, monk
         ]
     }  # fmt: skip
     assert module_name(fake / "bad.py") == "fusionrec.cluster.sub.bad"
+
+
+# ------------------------------------------------------------------------------------ dependency ranges
+GPU_IMAGE = {"torch": "2.11.0", "transformers": "5.17.0", "tokenizers": "0.23.2", "sentencepiece": "0.2.2",
+             "numpy": "2.5.2", "accelerate": "1.15.0", "safetensors": "0.8.0"}  # fmt: skip
+LOCK = REPO / "launch" / "constraints-cpu.txt"
+
+
+def _lock() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    lines = [ln.split("#")[0].strip() for ln in LOCK.read_text().splitlines()]
+    return {canonicalize_name(n): v for n, _, v in (ln.partition("==") for ln in lines if "==" in ln)}
+
+
+def _requirements() -> list:
+    from packaging.requirements import Requirement
+
+    return [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
+
+
+@pytest.mark.unit
+def test_ranges_admit_the_gpu_image_and_the_cpu_lock():
+    """pip install into the H200 image replaces none of its packages; the lock satisfies every range."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+
+    assert "3.12" in SpecifierSet(PYPROJECT["project"]["requires-python"])
+    assert "3.11" in SpecifierSet(PYPROJECT["project"]["requires-python"])
+    lock = _lock()
+    for req in _requirements():
+        if req.name in GPU_IMAGE:
+            assert GPU_IMAGE[req.name] in req.specifier, (req, GPU_IMAGE[req.name])
+        locked = lock[canonicalize_name(req.name)]
+        assert locked in req.specifier, (req, locked)
+        assert "==" not in str(req.specifier), f"{req}: an exact pin belongs in the lock, not in pyproject"
+
+
+@pytest.mark.unit
+def test_this_venv_holds_exactly_the_locked_versions():
+    """The venv launch/setup_venv.sh made (CI: a fresh one) installed the lock, not newer releases."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    mismatched = {}
+    for name, locked in _lock().items():
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            mismatched[name] = (locked, None)
+            continue
+        if Version(have).public != Version(locked).public:
+            mismatched[name] = (locked, have)
+    assert not mismatched, mismatched
