@@ -85,14 +85,14 @@ def _train(recipe, run_dir: Path, plan: BenchPlan) -> tuple[object, float, int]:
 
 def _tokens(examples) -> int:
     """Tokens per epoch: SFT pairs, or the 1 + k sequences of every DMPO group."""
-    from fusionrec.trainer.llm.dmpo import flatten_groups
+    from fusionrec.trainer.llm.dmpo_loss import flatten_groups
 
     pairs = examples if not hasattr(examples[0], "rejected") else flatten_groups(examples)
     return sum(len(p) for p in pairs)
 
 
 def _eval(model, tok, records, max_length: int):
-    from fusionrec.trainer.llm.dmpo import evaluate_auc
+    from fusionrec.trainer.llm.dmpo_loss import evaluate_auc
 
     return evaluate_auc(model, tok, records, max_length)
 
@@ -121,7 +121,7 @@ def run(quick: bool = False, parts: str | None = None) -> list[dict]:
 def run_auc(quick: bool = False) -> list[dict]:
     """The DMPO AUC benchmark (see the module docstring); returns its JSON lines."""
     from fusionrec.trainer.llm.data import load_dmpo_file
-    from fusionrec.trainer.llm.dmpo import DMPOConfig
+    from fusionrec.trainer.llm.dmpo_loss import DMPOConfig
     from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, build_causal_lm, load_tokenizer
     from fusionrec.trainer.modules.dmpo import DMPORecipeConfig
 

@@ -19,7 +19,7 @@ from fusionrec.trainer.llm.data import (
     encode_groups,
     render_item,
 )
-from fusionrec.trainer.llm.dmpo import (
+from fusionrec.trainer.llm.dmpo_loss import (
     DMPOConfig,
     auc,
     collate_groups,

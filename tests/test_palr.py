@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fusionrec.trainer.llm.data import PALRTaskConfig
-from fusionrec.trainer.llm.palr import (
+from fusionrec.trainer.llm.palr_rerank import (
     Cooccurrence,
     MostPopular,
     PALRConfig,

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fusionrec.trainer.llm.palr import SASRecRetriever
+from fusionrec.trainer.llm.palr_rerank import SASRecRetriever
 from fusionrec.trainer.models.sasrec import SASRec, SASRecConfig
 
 ITEMS = [f"i{j:02d}" for j in range(16)]

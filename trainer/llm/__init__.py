@@ -4,7 +4,7 @@ Model loading and LoRA live in `fusionrec.trainer.models.causal_lm`; the TrainMo
 `fusionrec.trainer.modules.{dmpo,palr}`. See docs/llm.md.
 """
 
-from fusionrec.trainer.llm.dmpo import DMPOConfig, auc, dmpo_loss, evaluate_auc, precompute_reference
+from fusionrec.trainer.llm.dmpo_loss import DMPOConfig, auc, dmpo_loss, evaluate_auc, precompute_reference
 from fusionrec.trainer.llm.scoring import answer_logprobs, score_candidates, score_pairs, sft_loss
 
 __all__ = [

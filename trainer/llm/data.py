@@ -393,7 +393,7 @@ def encode_record(tokenizer, record: PreferenceRecord, ans: str, max_length: int
 
 def encode_groups(tokenizer, groups: list[PreferenceGroup], max_length: int, stats: TruncationStats) -> list:
     """PreferenceGroup → EncodedGroup: (x_1, y_w) and (x_i, y_l,i) for the k rows (paper eq. 3)."""
-    from .dmpo import EncodedGroup
+    from .dmpo_loss import EncodedGroup
 
     out = []
     for group in groups:

@@ -6,17 +6,17 @@ strategy), logging, validation and checkpointing. The split follows OLMo-core's 
 * ``configure(strategy, optim)`` builds the models and wraps each with ``strategy.prepare(model, optim_cfg,
   name=...)`` (``optim_cfg=None`` for a frozen model, e.g. DMPO's reference). It returns the engines by
   name; the names are the checkpoint sub-folders and the export folders.
-* ``plan()`` lists the phases of the run. A plain recipe has one phase; IDGenRec has rounds of
-  [``id`` phase, ``rec`` phase]. The Trainer walks the plan, calls ``on_phase_start`` (which may return a
-  rebuilt train loader, e.g. after the ID table changed) and ``on_phase_end`` (e.g. regenerate the ID
-  table). Phases are resumable: the checkpoint records the phase index and the steps done in it.
-* ``active_engine(phase)`` names the ONE engine whose optimizer the phase steps; its loss is back-propagated
-  with that engine (DeepSpeed's ``engine.backward`` does gradient-accumulation scaling and ZeRO hooks).
-  Other engines must not receive gradients in that phase: the module freezes them
-  (``engine.set_trainable(False)``) in ``on_phase_start``.
-* ``train_batch(batch)`` runs the forward pass of one micro-batch and returns a dict of scalar tensors; the
-  key ``"loss"`` (mean over the micro-batch) is back-propagated; every other key is logged (global mean).
-  ``batch_stats(batch)`` says how many samples/tokens the micro-batch held (for throughput).
+* ``plan(max_steps)`` lists the phases of the run (:class:`Phase`: a name, the ONE engine whose optimizer
+  it steps, and its length in steps or epochs). A plain recipe has one phase; IDGenRec has rounds of
+  [``id`` phase, ``rec`` phase]. The Trainer walks the plan, calls ``on_phase_start(phase)`` (which may return
+  a rebuilt train loader, e.g. after the ID table changed) and ``on_phase_end(phase)`` (e.g. regenerate the
+  ID table). Phases are resumable: the checkpoint records the phase index and the steps done in it. Other
+  engines must not receive gradients in a phase: the module freezes them (``engine.set_trainable(False)``)
+  in ``on_phase_start``.
+* ``train_batch(batch, phase)`` runs the forward pass of one micro-batch and returns a dict of scalar
+  tensors; the key ``"loss"`` (mean over the micro-batch) is back-propagated through ``phase.engine``
+  (DeepSpeed's backward does gradient-accumulation scaling and ZeRO hooks); every other key is logged
+  (global mean). ``batch_stats(batch)`` says how many samples/tokens the micro-batch held (for throughput).
 * ``eval_batch(batch)`` returns sums (``{"loss_sum": .., "count": ..}`` style) that the Trainer all-reduces
   and divides, so validation metrics are exact over all ranks.
 * ``state_dict()/load_state_dict()`` carry module-specific state (ID tables, round counters) into the

@@ -27,7 +27,7 @@ from fusionrec.trainer.llm.data import (
     group_records,
     load_dmpo_file,
 )
-from fusionrec.trainer.llm.dmpo import (
+from fusionrec.trainer.llm.dmpo_loss import (
     DMPOConfig,
     EncodedGroup,
     collate_groups,
