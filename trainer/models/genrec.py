@@ -20,13 +20,8 @@ Architecture only: no distributed code (DeepSpeed wraps it in ``trainer/strategy
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the transformers import (ENVIRONMENT.md)
-
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedModel  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput  # noqa: E402
 

@@ -12,13 +12,9 @@ No distributed code here: DeepSpeed wraps these models in `trainer/strategy.py`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the transformers import (ENVIRONMENT.md)
-
 from transformers import (  # noqa: E402
     AutoModelForSeq2SeqLM,
     BartConfig,

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the transformers import (ENVIRONMENT.md)
-
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from tokenizers.models import BPE  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast  # noqa: E402
