@@ -16,126 +16,24 @@ Guarantees (and how):
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from ..fileio import atomic_target
 from ..fileio import atomic_write_text as _atomic_write
 from ..trainer.metrics import MetricSums
+from .evalset import EvalSet, Scorer, ScorerFactory, UserBatch  # noqa: F401  (Scorer: re-exported)
 from .ray_local import RayConfig, init_ray
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-@dataclass
-class EvalSet:
-    """Users to evaluate: history (item indices, oldest first) and one target each, over `item_ids`."""
-
-    name: str
-    item_ids: list[str]  # the item vocabulary: index i <-> item_ids[i]
-    user_ids: list[str]
-    flat: np.ndarray  # int64, all histories concatenated
-    offsets: np.ndarray  # int64 [U + 1]
-    targets: np.ndarray  # int64 [U]
-    skipped: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n = len(self.user_ids)
-        if len(self.targets) != n or len(self.offsets) != n + 1:
-            raise ValueError(
-                f"{self.name}: {n} users but {len(self.targets)} targets, {len(self.offsets)} offsets"
-            )
-
-    def __len__(self) -> int:
-        return len(self.user_ids)
-
-    def history(self, i: int) -> np.ndarray:
-        return self.flat[self.offsets[i] : self.offsets[i + 1]]
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for arr in (self.flat, self.offsets, self.targets):
-            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
-        h.update("\0".join(self.user_ids).encode())
-        h.update("\0".join(self.item_ids).encode())
-        return h.hexdigest()
-
-    @classmethod
-    def from_sequences(
-        cls,
-        sequences: pa.Table,
-        split: str = "test",
-        name: str = "data",
-        item_ids: Sequence[str] | None = None,
-    ) -> EvalSet:
-        """Leave-one-out targets from a `sequences.parquet` table (user_id, item_ids[, timestamps]).
-
-        test: target items[-1], history items[:-1]; valid: target items[-2], history items[:-2]. Users too
-        short to have that split (< 3 items) are counted in `skipped`, never silently dropped.
-        """
-        if split not in ("test", "valid"):
-            raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
-        for col in ("user_id", "item_ids"):
-            if col not in sequences.column_names:
-                raise ValueError(
-                    f"{name}: sequences table has no column {col!r} (has {sequences.column_names})"
-                )
-        seqs = sequences["item_ids"].to_pylist()
-        vocab = list(item_ids) if item_ids is not None else sorted({i for s in seqs for i in s})
-        index = {item: i for i, item in enumerate(vocab)}
-        cut = 1 if split == "test" else 2
-        users, hist, targets, skipped = [], [], [], 0
-        for user, seq in zip(sequences["user_id"].to_pylist(), seqs, strict=True):
-            if len(seq) < 3:
-                skipped += 1
-                continue
-            try:
-                codes = [index[i] for i in seq[: len(seq) - cut + 1]]
-            except KeyError as err:
-                raise ValueError(
-                    f"{name}: user {user!r} has item {err.args[0]!r} missing from the item table"
-                ) from None
-            users.append(user)
-            hist.append(codes[:-1])
-            targets.append(codes[-1])
-        offsets = np.zeros(len(hist) + 1, dtype=np.int64)
-        np.cumsum([len(h) for h in hist], out=offsets[1:])
-        flat = np.fromiter((c for h in hist for c in h), dtype=np.int64, count=int(offsets[-1]))
-        sk = {"fewer_than_3_items": skipped} if skipped else {}
-        return cls(name, vocab, users, flat, offsets, np.asarray(targets, dtype=np.int64), sk)
-
-
-@dataclass
-class UserBatch:
-    """What a scorer sees: users and their histories (never the targets)."""
-
-    user_ids: list[str]
-    histories: list[np.ndarray]
-
-
-class Scorer(Protocol):
-    """A loaded model. `rank` returns [B, top_k] item indices, best first; -1 pads a short list."""
-
-    top_k: int
-
-    def rank(self, batch: UserBatch) -> np.ndarray: ...
-
-
-ScorerFactory = Callable[[], Scorer]  # picklable; called once per actor (loads checkpoint, ID table, trie)
-
+from .results import plot_results, results_csv, results_markdown, results_rows  # noqa: F401  (re-exported)
 
 # ------------------------------------------------------------------------------------------------ config
 
@@ -471,9 +369,6 @@ def _describe(factory: ScorerFactory) -> dict[str, Any]:
     return {"type": type(factory).__name__, "repr": repr(factory)}
 
 
-# ------------------------------------------------------------------------------------------------ results
-
-
 def write_results(
     run_dir: str | Path, result: EvalResult, *, config: dict | None = None, checkpoint: str | None = None
 ) -> Path:
@@ -483,67 +378,4 @@ def write_results(
     rec = {**result.as_dict(), "config": config or {}, "checkpoint": checkpoint}
     path = out / f"{result.dataset}.json"
     _atomic_write(path, json.dumps(rec, indent=2, sort_keys=True))
-    return path
-
-
-_TABLE_COLS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
-
-
-def results_rows(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> list[list[str]]:
-    """Rows (header first) for Markdown/CSV: one row per (model, dataset) result record."""
-    rows = [["model", "dataset", *cols, "users", "seconds"]]
-    for r in results:
-        m = r["metrics"]
-        rows.append(
-            [str(r.get("model", "")), r["dataset"], *(f"{m[c]:.4f}" if c in m else "" for c in cols),
-             str(r["users"]), f"{r['seconds']:.1f}"]
-        )  # fmt: skip
-    return rows
-
-
-def results_markdown(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> str:
-    rows = results_rows(results, cols)
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join(lines) + "\n"
-
-
-def results_csv(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(results_rows(results, cols))
-    return buf.getvalue()
-
-
-def plot_results(results: Sequence[dict[str, Any]], path: str | Path, metric: str = "NDCG@10") -> Path:
-    """A grouped bar chart of `metric` per dataset and model (matplotlib, Agg: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({r["dataset"] for r in results})
-    models = sorted({str(r.get("model", "")) for r in results})
-    width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(datasets) * max(1, len(models)) / 2), 3.5))
-    for j, model in enumerate(models):
-        vals = [
-            next(
-                (
-                    r["metrics"][metric]
-                    for r in results
-                    if r["dataset"] == d and str(r.get("model", "")) == model
-                ),
-                0.0,
-            )
-            for d in datasets
-        ]
-        ax.bar([i + j * width for i in range(len(datasets))], vals, width, label=model or "model")
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(datasets))], datasets)
-    ax.set_ylabel(metric)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_target(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     return path

@@ -31,7 +31,6 @@ from .records import RawDataset
 SEQUENCE_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_ids", pa.list_(pa.string())), ("timestamps", pa.list_(pa.int64()))]
 )
-SPLITS = ("train", "valid", "test")
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
 MIN_USER_ITEMS = 3  # leave-one-out needs >= 1 train target, a valid and a test target
 

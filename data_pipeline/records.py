@@ -29,6 +29,9 @@ ITEM_SCHEMA = pa.schema(
 )
 
 
+SPLITS = ("train", "valid", "test")  # leave-one-out: items[:-2] / target items[-2] / target items[-1]
+
+
 @dataclass
 class RawDataset:
     """One dataset as read from its raw files, before any filtering."""

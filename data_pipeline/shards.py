@@ -33,7 +33,8 @@ from fusionrec import __version__
 from ..fileio import atomic_write_text
 from .config import ShardConfig
 from .errors import DataError
-from .preprocess import SPLITS, ProcessedDataset, sample_positions
+from .preprocess import ProcessedDataset, sample_positions
+from .records import SPLITS
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
