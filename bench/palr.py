@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
+METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
 
 @dataclass
@@ -135,7 +135,7 @@ def sasrec_full_test(sequences: dict[str, list[str]], retriever) -> dict[str, fl
     from fusionrec.trainer.llm.palr_rerank import _rank_metrics
 
     users = [s for s in sequences.values() if len(s) >= 3]
-    sums = dict.fromkeys(("hr@10", "ndcg@10", "hr@50"), 0.0)
+    sums = dict.fromkeys(("HR@10", "NDCG@10", "HR@50"), 0.0)
     for lo in range(0, len(users), 1024):
         chunk = users[lo : lo + 1024]
         for seq, top in zip(chunk, retriever.retrieve_many([s[:-1] for s in chunk], 50), strict=True):
@@ -221,8 +221,8 @@ def run(quick: bool = False) -> list[dict]:
     }
     lines += _metric_lines("zeroshot-retrieved", rank_summary(zs, ks), 1.0, "first retrieved users; ours: "
                            "zero-shot SmolLM2-135M (no fine-tuning), baseline: SASRec order", zs_ctx)  # fmt: skip
-    lines.append({"bench": "palr-sasrec-test-full", "ours": round(full["hr@10"], 4), "baseline": 0.0617,
-                  "ratio": round(full["hr@10"] / 0.0617, 3), "unit": "HR@10 (SASRec retriever, all test users, "
+    lines.append({"bench": "palr-sasrec-test-full", "ours": round(full["HR@10"], 4), "baseline": 0.0617,
+                  "ratio": round(full["HR@10"] / 0.0617, 3), "unit": "HR@10 (SASRec retriever, all test users, "
                   "history excluded; baseline: paper Table 2 SASRec)", **full, "quick": quick, "sasrec_train": sasrec})  # fmt: skip
     lines.append({"bench": "palr-stage-seconds", "ours": round(time.perf_counter() - t_start, 1), "unit": "s (wall, "
                   "whole benchmark; train_cli_total includes sasrec_train_in_rank0)", **{k: round(v, 1) for k, v in sec.items()},

@@ -34,8 +34,8 @@ def test_most_popular_and_cooccurrence_hand_computed():
 @pytest.mark.unit
 def test_rank_metrics_hand_computed():
     m = _rank_metrics(2, (1, 5))
-    assert m == {"hr@1": 0.0, "ndcg@1": 0.0, "hr@5": 1.0, "ndcg@5": pytest.approx(1 / math.log2(4))}
-    assert _rank_metrics(None, (10,)) == {"hr@10": 0.0, "ndcg@10": 0.0}
+    assert m == {"HR@1": 0.0, "NDCG@1": 0.0, "HR@5": 1.0, "NDCG@5": pytest.approx(1 / math.log2(4))}
+    assert _rank_metrics(None, (10,)) == {"HR@10": 0.0, "NDCG@10": 0.0}
 
 
 def _catalog(n_users: int = 12):
@@ -67,14 +67,14 @@ def test_rerank_eval_retriever_metrics_exact_and_recall_preserved():
     cfg = PALRConfig(top_n=5, ks=(1, 5))
     model, tok = build_ranker(CausalLMConfig(max_length=2048))
     out = rerank_eval(model, tok, users, text, retriever, cfg)
-    expected = {"hr@1": 0.0, "hr@5": 0.0, "ndcg@1": 0.0, "ndcg@5": 0.0}
+    expected = {"HR@1": 0.0, "HR@5": 0.0, "NDCG@1": 0.0, "NDCG@5": 0.0}
     for hist, target in users:
         cands = retriever.retrieve(hist, 5)
         rank = cands.index(target) if target in cands else None
         for k, v in _rank_metrics(rank, (1, 5)).items():
             expected[k] += v / len(users)
     assert out["retriever"] == pytest.approx(expected | {"users": 3.0})
-    assert out["llm"]["hr@5"] == pytest.approx(expected["hr@5"])  # re-ranking cannot change recall@top_n
+    assert out["llm"]["HR@5"] == pytest.approx(expected["HR@5"])  # re-ranking cannot change recall@top_n
 
 
 @pytest.mark.integration

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from fusionrec.trainer.metrics import hit_at_k, ndcg_at_k
 from torch import nn
 
 from ..models.sasrec import SASRec, left_pad
@@ -164,12 +165,10 @@ def training_examples(
 
 def _rank_metrics(rank: int | None, ks: Sequence[int]) -> dict[str, float]:
     """HR@k / NDCG@k of one user whose target sits at 0-based `rank` (None: not retrieved)."""
-    out = {}
-    for k in ks:
-        hit = rank is not None and rank < k
-        out[f"hr@{k}"] = 1.0 if hit else 0.0
-        out[f"ndcg@{k}"] = 1.0 / math.log2(rank + 2) if hit else 0.0
-    return out
+    r = torch.tensor([-1 if rank is None else rank])  # trainer.metrics: -1 = not ranked
+    return {
+        name: float(fn(r, k)[0]) for k in ks for name, fn in ((f"HR@{k}", hit_at_k), (f"NDCG@{k}", ndcg_at_k))
+    }
 
 
 @torch.no_grad()
