@@ -151,7 +151,7 @@ def overrides(s: Setting, plan: SpeedPlan, sft_file: str, dpo_file: str, run_dir
 def measure(s: Setting, plan: SpeedPlan, sft_file: str, dpo_file: str, work: Path) -> Measured:
     """Run one setting as `plan.nproc` real ranks under torch.distributed.run; returns rank 0's report."""
     from fusionrec.launch.config import load_config, write_resolved
-    from fusionrec.trainer.strategy import free_port
+    from fusionrec.ports import free_port
 
     run_dir = work / s.key
     cfg = load_config("dmpo_tiny", overrides(s, plan, sft_file, dpo_file, run_dir))

@@ -153,7 +153,8 @@ def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
     from ..trainer.models.seq2seq import ModelConfig, build_seq2seq
     from ..trainer.models.tokenizer import load_tokenizer
 
-    path, state = checkpoint_path(checkpoint), module_state(checkpoint)
+    path = checkpoint_path(checkpoint)
+    state = module_state(path)
     if not (path / "id_generator").is_dir():
         raise ValueError(f"checkpoint {path}: no id_generator/ weights; zero-shot IDs cannot be generated")
     with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
@@ -310,9 +311,10 @@ class IDGenRecScorerFactory:
 
     def describe(self) -> dict[str, Any]:
         """What identifies this scorer in a run fingerprint (the table by version, not by content)."""
-        marker = checkpoint_path(self.checkpoint) / "COMPLETE.json"
+        ckpt = checkpoint_path(self.checkpoint)
+        marker = ckpt / "COMPLETE.json"
         desc = {k: v for k, v in dataclasses.asdict(self).items() if k != "id_table"}
-        desc["checkpoint"] = str(checkpoint_path(self.checkpoint))
+        desc["checkpoint"] = str(ckpt)
         desc["type"] = type(self).__name__
         desc["checkpoint_marker_sha256"] = (
             hashlib.sha256(marker.read_bytes()).hexdigest() if marker.exists() else None

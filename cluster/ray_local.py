@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from ..ports import free_port, free_ports  # noqa: F401  (free_port: also this module's API)
+from ..ports import free_ports
 
 RAY_ENV_DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +40,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def replace_folders(tmp_root: str | Path, out: str | Path, names: list[str]) -> dict[str, Path]:
     """Rename each finished ``tmp_root/<name>`` over ``out/<name>`` (a reader never sees a half-written one);
     returns {name without suffix: final path}. ``tmp_root`` must be on the same filesystem as ``out``."""
-    import shutil
-
     written = {}
     for name in names:
         target = Path(out) / name

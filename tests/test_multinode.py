@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fusionrec.trainer.strategy import free_port
+from fusionrec.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch" / "multinode.sh"

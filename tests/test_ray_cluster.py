@@ -21,7 +21,8 @@ from fusionrec.cluster.baselines import (
     train_sequences,
 )
 from fusionrec.cluster.evaluator import EvalSet, EvaluatorConfig, evaluate
-from fusionrec.cluster.ray_local import LocalRayCluster, RayConfig, _ray_cli, free_port, init_ray
+from fusionrec.cluster.ray_local import LocalRayCluster, RayConfig, _ray_cli, init_ray
+from fusionrec.ports import free_port
 
 
 def make_sequences(n_users: int = 200, n_items: int = 30, seed: int = 1) -> tuple[pa.Table, list[str]]:
@@ -127,7 +128,7 @@ def test_ray_job_submit_failure_is_a_failure(cluster, tmp_path):
 
 def test_free_ports_are_distinct_and_skip_excluded():
     """One call never returns a port twice (Ray refuses a node whose components share a port)."""
-    from fusionrec.cluster.ray_local import free_ports
+    from fusionrec.ports import free_ports
 
     first = free_ports(64)
     assert len(set(first)) == 64

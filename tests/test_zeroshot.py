@@ -290,8 +290,9 @@ def test_heldout_item_without_text_fails_before_any_evaluation(tiny_run, tmp_pat
 
 @pytest.mark.unit
 def test_unreachable_ray_address_fails_fast(tmp_path):
-    from fusionrec.cluster.ray_local import RayConfig, free_port
+    from fusionrec.cluster.ray_local import RayConfig
     from fusionrec.cluster.zeroshot import run_zeroshot
+    from fusionrec.ports import free_port
 
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.perf_counter()

@@ -45,7 +45,7 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 import deepspeed  # noqa: E402  (reads DS_ACCELERATOR at import)
 import torch.distributed as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
-from fusionrec.ports import free_port  # noqa: E402,F401  (also imported from here by launchers/tests)
+from fusionrec.ports import free_port  # noqa: E402
 from fusionrec.safe_pickle import ALLOWED_GLOBALS, check_pickles  # noqa: E402
 from fusionrec.trainer.config import BatchPlan, DeepSpeedConfig, OptimConfig  # noqa: E402
 from torch import nn  # noqa: E402
@@ -178,10 +178,10 @@ class Engine:
         self.trainable = optim is not None
         # What the run trains, fixed at prepare time (phases may freeze an engine later): a strict subset of
         # the parameters (a LoRA base stays frozen) means only those are the checkpoint's weights.
-        names = [n for n, _ in ds_engine.module.named_parameters()]
-        trained = {n for n, p in ds_engine.module.named_parameters() if p.requires_grad}
+        params = list(ds_engine.module.named_parameters())
+        trained = frozenset(n for n, p in params if p.requires_grad)
         self.trained_subset: frozenset[str] | None = (
-            frozenset(trained) if trained and len(trained) < len(names) else None
+            trained if trained and len(trained) < len(params) else None
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -508,9 +508,12 @@ class DeepspeedStrategy:
                for n, v in values.items()}  # fmt: skip
         if subset is not None:
             return out, "trainable"
-        for key, value in module.state_dict().items():  # buffers and tied aliases (shared storage: one copy)
+        name_of = {
+            id(p): n for n, p in params.items()
+        }  # tied parameters: one object, several state-dict keys
+        for key, value in module.state_dict(keep_vars=True).items():  # buffers and tied aliases
             if key not in out:
-                alias = next((n for n in names if params[n] is _state_tensor(module, key)), None)
+                alias = name_of.get(id(value))
                 out[key] = out[alias].clone() if alias else value.detach().to("cpu", copy=True).contiguous()
         return out, "full"
 
@@ -655,12 +658,6 @@ def _wait_count(store: Any, key: str, target: int, deadline: float) -> bool:
             return False
         time.sleep(0.01)
     return True
-
-
-def _state_tensor(module: nn.Module, key: str) -> Any:
-    """The parameter or buffer object behind a state-dict key (to find tied aliases)."""
-    owner, _, attr = key.rpartition(".")
-    return getattr(module.get_submodule(owner) if owner else module, attr, None)
 
 
 def _lambda_scheduler(optim: OptimConfig):  # -> Callable[[Optimizer], LambdaLR]

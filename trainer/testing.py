@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from fusionrec.trainer.strategy import free_port
+from fusionrec.ports import free_port
 
 
 class DistributedTestError(RuntimeError):

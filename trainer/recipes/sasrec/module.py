@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from fusionrec.trainer.config import OptimConfig
+from fusionrec.trainer.metrics import hit_at_k, ndcg_at_k
 from fusionrec.trainer.models.sasrec import SASRec, SASRecConfig
 from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
 from fusionrec.trainer.recipes.sasrec.config import SASRecRecipeConfig
@@ -44,14 +45,12 @@ class SASRecModule(BaseTrainModule):
         """Sums of HR@10 and NDCG@10 over the batch's real rows (weight 1), all items ranked."""
         model = self.engines["model"].module
         scores = model.full_scores(batch["inp"])
-        top = scores.topk(VAL_K, dim=1).indices
-        hit = top == batch["target"].unsqueeze(1)
-        rank = hit.float().argmax(dim=1)
-        found = hit.any(dim=1).float() * batch["weight"]
-        ndcg = found / torch.log2(rank.float() + 2.0)
+        hit = scores.topk(VAL_K, dim=1).indices == batch["target"].unsqueeze(1)
+        ranks = torch.where(hit.any(dim=1), hit.float().argmax(dim=1), -1)  # -1: not in the top VAL_K
+        weight = batch["weight"].double()
         return {
-            f"HR@{VAL_K}_sum": found.sum(),
-            f"NDCG@{VAL_K}_sum": ndcg.sum(),
+            f"HR@{VAL_K}_sum": (hit_at_k(ranks, VAL_K) * weight).sum(),
+            f"NDCG@{VAL_K}_sum": (ndcg_at_k(ranks, VAL_K) * weight).sum(),
             "count": batch["weight"].sum(),
         }
 
