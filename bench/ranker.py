@@ -61,7 +61,7 @@ def _train(recipe, run_dir: Path, plan: BenchPlan) -> tuple[object, float, int]:
     """One recipe run (1 process, ZeRO-0 engine): returns the module, seconds and tokens trained on."""
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.dmpo import DMPOModule
+    from fusionrec.trainer.recipes.dmpo.module import DMPOModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     cfg = TrainConfig(
@@ -121,9 +121,8 @@ def run(quick: bool = False, parts: str | None = None) -> list[dict]:
 def run_auc(quick: bool = False) -> list[dict]:
     """The DMPO AUC benchmark (see the module docstring); returns its JSON lines."""
     from fusionrec.trainer.llm.data import load_dmpo_file
-    from fusionrec.trainer.llm.dmpo_loss import DMPOConfig
     from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, build_causal_lm, load_tokenizer
-    from fusionrec.trainer.modules.dmpo import DMPORecipeConfig
+    from fusionrec.trainer.recipes.dmpo.config import DMPOConfig, DMPORecipeConfig
 
     plan = QUICK if quick else FULL
     data = _dmpo_dir()

@@ -51,7 +51,7 @@ SCHEDULE = {
 
 
 def _reversal(n: int, length: int, offset: int = 0) -> dict[str, Any]:
-    from fusionrec.trainer.modules.toy import make_reversal
+    from fusionrec.trainer.recipes.toy.data import make_reversal
 
     return make_reversal(n, vocab=VOCAB, length=length, seed=offset)
 
@@ -121,7 +121,8 @@ def _rank(stage: int, size: str, chunk: int, chunks: int, warmup: int, run_dir: 
     """One rank: the real Trainer on a DeepSpeed engine, with the baselines interleaved."""
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import ToyBatches, ToySeq2SeqModule
+    from fusionrec.trainer.recipes.toy.data import ToyBatches
+    from fusionrec.trainer.recipes.toy.module import ToySeq2SeqModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     dims = SIZES[size]

@@ -112,7 +112,7 @@ def build_palr(cfg: Config, strategy: Any) -> Built:
     The default retriever, SASRec, lives in cluster/ (trainer/ must not import it): built here, from
     `palr.retriever_checkpoint` or trained once on the corpus' training split (below).
     """
-    from fusionrec.trainer.modules.palr import PALRModule
+    from fusionrec.trainer.recipes.palr.module import PALRModule
 
     recipe = cfg.required_section("palr")
     retriever = None

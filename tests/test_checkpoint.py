@@ -74,7 +74,8 @@ def _train(run_dir: str, steps: int, **ckpt) -> tuple[list[dict], object, object
     from fusionrec.trainer.callbacks import CheckpointCallback, HistoryCallback
     from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import ToyBatches, ToyModule, make_regression
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     hidden = ckpt.pop("hidden", 64)
@@ -103,7 +104,7 @@ def _train(run_dir: str, steps: int, **ckpt) -> tuple[list[dict], object, object
 
 def _resume_run(root: str) -> dict:
     from fusionrec.trainer.checkpoint import CheckpointError
-    from fusionrec.trainer.modules.toy import weights_fingerprint
+    from fusionrec.trainer.recipes.toy.module import weights_fingerprint
 
     root_p = Path(root)
     full, t_full, _ = _train(f"{root}/full", 8, save_at_end=False)
@@ -168,7 +169,8 @@ def _export_run(root: str) -> dict:
     from fusionrec.trainer.checkpoint import export
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import ToyBatches, ToySeq2SeqModule, make_reversal
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_reversal
+    from fusionrec.trainer.recipes.toy.module import ToySeq2SeqModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
     from transformers import T5ForConditionalGeneration
 

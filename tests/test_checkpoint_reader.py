@@ -135,7 +135,8 @@ def _bf16_run(root: str, stage: int) -> dict:
     from fusionrec.trainer.checkpoint_reader import read_weights
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import ToyBatches, ToySeq2SeqModule, make_reversal
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_reversal
+    from fusionrec.trainer.recipes.toy.module import ToySeq2SeqModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     ds = DeepSpeedConfig(zero_stage=stage, micro_batch_size=4, precision="bf16")

@@ -19,15 +19,9 @@ from fusionrec.trainer.llm.data import (
     encode_groups,
     render_item,
 )
-from fusionrec.trainer.llm.dmpo_loss import (
-    DMPOConfig,
-    auc,
-    collate_groups,
-    dmpo_loss,
-    group_logps,
-    precompute_reference,
-)
+from fusionrec.trainer.llm.dmpo_loss import auc, collate_groups, dmpo_loss, group_logps, precompute_reference
 from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker
+from fusionrec.trainer.recipes.dmpo.config import DMPOConfig
 
 # ---------------------------------------------------------------- the loss against direct formulas
 
@@ -135,7 +129,8 @@ def _dist_worker(sft_file: str, run_dir: str) -> dict:
     from fusionrec.trainer.callbacks import Callback, CheckpointCallback
     from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.dmpo import DMPOModule, DMPORecipeConfig
+    from fusionrec.trainer.recipes.dmpo.config import DMPORecipeConfig
+    from fusionrec.trainer.recipes.dmpo.module import DMPOModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     class Losses(Callback):
@@ -228,7 +223,8 @@ def test_dmpo_stage_starts_at_ln2_and_learns(tmp_path, reference):
     from fusionrec.trainer.callbacks import Callback
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.dmpo import DMPOModule, DMPORecipeConfig
+    from fusionrec.trainer.recipes.dmpo.config import DMPORecipeConfig
+    from fusionrec.trainer.recipes.dmpo.module import DMPOModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     dpo = tmp_path / "dpo.json"

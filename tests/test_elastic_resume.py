@@ -23,8 +23,8 @@ from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset, collate_s
 from fusionrec.trainer.bucketing import BucketedLoader, elastic_state
 from fusionrec.trainer.callbacks import Callback
 from fusionrec.trainer.checkpoint import merge_loader_states, reseed
-from fusionrec.trainer.modules.base import BatchStats, Phase
-from fusionrec.trainer.modules.toy import ToyModule
+from fusionrec.trainer.module_base import BatchStats, Phase
+from fusionrec.trainer.recipes.toy.module import ToyModule
 from fusionrec.trainer.testing import run_distributed_test
 from test_loader import make_samples, write_corpus
 

@@ -469,7 +469,7 @@ def _train_rank(corpus: str, tok_dir: str, run_dir: str) -> dict:
     from fusionrec.trainer.callbacks import HistoryCallback
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import weights_fingerprint
+    from fusionrec.trainer.recipes.toy.module import weights_fingerprint
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4)

@@ -32,7 +32,7 @@ from fusionrec.trainer.idgenrec_data import (
 from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.soft_ids import SoftIDRecommender
 from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
-from fusionrec.trainer.modules.base import Phase
+from fusionrec.trainer.module_base import Phase
 from fusionrec.trainer.modules.idgenrec import (
     IDGenRecConfig,
     IDGenRecDataConfig,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fusionrec.trainer.modules.base import BaseTrainModule, Phase
+from fusionrec.trainer.module_base import BaseTrainModule, Phase
 from fusionrec.trainer.testing import run_distributed_test
 
 
@@ -29,7 +29,8 @@ def _loop_run(run_dir: str) -> dict:
     )
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import ToyBatches, ToyModule, make_regression, weights_fingerprint
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyModule, weights_fingerprint
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     class Recording(ToyModule):
@@ -74,7 +75,7 @@ def _loop_run(run_dir: str) -> dict:
     # Hand-computed validation MSE over the whole validation set, with the final full weights.
     enc = strategy.full_state_dict(module.engines["encoder"])
     head = strategy.full_state_dict(module.engines["head"])
-    from fusionrec.trainer.modules.toy import ToyRegressor
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor
 
     ref = ToyRegressor()
     ref.encoder.load_state_dict(enc)
@@ -168,7 +169,8 @@ def _uneven_run(run_dir: str) -> dict:
     """Rank 0 has 3 micro-batches per epoch, rank 1 has 5: 5 steps take two passes, rank 1's tail is skipped."""
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import ToyModule, make_regression, weights_fingerprint
+    from fusionrec.trainer.recipes.toy.data import make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyModule, weights_fingerprint
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     class Counting(ToyModule):
@@ -220,7 +222,8 @@ def _progress_run(run_dir: str) -> dict:
     from fusionrec.trainer.callbacks import ProgressCallback
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.toy import ToyBatches, ToyModule, make_regression
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     class EpochPlan(ToyModule):

@@ -71,7 +71,7 @@ def _two_node_job(tmp_path: Path) -> None:
             port,
             "--",
             "-m",
-            "fusionrec.trainer.modules.toy",
+            "fusionrec.trainer.recipes.toy.module",
             "--out",
             str(out),
             "--zero-stage",

@@ -81,7 +81,8 @@ def test_rerank_eval_retriever_metrics_exact_and_recall_preserved():
 def test_palr_recipe_trains_on_processed_folder(tmp_path):
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.palr import PALRModule, PALRRecipeConfig
+    from fusionrec.trainer.recipes.palr.config import PALRRecipeConfig
+    from fusionrec.trainer.recipes.palr.module import PALRModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     seqs, text = _catalog(20)

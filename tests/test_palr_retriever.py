@@ -44,7 +44,8 @@ def test_sasrec_retriever_matches_the_baseline_scorer_with_history_masked():
 
 @pytest.mark.unit
 def test_sasrec_retriever_and_recipe_config_reject_bad_input():
-    from fusionrec.trainer.modules.palr import PALRModule, PALRRecipeConfig
+    from fusionrec.trainer.recipes.palr.config import PALRRecipeConfig
+    from fusionrec.trainer.recipes.palr.module import PALRModule
 
     with pytest.raises(ValueError, match="'zz' is not in the SASRec retriever's vocabulary"):
         SASRecRetriever(_sasrec(), ITEMS).retrieve(["i01", "zz"], 3)
@@ -127,7 +128,7 @@ def test_palr_recipe_trains_sasrec_on_rank0_and_every_rank_uses_it(tmp_path):
 def test_a_given_retriever_checkpoint_is_only_loaded(tmp_path):
     from fusionrec.cluster.baselines import save_sasrec
     from fusionrec.launch.palr_retriever import sasrec_retriever
-    from fusionrec.trainer.modules.palr import PALRRecipeConfig
+    from fusionrec.trainer.recipes.palr.config import PALRRecipeConfig
 
     model = _sasrec()
     ckpt = save_sasrec(tmp_path / "sasrec", model, ITEMS)

@@ -36,8 +36,8 @@ class LinRegConfig:
 """
 BUILD = """
 import torch
-from fusionrec.trainer.modules.base import BaseTrainModule
-from fusionrec.trainer.modules.toy import ToyBatches
+from fusionrec.trainer.module_base import BaseTrainModule
+from fusionrec.trainer.recipes.toy.data import ToyBatches
 from fusionrec.trainer.worker import Built
 
 

@@ -102,7 +102,8 @@ def test_config_typos_and_bad_values() -> None:
 def _zero_run(stage: int, steps: int) -> dict:
     """Train the toy regressor with raw strategy calls; report losses, shard sizes and a weight hash."""
     import torch
-    from fusionrec.trainer.modules.toy import ToyBatches, ToyRegressor, make_regression, weights_fingerprint
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor, weights_fingerprint
 
     user = {"zero_optimization": {"stage3_param_persistence_threshold": 0}} if stage == 3 else None
     cfg = DeepSpeedConfig(zero_stage=stage, micro_batch_size=8, user_json=None)
@@ -147,7 +148,8 @@ def test_zero_two_processes_learn_and_stay_in_sync(stage: int) -> None:
 def _accum_run(steps: int) -> dict:
     """Same data, two batch layouts: micro 1 x accum 4 and micro 4 x accum 1 (ZeRO-2, 2 ranks)."""
     import torch
-    from fusionrec.trainer.modules.toy import ToyRegressor, make_regression
+    from fusionrec.trainer.recipes.toy.data import make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor
 
     x, y = make_regression(64, 16, 4)
     weights = {}
@@ -183,7 +185,7 @@ def test_grad_accumulation_equivalence() -> None:
 
 @pytest.mark.unit
 def test_param_groups_and_reduce_bucket_from_the_model() -> None:
-    from fusionrec.trainer.modules.toy import ToyRegressor
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor
     from fusionrec.trainer.strategy import _param_groups, _size_reduce_bucket
 
     model = ToyRegressor()
@@ -212,7 +214,7 @@ def test_param_groups_and_reduce_bucket_from_the_model() -> None:
 def _clip_reference(x, y, steps: int, clip: float) -> tuple[dict, list[float]]:
     """One process, the union of both ranks' micro-batches per step: what data parallelism must equal."""
     import torch
-    from fusionrec.trainer.modules.toy import ToyRegressor
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor
 
     torch.manual_seed(0)
     model = ToyRegressor()
@@ -232,7 +234,8 @@ def _clip_reference(x, y, steps: int, clip: float) -> tuple[dict, list[float]]:
 def _clip_run(steps: int) -> dict:
     """ZeRO-0 (the strategy clips) and ZeRO-1 (DeepSpeed clips) against one plain process, clipping active."""
     import torch
-    from fusionrec.trainer.modules.toy import ToyRegressor, make_regression
+    from fusionrec.trainer.recipes.toy.data import make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor
 
     x, y = make_regression(64, 16, 4)
     out: dict = {}
@@ -279,7 +282,7 @@ def test_zero0_and_zero1_clip_like_one_process() -> None:
 
 
 def _frozen_engines() -> dict:
-    from fusionrec.trainer.modules.toy import ToyRegressor
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor
 
     out = {}
     for stage in (1, 2, 3):

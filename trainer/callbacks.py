@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.base import Phase
+    from fusionrec.trainer.module_base import Phase
 
 
 class Callback:

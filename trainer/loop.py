@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from fusionrec.trainer.callbacks import Callback
 from fusionrec.trainer.config import TrainConfig
-from fusionrec.trainer.modules.base import Phase, TrainModule
+from fusionrec.trainer.module_base import Phase, TrainModule
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # annotations only: PromptConfig is part of torch-free recipe configs
+    from transformers import PreTrainedTokenizerBase
 
 # `{user}` always appears as "user {user}" / "User {user}", which reads "the user" / "The user" without an ID.
 # Placeholders are space-delimited so that no token can straddle an ID and the surrounding text.

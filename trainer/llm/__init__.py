@@ -1,20 +1,7 @@
-"""LLM rankers (PALR, DMPO): answer-only scoring, the DMPO loss, ranking prompts, retrieval + re-ranking.
+"""LLM rankers (PALR, DMPO): answer-only scoring, the DMPO objective, ranking prompts and data, memory estimates,
+retrieval + re-ranking, export. Import the modules directly (this package imports nothing, so that the
+torch-free parts, e.g. the prompt/data configs of data.py, stay torch-free).
 
 Model loading and LoRA live in `fusionrec.trainer.models.causal_lm`; the TrainModules in
-`fusionrec.trainer.modules.{dmpo,palr}`. See docs/llm.md.
+`fusionrec.trainer.recipes.{dmpo,palr}.module`. See docs/llm.md.
 """
-
-from fusionrec.trainer.llm.dmpo_loss import DMPOConfig, auc, dmpo_loss, evaluate_auc, precompute_reference
-from fusionrec.trainer.llm.scoring import answer_logprobs, score_candidates, score_pairs, sft_loss
-
-__all__ = [
-    "DMPOConfig",
-    "answer_logprobs",
-    "auc",
-    "dmpo_loss",
-    "evaluate_auc",
-    "precompute_reference",
-    "score_candidates",
-    "score_pairs",
-    "sft_loss",
-]

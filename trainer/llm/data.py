@@ -338,6 +338,25 @@ class PALRTaskConfig:
             raise ValueError(f"swap_prob must be in [0, 1], got {self.swap_prob}")
 
 
+@dataclass
+class PALRConfig:
+    """Retrieval depth, share of users fine-tuned on (paper: 20%), negatives per Recommend_Retrieval sample."""
+
+    top_n: int = 50
+    finetune_share: float = 0.2
+    negatives: int = 9
+    ks: tuple[int, ...] = (1, 5, 10)
+    seed: int = 0
+    tasks: PALRTaskConfig = field(default_factory=PALRTaskConfig)
+
+    def __post_init__(self) -> None:
+        if self.top_n < 1 or self.negatives < 0:
+            raise ValueError(f"top_n={self.top_n} must be >= 1 and negatives={self.negatives} >= 0")
+        if not 0.0 < self.finetune_share <= 1.0:
+            raise ValueError(f"finetune_share must be in (0, 1], got {self.finetune_share}")
+        self.ks = tuple(self.ks)
+
+
 def _quoted(items: list[str]) -> str:
     return ", ".join(f'"{t}"' for t in items)
 

@@ -22,23 +22,6 @@ from .scoring import EncodedPair, score_pairs
 
 
 @dataclass
-class DMPOConfig:
-    """β (paper: DPO default 0.1), k negatives per prompt, and where reference log-probs come from."""
-
-    beta: float = 0.1
-    k: int = 3
-    reference: str = "precomputed"  # precomputed (once, then freed) | model (frozen reference engine)
-
-    def __post_init__(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"dmpo.beta must be > 0, got {self.beta}")
-        if self.k < 1:
-            raise ValueError(f"dmpo.k must be >= 1 negative, got {self.k}")
-        if self.reference not in ("precomputed", "model"):
-            raise ValueError(f"dmpo.reference={self.reference!r}: use 'precomputed' or 'model'")
-
-
-@dataclass
 class DMPOOutput:
     loss: torch.Tensor
     chosen_reward: torch.Tensor  # [B] β·logratio(y_w)

@@ -18,7 +18,6 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -27,7 +26,7 @@ from fusionrec.trainer.metrics import hit_at_k, ndcg_at_k
 from torch import nn
 
 from ..models.sasrec import SASRec, left_pad
-from .data import PALRTaskConfig, palr_answer, palr_example, palr_prompt
+from .data import PALRConfig, palr_answer, palr_example, palr_prompt
 from .scoring import score_candidates
 
 
@@ -117,25 +116,6 @@ class SASRecRetriever:
 
     def retrieve(self, history: Sequence[str], n: int) -> list[str]:
         return self.retrieve_many([history], n)[0]
-
-
-@dataclass
-class PALRConfig:
-    """Retrieval depth, share of users fine-tuned on (paper: 20%), negatives per Recommend_Retrieval sample."""
-
-    top_n: int = 50
-    finetune_share: float = 0.2
-    negatives: int = 9
-    ks: tuple[int, ...] = (1, 5, 10)
-    seed: int = 0
-    tasks: PALRTaskConfig = field(default_factory=PALRTaskConfig)
-
-    def __post_init__(self) -> None:
-        if self.top_n < 1 or self.negatives < 0:
-            raise ValueError(f"top_n={self.top_n} must be >= 1 and negatives={self.negatives} >= 0")
-        if not 0.0 < self.finetune_share <= 1.0:
-            raise ValueError(f"finetune_share must be in (0, 1], got {self.finetune_share}")
-        self.ks = tuple(self.ks)
 
 
 def training_examples(

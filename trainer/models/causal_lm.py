@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from fusionrec.trainer.model_config import (  # noqa: F401 - the configs live torch-free
+    TARGET_PRESETS,
+    CausalLMConfig,
+    LoRAConfig,
+    TinyLlamaConfig,
+)
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -29,81 +34,7 @@ from transformers import (
 )
 
 SMOLLM2_ALIAS = "smollm2-135m"
-# Paper defaults (DMPO §5.3: "q, k, v as LoRA targets"); "all-linear" = every projection of the blocks.
-TARGET_PRESETS: dict[str, tuple[str, ...]] = {
-    "qkv": ("q_proj", "k_proj", "v_proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class LoRAConfig:
-    """LoRA adapter settings (peft). `targets` is a preset name or an explicit list of module names."""
-
-    enabled: bool = True
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    targets: str | list[str] = "qkv"
-
-    def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise ValueError(f"lora.rank must be > 0, got {self.rank} (paper searches 8, 16, 32)")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if isinstance(self.targets, str) and self.targets not in TARGET_PRESETS:
-            raise ValueError(
-                f"lora.targets={self.targets!r}: use a preset {sorted(TARGET_PRESETS)} or a list of module names"
-            )
-        if isinstance(self.targets, list) and not self.targets:
-            raise ValueError("lora.targets is an empty list")
-
-
-@dataclass
-class TinyLlamaConfig:
-    """A Llama small enough for 2-process ZeRO-3 tests on 2 CPU cores."""
-
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    max_position_embeddings: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"tiny.hidden_size={self.hidden_size} not divisible by num_heads={self.num_heads}"
-            )
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"tiny.num_heads={self.num_heads} not divisible by num_kv_heads={self.num_kv_heads}"
-            )
-
-
-@dataclass
-class CausalLMConfig:
-    """Which decoder LM to load and how to adapt it."""
-
-    name_or_path: str = "tiny"
-    dtype: str = "float32"
-    gradient_checkpointing: bool = False
-    max_length: int = 512  # context window used for prompts (history is truncated to fit, never candidates)
-    cache_dir: str = ""  # where converted assets live; "" = ~/.cache/fusionrec
-    seed: int = 0
-    tiny: TinyLlamaConfig = field(default_factory=TinyLlamaConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-
-    def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r}: choose one of {sorted(_DTYPES)}")
-        if self.max_length < 16:
-            raise ValueError(f"model.max_length={self.max_length} is too small for a ranking prompt")
-        if not self.name_or_path:
-            raise ValueError("model.name_or_path is empty")
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:

@@ -12,9 +12,8 @@ No distributed code here: DeepSpeed wraps these models in `trainer/strategy.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from fusionrec.trainer.model_config import TINY_MODELS, ModelConfig  # noqa: F401 - the config lives torch-free
 from transformers import (  # noqa: E402
     AutoModelForSeq2SeqLM,
     BartConfig,
@@ -24,42 +23,6 @@ from transformers import (  # noqa: E402
     T5Config,
     T5ForConditionalGeneration,
 )
-
-TINY_MODELS = ("tiny-t5", "tiny-bart")
-
-
-@dataclass
-class ModelConfig:
-    """Which seq2seq model to build, and the size of the tiny ones.
-
-    The special-token ids default to T5's layout (pad=0, eos=1, decoder start = pad), which is also the
-    layout of the project's trained tokenizer; `build_seq2seq(..., tokenizer=tok)` takes them from `tok`.
-    """
-
-    name_or_path: str = "tiny-t5"
-    d_model: int = 128
-    num_layers: int = 2
-    num_decoder_layers: int = 2
-    num_heads: int = 4
-    d_ff: int = 256
-    dropout: float = 0.1
-    max_positions: int = 512  # BART only (T5 uses relative positions)
-    seed: int = 0
-    pad_token_id: int = 0
-    eos_token_id: int = 1
-
-    def __post_init__(self) -> None:
-        if not self.name_or_path:
-            raise ValueError("model.name_or_path is empty: use 'tiny-t5', 'tiny-bart', a hub id or a folder")
-        for name in ("d_model", "num_layers", "num_decoder_layers", "num_heads", "d_ff", "max_positions"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 def _tiny_t5(cfg: ModelConfig, vocab_size: int, pad: int, eos: int) -> T5ForConditionalGeneration:

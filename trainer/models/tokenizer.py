@@ -18,36 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fusionrec.trainer.model_config import EOS, PAD, SPECIAL_TOKENS, UNK, TokenizerConfig
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from tokenizers.models import BPE  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast  # noqa: E402
-
-# T5's special-token layout: ids 0, 1, 2 in this order (the model configs built in code rely on it).
-PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
-SPECIAL_TOKENS = (PAD, EOS, UNK)
-
-
-@dataclass
-class TokenizerConfig:
-    """Where the tokenizer comes from.
-
-    `path` set: load that folder (must hold `tokenizer.json`). `path` empty: train a BPE tokenizer of
-    `vocab_size` pieces on the corpus text (the offline default) and save it under `save_dir` if given.
-    """
-
-    path: str = ""
-    vocab_size: int = 8000
-    save_dir: str = ""
-
-    def __post_init__(self) -> None:
-        if self.vocab_size < len(SPECIAL_TOKENS) + 32:
-            raise ValueError(
-                f"tokenizer.vocab_size must be >= {len(SPECIAL_TOKENS) + 32}, got {self.vocab_size}"
-            )
-        if self.path and not Path(self.path).is_dir():
-            raise ValueError(
-                f"tokenizer.path={self.path!r} is not a folder (a tokenizer is a folder with tokenizer.json)"
-            )
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

@@ -41,7 +41,7 @@ from fusionrec.trainer.metrics import MetricSums
 from fusionrec.trainer.models.genrec import GenRecForConditionalGeneration
 from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.tokenizer import TokenizerConfig, build_tokenizer
-from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 from fusionrec.trainer.tokens import IGNORE_INDEX, token_cross_entropy
 from transformers.models.bart.modeling_bart import shift_tokens_right

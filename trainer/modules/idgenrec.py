@@ -76,7 +76,7 @@ from fusionrec.trainer.idgenrec_data import (
 from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.soft_ids import SoftIDRecommender
 from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, reduce_vocab, train_tokenizer
-from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
 from fusionrec.trainer.prompts import STYLES, TEMPLATES, PromptBuilder, PromptConfig, build_prompt
 from fusionrec.trainer.recipes.idgenrec.artefacts import (
     RankingConfig,

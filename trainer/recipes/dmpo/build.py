@@ -10,7 +10,7 @@ from fusionrec.trainer.worker import Built
 
 def build(cfg: Any, strategy: Any) -> Built:
     """DMPO (paper 003): stage `sft`, then stage `dmpo` from the merged SFT export (frozen reference)."""
-    from fusionrec.trainer.modules.dmpo import DMPOModule
+    from fusionrec.trainer.recipes.dmpo.module import DMPOModule
 
     return Built(module=DMPOModule(cfg.required_section("dmpo")), train_loader=[])
 

@@ -1,4 +1,5 @@
-"""PALR: retrieval candidates -> instruction-tuned LLM ranker (TrainModule: trainer/modules/palr.py).
+"""PALR: retrieval candidates -> instruction-tuned LLM ranker: config.py (torch-free section `[palr]`),
+module.py (the TrainModule), export.py; prompts, retrievers and re-ranking are in trainer/llm/.
 
 Its builder is the one that lives in launch/ (launch/palr_retriever.py): the default retriever, SASRec, is
 trained and saved with cluster/ code, which trainer/ must not import; the launch layer composes them.
@@ -9,6 +10,6 @@ from fusionrec.trainer.recipes import Recipe
 RECIPE = Recipe(
     "palr",
     build="fusionrec.launch.palr_retriever:build_palr",
-    section="fusionrec.trainer.modules.palr:PALRRecipeConfig",
+    section="fusionrec.trainer.recipes.palr.config:PALRRecipeConfig",
     export="fusionrec.trainer.recipes.palr.export:export",
 )

@@ -10,7 +10,7 @@ import torch
 from fusionrec.trainer.config import OptimConfig
 from fusionrec.trainer.metrics import hit_at_k, ndcg_at_k
 from fusionrec.trainer.models.sasrec import SASRec, SASRecConfig
-from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
 from fusionrec.trainer.recipes.sasrec.config import SASRecRecipeConfig
 from fusionrec.trainer.recipes.sasrec.loss import sasrec_loss
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine

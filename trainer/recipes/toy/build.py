@@ -1,4 +1,4 @@
-"""`fusionrec train toy`: trainer/modules/toy.py's ToyModule on 512 seeded regression samples."""
+"""`fusionrec train toy`: module.py's ToyModule on 512 seeded regression samples."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from fusionrec.trainer.worker import Built
 
 
 def build(cfg: Any, strategy: Any) -> Built:
-    from fusionrec.trainer.modules.toy import ToyBatches, ToyModule, make_regression
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyModule
 
     x, y = make_regression(512, 16, 4, seed=cfg.train.seed)
     loader = ToyBatches(

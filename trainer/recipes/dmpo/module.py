@@ -1,4 +1,4 @@
-"""The `dmpo` recipe: SFT (stage "sft") then DMPO (stage "dmpo") of a causal-LM ranker with LoRA.
+"""The `dmpo` recipe's TrainModule: SFT (stage "sft") then DMPO (stage "dmpo") of a causal-LM ranker with LoRA.
 
 Two runs, as in the paper (SFT, then DMPO from the SFT model): the SFT run exports a merged HF folder, the
 DMPO run loads it as its base (`model.name_or_path`) and trains a fresh LoRA on top. Because LoRA's B matrix
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,41 +27,19 @@ from fusionrec.trainer.llm.data import (
     load_dmpo_file,
 )
 from fusionrec.trainer.llm.dmpo_loss import (
-    DMPOConfig,
-    EncodedGroup,
     collate_groups,
     dmpo_loss,
     flatten_groups,
     group_logps,
     split_flat,
 )
+from fusionrec.trainer.llm.export import export_engine
 from fusionrec.trainer.llm.memory import check_model_fits
 from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, score_pairs, sft_loss
-from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_causal_lm, build_ranker, export_merged
-from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.models.causal_lm import build_causal_lm, build_ranker
+from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.recipes.dmpo.config import DMPORecipeConfig
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
-
-
-@dataclass
-class DMPORecipeConfig:
-    """Everything the dmpo recipe needs: which stage, files, epochs, the model and the DMPO loss."""
-
-    stage: str = "dmpo"  # sft | dmpo
-    sft_file: str = ""
-    dpo_file: str = ""  # rec_<domain>_dpo_ranking_<k>.json (k consecutive rows per prompt group)
-    limit: int = 0  # use only the first N SFT records / DMPO groups (0 = all)
-    epochs: int = 1
-    model: CausalLMConfig = field(default_factory=CausalLMConfig)
-    dmpo: DMPOConfig = field(default_factory=DMPOConfig)
-
-    def __post_init__(self) -> None:
-        if self.stage not in ("sft", "dmpo"):
-            raise ValueError(f"dmpo.stage={self.stage!r}: use 'sft' or 'dmpo'")
-        needed = self.sft_file if self.stage == "sft" else self.dpo_file
-        if not needed:
-            raise ValueError(f"dmpo.stage={self.stage!r} needs dmpo.{self.stage.replace('dmpo', 'dpo')}_file")
-        if self.limit < 0 or self.epochs < 1:
-            raise ValueError(f"dmpo.limit={self.limit} must be >= 0 and dmpo.epochs={self.epochs} >= 1")
 
 
 class DMPOModule(BaseTrainModule):
@@ -191,24 +168,4 @@ class DMPOModule(BaseTrainModule):
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | Path) -> Path | None:
         """Merged HF folder of the policy (LoRA folded in); collective — call on every rank."""
-        return export_ranker(self.strategy, self.engines["policy"], self.cfg.model, out_dir)
-
-
-def export_ranker(
-    strategy: DeepspeedStrategy, engine: Engine, model_cfg: CausalLMConfig, out_dir: str | Path
-):
-    """Gather an LLM ranker's weights (any ZeRO stage), fold LoRA in, save an HF folder on rank 0.
-
-    Collective: every rank must call it. Returns the folder on rank 0, None elsewhere.
-    """
-    state = strategy.full_state_dict(engine)
-    out = None
-    if strategy.is_rank0:
-        fresh, tok = build_ranker(model_cfg)
-        fresh.load_state_dict(state)
-        out = export_merged(fresh, tok, out_dir)
-    strategy.barrier()
-    return out
-
-
-__all__ = ["DMPOModule", "DMPORecipeConfig", "EncodedGroup", "export_ranker"]
+        return export_engine(self.strategy, self.engines["policy"], self.cfg.model, out_dir)

@@ -4,11 +4,12 @@
   2-layer teacher + noise), so losses fall measurably within a few steps. With ``two_stage=True`` it holds
   two engines, ``encoder`` and ``head`` (y = head(encoder(x))), and alternates phases that train one with
   the other frozen - the same shape as IDGenRec's ID-generator/recommender alternation.
-* ``ToyBatches`` is a resumable, rank-sharded micro-batch loader (epoch-seeded permutation, per-rank
-  cursor, ``state_dict/load_state_dict``), standing in for data_pipeline's ShardDataset.
+* ``ToySeq2SeqModule``: a tiny T5 learning to reverse token sequences (export test, ``bench train``).
+* Data (``make_regression``, ``make_reversal``, ``ToyBatches``): data.py beside this file.
 
-``python -m fusionrec.trainer.modules.toy --out DIR`` trains it under any launcher (deepspeed, torchrun,
-launch/multinode.sh) and writes ``DIR/rank-<r>.json`` with the losses and a fingerprint of the weights.
+``python -m fusionrec.trainer.recipes.toy.module --out DIR`` trains it under any launcher (deepspeed,
+torchrun, launch/multinode.sh) and writes ``DIR/rank-<r>.json`` with the losses and a fingerprint of the
+weights.
 """
 
 from __future__ import annotations
@@ -17,82 +18,17 @@ import argparse
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from fusionrec.fileio import atomic_write_text
 from fusionrec.trainer.config import OptimConfig
-from fusionrec.trainer.modules.base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.recipes.toy.data import ToyBatches, make_regression
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 from torch import nn
-
-
-def make_regression(n: int, d_in: int, d_out: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """x ~ N(0, 1); y = teacher(x) + 0.01 noise, all from one seeded generator (same on every rank)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d_in, generator=g)
-    w1, w2 = torch.randn(d_in, 32, generator=g) / d_in**0.5, torch.randn(32, d_out, generator=g) / 32**0.5
-    y = torch.tanh(x @ w1) @ w2 + 0.01 * torch.randn(n, d_out, generator=g)
-    return x, y
-
-
-class ToyBatches:
-    """Rank-sharded micro-batches over a dict of equally long tensors; one ``iter()`` = the rest of the current epoch.
-
-    Rank r of R takes positions r, r+R, ... of the epoch's permutation (seed + epoch), so the ranks
-    partition every epoch; the tail that does not fill a micro-batch on every rank is counted in
-    ``dropped_per_epoch`` (reported, not silent).
-    """
-
-    def __init__(
-        self,
-        data: Mapping[str, torch.Tensor],
-        micro_batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-    ) -> None:
-        if micro_batch_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"bad micro_batch_size={micro_batch_size} or rank={rank}/{world_size}")
-        self.data = dict(data)
-        n = len(next(iter(self.data.values())))
-        if any(len(v) != n for v in self.data.values()):
-            raise ValueError(
-                f"ToyBatches: tensors of different lengths {[len(v) for v in self.data.values()]}"
-            )
-        self.n = n
-        self.micro, self.rank, self.world, self.seed = micro_batch_size, rank, world_size, seed
-        self.batches_per_epoch = n // (micro_batch_size * world_size)
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"{n} samples cannot fill one micro-batch of {micro_batch_size} on {world_size} ranks"
-            )
-        self.dropped_per_epoch = n - self.batches_per_epoch * micro_batch_size * world_size
-        self.epoch, self.cursor = 0, 0
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        mine = perm[self.rank :: self.world]
-        while self.cursor < self.batches_per_epoch:
-            idx = mine[self.cursor * self.micro : (self.cursor + 1) * self.micro]
-            self.cursor += 1  # advanced before yielding: the state always counts handed-out batches
-            yield {k: v[idx] for k, v in self.data.items()}
-        self.epoch, self.cursor = self.epoch + 1, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "world": self.world}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        if state["seed"] != self.seed or state["world"] != self.world:
-            raise ValueError(
-                f"loader state for seed={state['seed']}/world={state['world']} != {self.seed}/{self.world}"
-            )
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
 
 class ToyRegressor(nn.Module):
@@ -172,13 +108,6 @@ class ToyModule(BaseTrainModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase_starts = list(state["phase_starts"])
-
-
-def make_reversal(n: int, vocab: int = 64, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Seq2seq task: target = the source reversed. Token ids 2..vocab-1 (0 = pad, 1 = eos)."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(2, vocab, (n, length), generator=g)
-    return {"input_ids": src, "attention_mask": torch.ones_like(src), "labels": src.flip(1)}
 
 
 class ToySeq2SeqModule(BaseTrainModule):

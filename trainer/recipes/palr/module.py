@@ -1,4 +1,5 @@
-"""The `palr` recipe: instruction fine-tuning of a causal-LM ranker on "Recommend" + "Recommend_Retrieval".
+"""The `palr` recipe's TrainModule: instruction fine-tuning of a causal-LM ranker on "Recommend" +
+"Recommend_Retrieval".
 
 Data: a processed dataset folder (`items.parquet` with item_id/text, `sequences.parquet` with
 user_id/item_ids — the data_pipeline contract). The fine-tuning users (paper: 20%) get both tasks; the
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,46 +22,19 @@ from typing import Any
 import torch
 from fusionrec.trainer.config import OptimConfig
 from fusionrec.trainer.llm.data import EpochBatches
+from fusionrec.trainer.llm.export import export_engine
 from fusionrec.trainer.llm.memory import check_model_fits
 from fusionrec.trainer.llm.palr_rerank import (
     Cooccurrence,
     MostPopular,
-    PALRConfig,
     Retriever,
     training_examples,
 )
 from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, encode_pair, sft_loss
-from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker
-from fusionrec.trainer.modules.base import BaseTrainModule, Phase
-from fusionrec.trainer.modules.dmpo import export_ranker
+from fusionrec.trainer.models.causal_lm import build_ranker
+from fusionrec.trainer.module_base import BaseTrainModule, Phase
+from fusionrec.trainer.recipes.palr.config import PALRRecipeConfig
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
-
-RETRIEVERS = ("sasrec", "cooccurrence", "popular")
-
-
-@dataclass
-class PALRRecipeConfig:
-    data_dir: str = ""  # processed dataset: items.parquet + sequences.parquet
-    retriever: str = "sasrec"  # sasrec (built by the launch layer) | cooccurrence | popular
-    retriever_checkpoint: str = ""  # a saved SASRec folder; "" = train one on the training split (rank 0)
-    retriever_epochs: int = 8  # SASRec-CE epochs when trained here (the measured fast Beauty setting)
-    epochs: int = 1
-    model: CausalLMConfig = field(default_factory=CausalLMConfig)
-    palr: PALRConfig = field(default_factory=PALRConfig)
-
-    def __post_init__(self) -> None:
-        if not self.data_dir:
-            raise ValueError("recipe.data_dir is required (a processed dataset folder)")
-        if self.retriever not in RETRIEVERS:
-            raise ValueError(f"palr.retriever={self.retriever!r}: use one of {', '.join(RETRIEVERS)}")
-        if self.retriever_checkpoint and self.retriever != "sasrec":
-            raise ValueError(
-                f"palr.retriever_checkpoint is a SASRec folder but palr.retriever={self.retriever!r}"
-            )
-        if self.epochs < 1 or self.retriever_epochs < 1:
-            raise ValueError(
-                f"palr.epochs={self.epochs} and palr.retriever_epochs={self.retriever_epochs} must be >= 1"
-            )
 
 
 def load_processed(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -146,4 +119,4 @@ class PALRModule(BaseTrainModule):
 
     def export(self, out_dir: str | Path) -> Path | None:
         """Merged HF folder of the ranker (LoRA folded in); collective — call on every rank."""
-        return export_ranker(self.strategy, self.engines["ranker"], self.cfg.model, out_dir)
+        return export_engine(self.strategy, self.engines["ranker"], self.cfg.model, out_dir)
