@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,26 +19,78 @@ ON_LEAKAGE = ("error", "drop")
 MISSING_TEXT = ("error", "id")
 SHORT_USERS = ("skip", "error")
 SHARD_ENGINES = ("ray", "local")
+USER_NAMESPACES = ("auto", "global", "per_dataset")
+# Formats whose user ids only mean something inside one file: P5 numbers users u1..uN (or 1..N) per dataset,
+# so "u7" of Toys and "u7" of Beauty are unrelated people. The other formats carry the platform's own ids.
+PER_DATASET_USER_FORMATS = frozenset({"p5"})
+# Formats whose files are already a paper's filtered set: the P5/IDGenRec files are the published 5-core sets
+# with repeat interactions kept, so by default they are neither deduplicated nor k-cored again.
+PREFILTERED_FORMATS = frozenset({"p5"})
+_PLATFORM_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
 @dataclass
 class DatasetSpec:
-    """One raw dataset: `name` namespaces its ids (`<name>:<raw id>`), `format` picks the reader."""
+    """One raw dataset: `name` namespaces its ids (`<name>:<raw id>`), `format` picks the reader.
+
+    `platform` declares where the data comes from ("amazon", "yelp", "movielens", ...); the zero-shot
+    harness calls a held-out dataset intra-platform when a pretraining dataset declares the same platform.
+    It is never inferred from the format ("" = undeclared). `dedupe` and `kcore` are this dataset's
+    preprocessing policy; None takes the format's default (see `DataConfig.policy`).
+    """
 
     name: str
     format: str
     input: str
     category: str | None = None  # Amazon-2014 category file stem, e.g. "Beauty" for reviews_Beauty_5.json.gz
+    platform: str = ""
+    # Keep only the first interaction of every (user, item) pair. None: False for p5 (the papers' sets keep
+    # repeat interactions), True for the raw formats.
+    dedupe: bool | None = None
+    # Iterative k-core on users and items; 0 = off. None: off for p5 (already the papers' 5-core sets),
+    # data.kcore for the raw formats.
+    kcore: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in ":/\\ ."):
+        if not isinstance(self.name, str) or not self.name or any(c in self.name for c in ":/\\ ."):
             raise ValueError(
                 f"data.datasets.name={self.name!r}: must be non-empty without ':', '/', '.', spaces"
             )
+        where = f"data.datasets[{self.name}]"
         if self.format not in FORMATS:
-            raise ValueError(f"data.datasets[{self.name}].format={self.format!r}: expected one of {FORMATS}")
+            raise ValueError(f"{where}.format={self.format!r}: expected one of {FORMATS}")
         if not self.input:
-            raise ValueError(f"data.datasets[{self.name}].input is empty")
+            raise ValueError(f"{where}.input is empty")
+        if not isinstance(self.platform, str) or (self.platform and not _PLATFORM_RE.match(self.platform)):
+            raise ValueError(
+                f"{where}.platform={self.platform!r}: expected '' (undeclared) or a lowercase name such as "
+                "'amazon' or 'yelp' (letters, digits, '_', '-', '.')"
+            )
+        if self.dedupe is not None and not isinstance(self.dedupe, bool):
+            raise ValueError(f"{where}.dedupe={self.dedupe!r}: expected true, false or unset (format default)")
+        if self.kcore is not None and (
+            isinstance(self.kcore, bool) or not isinstance(self.kcore, int) or self.kcore < 0
+        ):
+            raise ValueError(
+                f"{where}.kcore={self.kcore!r}: expected an integer >= 0 (0 = off) or unset (format default)"
+            )
+
+
+@dataclass(frozen=True)
+class DatasetPolicy:
+    """One dataset's resolved data policy: what preprocessing and the leakage check do to it.
+
+    Recorded per dataset in every manifest (`datasets.<name>.policy`) and in prepare()'s result.
+    """
+
+    format: str
+    platform: str  # "" = undeclared
+    dedupe: bool
+    kcore: int  # 0 = no k-core filtering
+    user_ids: str  # "global" (the same id is the same person in every dataset) or "per_dataset"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -57,15 +110,23 @@ class FusionConfig:
     # "error" raises LeakageError; "drop" removes those users/items from the *pretraining* side (counted),
     # keeping the zero-shot test sets identical to the published benchmarks.
     on_leakage: str = "error"
-    # P5-format user ids are per-file row numbers ("u1", "u2", ...) that collide across unrelated datasets
-    # without being the same person; set false for such sources so only item ids are checked.
-    check_users: bool = True
+    # Whose user ids can be compared across datasets in the leakage check. "auto": per dataset for formats
+    # that number users per file (p5: "u1", "u2", ... collide across unrelated datasets without being the
+    # same person), global for the formats carrying the platform's own ids (amazon2014 reviewerID, yelp,
+    # movielens); "global" / "per_dataset" force one scope for every dataset. A user is checked only
+    # between two datasets that both have global ids. Item ids (ASINs, business ids) are always checked.
+    # (In the corpus itself every id is namespaced `<dataset>:<id>`, so users never merge across datasets.)
+    user_namespace: str = "auto"
 
     def __post_init__(self) -> None:
         if self.user_cap < 0:
             raise ValueError(f"data.fusion.user_cap={self.user_cap}: must be >= 0 (0 disables the cap)")
         if self.on_leakage not in ON_LEAKAGE:
             raise ValueError(f"data.fusion.on_leakage={self.on_leakage!r}: expected one of {ON_LEAKAGE}")
+        if self.user_namespace not in USER_NAMESPACES:
+            raise ValueError(
+                f"data.fusion.user_namespace={self.user_namespace!r}: expected one of {USER_NAMESPACES}"
+            )
         for key, names in (("pretrain", self.pretrain), ("zeroshot", self.zeroshot)):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
@@ -107,7 +168,7 @@ class DataConfig:
     """The whole data side: datasets -> preprocessing -> Fusion -> shards."""
 
     datasets: list[DatasetSpec] = field(default_factory=list)
-    kcore: int = 5  # iterative k-core on users and items (P5/IDGenRec use 5)
+    kcore: int = 5  # iterative k-core of the raw formats (P5/IDGenRec use 5); a dataset's `kcore` wins
     max_history: int = 50  # samples keep only the last `max_history` items of the history
     item_text_max_chars: int = 1024  # rendered item text is cut to this many characters
     missing_text: str = "error"  # item referenced without any text: "error" or "id" (text = "item: <id>")
@@ -153,11 +214,32 @@ class DataConfig:
     def from_dict(cls, raw: dict[str, Any], prefix: str = "data") -> DataConfig:
         """Build from a parsed TOML mapping, rejecting unknown keys with their full dotted path."""
         _reject_unknown(cls, raw, prefix)
+        if isinstance(raw.get("fusion"), dict) and "check_users" in raw["fusion"]:
+            raise ValueError(
+                f"{prefix}.fusion.check_users was replaced by {prefix}.fusion.user_namespace "
+                f"(one of {USER_NAMESPACES}; 'auto' compares users only between datasets with global ids)"
+            )
         _reject_unknown(FusionConfig, raw.get("fusion", {}), f"{prefix}.fusion")
         _reject_unknown(ShardConfig, raw.get("shards", {}), f"{prefix}.shards")
         for i, d in enumerate(raw.get("datasets", [])):
             _reject_unknown(DatasetSpec, d, f"{prefix}.datasets[{i}]")
         return cls(**raw)
+
+    def policy(self, spec: DatasetSpec | str) -> DatasetPolicy:
+        """The resolved policy of one dataset (a spec or a dataset name): format defaults filled in."""
+        if isinstance(spec, str):
+            spec = next(d for d in self.datasets if d.name == spec)
+        prefiltered = spec.format in PREFILTERED_FORMATS
+        scope = self.fusion.user_namespace
+        if scope == "auto":
+            scope = "per_dataset" if spec.format in PER_DATASET_USER_FORMATS else "global"
+        return DatasetPolicy(
+            format=spec.format,
+            platform=spec.platform,
+            dedupe=(not prefiltered) if spec.dedupe is None else spec.dedupe,
+            kcore=(0 if prefiltered else self.kcore) if spec.kcore is None else spec.kcore,
+            user_ids=scope,
+        )
 
     def pretrain_names(self) -> list[str]:
         """Datasets of the main corpus: the pretrain list, or every dataset when no lists are given."""

@@ -6,9 +6,14 @@ Order of operations (each step counted in the dataset's `skipped`):
    input order and of the other datasets); zero-shot datasets are never downsampled;
 3. leakage check on *raw* ids: a zero-shot dataset's item (e.g. the same ASIN in two Amazon categories)
    or user must not occur in the pretraining corpus -> LeakageError, or with `on_leakage="drop"` those
-   items/users are removed from the pretraining side (users left with < 3 items are dropped too);
+   items/users are removed from the pretraining side (users left with < 3 items are dropped too).
+   Item ids are always compared. User ids are compared only between two datasets whose user ids are
+   both global (`data.fusion.user_namespace`, config.DatasetPolicy.user_ids): P5 files number users
+   u1..uN per file, so "u7" of Toys is not "u7" of Beauty; such per-dataset ids are namespaced by their
+   dataset for the check and therefore never collide;
 4. ids are namespaced `<dataset>:<id>` everywhere (also for a single dataset), so ids never change meaning
-   when datasets are combined.
+   when datasets are combined; this is where users of different datasets meet in the corpus, and they
+   stay distinct whatever their format (a reviewer of two categories is two corpus users).
 The cap is a Fusion-pretraining rule: a corpus built without pretrain/zeroshot lists (one dataset, or
 the standard-evaluation sets) is never downsampled.
 """
@@ -28,6 +33,9 @@ from .preprocess import MIN_USER_ITEMS, SEQUENCE_SCHEMA, ProcessedDataset
 
 class LeakageError(ValueError):
     """A zero-shot dataset shares raw user or item ids with the pretraining corpus."""
+
+
+GLOBAL_USERS = "global"
 
 
 @dataclass
@@ -118,23 +126,34 @@ def namespace(ds: ProcessedDataset) -> ProcessedDataset:
     return replace(ds, sequences=sequences, items=item_table, namespaced=True)
 
 
-def find_leakage(pretrain: list[ProcessedDataset], held_out: ProcessedDataset, check_users: bool) -> dict:
+def find_leakage(
+    pretrain: list[ProcessedDataset], held_out: ProcessedDataset, user_ids: dict[str, str] | None = None
+) -> dict:
     """Raw ids of `held_out` that occur in any pretraining dataset: {"items": [...], "users": [...],
-    "datasets": [pretraining datasets involved]} (sorted, for stable messages)."""
+    "datasets": [pretraining datasets involved], "per_dataset": {name: {"items": set, "users": set}}}
+    (lists sorted, for stable messages).
+
+    `user_ids` maps a dataset name to its user-id scope ("global" or "per_dataset"; missing = global):
+    users are compared only between two datasets with global ids.
+    """
+    scope = user_ids or {}
     zs_items = held_out.items["item_id"].combine_chunks()
     zs_users = held_out.sequences["user_id"].combine_chunks()
     items: set[str] = set()
     users: set[str] = set()
     involved = []
+    per_dataset: dict[str, dict[str, set[str]]] = {}
     for ds in pretrain:
         hit_i = zs_items.filter(pc.is_in(zs_items, value_set=ds.items["item_id"].combine_chunks()))
-        hit_u = zs_users.filter(pc.is_in(zs_users, value_set=ds.sequences["user_id"].combine_chunks()))
-        hit_u = hit_u if check_users else hit_u.slice(0, 0)
+        hit_u = zs_users.slice(0, 0)
+        if scope.get(held_out.name, GLOBAL_USERS) == scope.get(ds.name, GLOBAL_USERS) == GLOBAL_USERS:
+            hit_u = zs_users.filter(pc.is_in(zs_users, value_set=ds.sequences["user_id"].combine_chunks()))
         if len(hit_i) or len(hit_u):
             involved.append(ds.name)
+            per_dataset[ds.name] = {"items": set(hit_i.to_pylist()), "users": set(hit_u.to_pylist())}
         items.update(hit_i.to_pylist())
         users.update(hit_u.to_pylist())
-    return {"items": sorted(items), "users": sorted(users), "datasets": involved}
+    return {"items": sorted(items), "users": sorted(users), "datasets": involved, "per_dataset": per_dataset}
 
 
 def drop_leaked(ds: ProcessedDataset, users: set[str], items: set[str]) -> ProcessedDataset:
@@ -159,25 +178,39 @@ def _leakage_message(name: str, leak: dict) -> str:
         f"zero-shot dataset {name!r} leaks into the pretraining corpus ({', '.join(leak['datasets'])}): "
         f"{len(leak['items'])} shared item id(s), e.g. {leak['items'][:5]}; {len(leak['users'])} shared "
         f"user id(s), e.g. {leak['users'][:5]}. Set data.fusion.on_leakage='drop' to remove them from the "
-        "pretraining side"
+        "pretraining side; if these datasets number their users independently (the same id is not the "
+        "same person), set data.fusion.user_namespace='per_dataset' instead"
     )
 
 
-def check_leakage(pretrain: list[ProcessedDataset], zeroshot: list[ProcessedDataset], cfg: FusionConfig):
-    """Raise LeakageError, or (on_leakage="drop") return pretraining datasets without the shared ids."""
-    drop_users: set[str] = set()
-    drop_items: set[str] = set()
+def check_leakage(
+    pretrain: list[ProcessedDataset],
+    zeroshot: list[ProcessedDataset],
+    cfg: FusionConfig,
+    user_ids: dict[str, str] | None = None,
+):
+    """Raise LeakageError, or (on_leakage="drop") return pretraining datasets without the shared ids.
+
+    `user_ids`: dataset name -> "global" | "per_dataset" (missing = global), see `find_leakage`. A shared
+    user is dropped only from the pretraining datasets it was found in.
+    """
+    drop: dict[str, dict[str, set[str]]] = {}
     for held_out in zeroshot:
-        leak = find_leakage(pretrain, held_out, cfg.check_users)
+        leak = find_leakage(pretrain, held_out, user_ids)
         if not leak["items"] and not leak["users"]:
             continue
         if cfg.on_leakage == "error":
             raise LeakageError(_leakage_message(held_out.name, leak))
-        drop_users.update(leak["users"])
-        drop_items.update(leak["items"])
-    if not drop_users and not drop_items:
+        for name, hit in leak["per_dataset"].items():
+            into = drop.setdefault(name, {"items": set(), "users": set()})
+            into["items"] |= hit["items"]
+            into["users"] |= hit["users"]
+    if not drop:
         return pretrain
-    return [drop_leaked(ds, drop_users, drop_items) for ds in pretrain]
+    return [
+        drop_leaked(ds, drop[ds.name]["users"], drop[ds.name]["items"]) if ds.name in drop else ds
+        for ds in pretrain
+    ]
 
 
 def build_corpora(datasets: dict[str, ProcessedDataset], cfg: DataConfig) -> Corpora:
@@ -188,7 +221,8 @@ def build_corpora(datasets: dict[str, ProcessedDataset], cfg: DataConfig) -> Cor
     if is_fusion:
         pretrain = [cap_users(ds, fusion.user_cap, fusion.seed) for ds in pretrain]
     zeroshot = [datasets[n] for n in fusion.zeroshot]
-    pretrain = check_leakage(pretrain, zeroshot, fusion)
+    user_ids = {spec.name: cfg.policy(spec).user_ids for spec in cfg.datasets}
+    pretrain = check_leakage(pretrain, zeroshot, fusion, user_ids)
     for ds in pretrain:
         if ds.sequences.num_rows == 0:
             raise ValueError(f"dataset {ds.name!r}: no users left after the user cap / leakage removal")

@@ -49,7 +49,7 @@ def read_and_preprocess(spec: DatasetSpec, cfg: DataConfig, reader: Reader) -> t
     if raw.name != spec.name:  # namespacing relies on the configured name
         raw = dataclasses.replace(raw, name=spec.name)
     sources = {str(Path(p).resolve()): sha256_file(p) for p in raw.source_files}
-    return preprocess(raw, cfg), sources
+    return preprocess(raw, cfg, cfg.policy(spec)), sources
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -107,7 +107,9 @@ def prepare(
 ) -> dict:
     """Build the corpus described by `cfg` into `out_dir`.
 
-    Returns {"out", "manifest" (root corpus), "zeroshot": {name: manifest}, "seconds": {stage: s}}.
+    Returns {"out", "manifest" (root corpus), "zeroshot": {name: manifest}, "policies": {name: resolved
+    data policy (config.DatasetPolicy as a dict)}, "seconds": {stage: s}}. Each manifest also records its
+    datasets' policies (`datasets.<name>.policy`).
     `config_text` (the resolved TOML the CLI loaded) is stored as OUT/config.toml.
     """
     if not cfg.datasets:
@@ -141,7 +143,8 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds.update({"read_preprocess": t1 - t0, "fusion": t2 - t1, "write": t3 - t2})
-    return {"out": str(out), "manifest": manifest, "zeroshot": zeroshot, "seconds": seconds}
+    policies = {spec.name: cfg.policy(spec).as_dict() for spec in cfg.datasets}
+    return {"out": str(out), "manifest": manifest, "zeroshot": zeroshot, "policies": policies, "seconds": seconds}
 
 
 def prepare_one(
@@ -151,6 +154,7 @@ def prepare_one(
     *,
     name: str | None = None,
     category: str | None = None,
+    platform: str = "",
     base: DataConfig | None = None,
     config_text: str | None = None,
     reader: Reader | None = None,
@@ -161,7 +165,7 @@ def prepare_one(
     """
     base = base or DataConfig()
     name = name or Path(input_dir).resolve().name.replace(".", "_").replace(" ", "_")
-    spec = DatasetSpec(name=name, format=fmt, input=str(input_dir), category=category)
+    spec = DatasetSpec(name=name, format=fmt, input=str(input_dir), category=category, platform=platform)
     fusion = dataclasses.replace(base.fusion, pretrain=[], zeroshot=[])
     cfg = dataclasses.replace(base, datasets=[spec], fusion=fusion)
     return prepare(cfg, out_dir, config_text, reader=reader)

@@ -5,11 +5,14 @@ Fusion scale (~3M interactions) each stage takes well under a second in one proc
 stage is kept for the part that dominates, serialising samples into shards (see bench/prepare.py and
 docs/scaling.md for the measurements behind this split).
 
-Policies (documented, tested):
-- duplicates: rows with the same (user, item) keep the first one in (timestamp, input order); exact
-  duplicates (same timestamp) and repeats (later timestamp) are counted separately.
-- k-core: users and items with fewer than `kcore` interactions are removed together, round after round,
-  until a fixed point (the k-core is unique, so the removal order does not change the result).
+Policies (documented, tested), resolved per dataset by `DataConfig.policy` (config.DatasetPolicy):
+- duplicates (`dedupe`, default on for the raw formats, off for p5): rows with the same (user, item) keep
+  the first one in (timestamp, input order); exact duplicates (same timestamp) and repeats (later
+  timestamp) are counted separately. Off: repeat interactions are kept (the P5/IDGenRec files are the
+  papers' sets with repeats kept) and counted in the manifest as `repeat_interactions`.
+- k-core (`kcore`, default data.kcore for the raw formats, 0 = off for p5, whose files are already the
+  papers' 5-core sets): users and items with fewer than `kcore` interactions are removed together, round
+  after round, until a fixed point (the k-core is unique, so the removal order does not change the result).
 - users with < 3 items after filtering cannot form leave-one-out splits: skipped and counted (or an
   error, `short_users="error"`). With the default kcore=5 this never happens.
 - items referenced without any text: an error naming the items (default) or, with `missing_text="id"`,
@@ -24,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import DataConfig
+from .config import DataConfig, DatasetPolicy
 from .errors import DataError
 from .records import RawDataset
 
@@ -65,6 +68,7 @@ class ProcessedDataset:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, reported in the manifest
     kcore_rounds: int = 0
     namespaced: bool = False
+    policy: DatasetPolicy | None = None  # what preprocessing did (None: built without a dataset spec)
 
     def lengths(self) -> np.ndarray:
         return pc.list_value_length(self.sequences["item_ids"]).to_numpy(zero_copy_only=False)
@@ -76,6 +80,16 @@ class ProcessedDataset:
 
     def split_counts(self) -> dict[str, int]:
         return split_counts(self.lengths())
+
+    def repeat_interactions(self) -> int:
+        """Interactions whose (user, item) pair occurred earlier in the user's sequence (0 after dedupe)."""
+        lengths = self.lengths()
+        if not lengths.sum():
+            return 0
+        items, _ = _codes(pc.list_flatten(self.sequences["item_ids"]))
+        user = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        pairs = user * (int(items.max()) + 1) + items
+        return int(len(pairs) - len(np.unique(pairs)))
 
 
 def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -229,21 +243,29 @@ def select_items(raw_items: pa.Table, referenced: pa.Array, cfg: DataConfig, nam
     return table.take(pc.sort_indices(table, [("item_id", "ascending")])), skipped
 
 
-def preprocess(raw: RawDataset, cfg: DataConfig) -> ProcessedDataset:
-    """Raw interactions + metadata -> deduplicated k-core sequences, item text and counted skips."""
+def preprocess(raw: RawDataset, cfg: DataConfig, policy: DatasetPolicy | None = None) -> ProcessedDataset:
+    """Raw interactions + metadata -> (deduplicated, k-core) sequences, item text and counted skips.
+
+    `policy` is the dataset's resolved policy (`cfg.policy(spec)`); without one, the raw-format defaults
+    apply (dedupe, data.kcore).
+    """
+    do_dedupe, core = (True, cfg.kcore) if policy is None else (policy.dedupe, policy.kcore)
     source = raw.source_files[0] if raw.source_files else None
     skipped = {f"reader:{k}": v for k, v in raw.skipped.items()}
-    table, dup = dedupe(raw.interactions)
-    skipped.update(dup)
-    before = table.num_rows
-    table, rounds = kcore(table, cfg.kcore)
-    skipped["kcore_interactions"] = before - table.num_rows
+    table = raw.interactions
+    if do_dedupe:
+        table, dup = dedupe(table)
+        skipped.update(dup)
+    rounds = 0
+    if core > 0:
+        before = table.num_rows
+        table, rounds = kcore(table, core)
+        skipped["kcore_interactions"] = before - table.num_rows
     table, short = drop_short_users(table, raw.name, cfg.short_users, source)
     skipped["short_user"] = short
     if table.num_rows == 0:
-        raise DataError(
-            source, None, f"dataset {raw.name!r}: no interactions left after {cfg.kcore}-core filtering"
-        )
+        after = f"{core}-core filtering" if core > 0 else "filtering"
+        raise DataError(source, None, f"dataset {raw.name!r}: no interactions left after {after}")
     sequences = build_sequences(table)
     items, item_skips = select_items(raw.items, table["item_id"].combine_chunks(), cfg, raw.name, source)
     skipped.update(item_skips)
@@ -254,6 +276,7 @@ def preprocess(raw: RawDataset, cfg: DataConfig) -> ProcessedDataset:
         source_files=list(raw.source_files),
         skipped={k: v for k, v in skipped.items() if v},
         kcore_rounds=rounds,
+        policy=policy,
     )
 
 

@@ -332,7 +332,14 @@ def _manifest(datasets, rows, seed, sources, config_sha256) -> dict:
     for d, ds in enumerate(datasets):
         samples = dict(zip(SPLITS, total[d].tolist(), strict=True))
         assert samples == ds.split_counts(), f"{ds.name}: shard counts {samples} != {ds.split_counts()}"
-        per_dataset[ds.name] = {**ds.stats().as_dict(), "kcore_rounds": ds.kcore_rounds, "samples": samples}
+        per_dataset[ds.name] = {
+            **ds.stats().as_dict(),
+            "repeat_interactions": ds.repeat_interactions(),
+            "kcore_rounds": ds.kcore_rounds,
+            "samples": samples,
+        }
+        if ds.policy is not None:
+            per_dataset[ds.name]["policy"] = ds.policy.as_dict()
         skipped.update({f"{ds.name}/{reason}": n for reason, n in sorted(ds.skipped.items())})
     return {
         "schema_version": SCHEMA_VERSION,

@@ -475,8 +475,8 @@ def _amazon_category(
     meta_lines += [repr(_unreviewed_meta(rng, category, brands, ids)) for _ in range(extra)]
     files = [_write(out / f"reviews_{category}_5.json.gz", [r[3] for r in rows]),
              _write(out / f"meta_{category}.json.gz", meta_lines)]  # fmt: skip
-    return {"format": "amazon2014", "category": category, "files": files, "users": cfg.users_per_category,
-            "items": len(reviewed), "reviews": len(rows), "duplicates": dups, "items_without_meta": missing,
+    return {"format": "amazon2014", "platform": "amazon", "category": category, "files": files,
+            "users": cfg.users_per_category, "items": len(reviewed), "reviews": len(rows), "duplicates": dups, "items_without_meta": missing,
             # catalog items the walks never reached are unreviewed too
             "meta_items_without_interactions": extra + len(cat.ids) - len(reviewed)}  # fmt: skip
 
@@ -588,8 +588,9 @@ def _yelp(out: Path, cfg: SynthConfig, ids: _Ids) -> dict[str, Any]:
     unreviewed = int((counts == 0).sum())
     files = [_write(out / "yelp_academic_dataset_business.json", business),
              _write(out / "yelp_academic_dataset_review.json", lines)]  # fmt: skip
-    return {"format": "yelp", "files": files, "users": cfg.yelp_users, "items": int((counts > 0).sum()),
-            "reviews": len(lines), "duplicates": dups, "meta_items_without_interactions": unreviewed}  # fmt: skip
+    return {"format": "yelp", "platform": "yelp", "files": files, "users": cfg.yelp_users,
+            "items": int((counts > 0).sum()), "reviews": len(lines), "duplicates": dups,
+            "meta_items_without_interactions": unreviewed}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ writing

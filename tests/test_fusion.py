@@ -30,8 +30,9 @@ def make(
     return preprocess(raw, DataConfig(kcore=5))
 
 
-def cfg(pretrain, zeroshot, **fusion) -> DataConfig:
-    specs = [DatasetSpec(n, "p5", f"/in/{n}") for n in [*pretrain, *zeroshot]]
+def cfg(pretrain, zeroshot, formats=None, **fusion) -> DataConfig:
+    formats = formats or {}
+    specs = [DatasetSpec(n, formats.get(n, "p5"), f"/in/{n}") for n in [*pretrain, *zeroshot]]
     return DataConfig(datasets=specs, fusion=FusionConfig(pretrain=pretrain, zeroshot=zeroshot, **fusion))
 
 
@@ -112,9 +113,12 @@ def test_leakage_drop_removes_shared_users_and_items_from_pretraining_and_counts
     toys = make(
         "toys", [f"t{k}" for k in range(10)] + ["alice"], [f"T{j}" for j in range(9)] + ["B000SHARED"]
     )
+    glob = {"user_namespace": "global"}  # these user ids name the same person in every dataset
     with pytest.raises(LeakageError, match=r"1 shared user id\(s\), e.g. \['alice'\]"):
-        build_corpora({"games": games, "toys": toys}, cfg(["games"], ["toys"]))
-    corpora = build_corpora({"games": games, "toys": toys}, cfg(["games"], ["toys"], on_leakage="drop"))
+        build_corpora({"games": games, "toys": toys}, cfg(["games"], ["toys"], **glob))
+    corpora = build_corpora(
+        {"games": games, "toys": toys}, cfg(["games"], ["toys"], on_leakage="drop", **glob)
+    )
     g = corpora.pretrain[0]
     assert "games:alice" not in users(g)
     assert "games:B000SHARED" not in g.items["item_id"].to_pylist()
@@ -128,11 +132,10 @@ def test_leakage_drop_removes_shared_users_and_items_from_pretraining_and_counts
         1 for s in games.sequences["item_ids"].to_pylist()[:10] if "B000SHARED" in s
     )
     assert corpora.zeroshot["toys"].sequences.num_rows == 11  # the held-out side is untouched
-    # With check_users=False (P5 user ids are row numbers), only items count as leakage.
-    only_items = build_corpora(
-        {"games": games, "toys": toys}, cfg(["games"], ["toys"], on_leakage="drop", check_users=False)
-    )
+    # The default for P5 files ("auto": their user ids are per-file row numbers): only items count.
+    only_items = build_corpora({"games": games, "toys": toys}, cfg(["games"], ["toys"], on_leakage="drop"))
     assert "games:alice" in users(only_items.pretrain[0])
+    assert only_items.pretrain[0].skipped["leakage_users"] == 0
 
 
 @pytest.mark.unit
@@ -141,3 +144,54 @@ def test_namespace_is_idempotent():
     once = namespace(ds)
     assert namespace(once) is once
     assert once.sequences["timestamps"].to_pylist() == ds.sequences["timestamps"].to_pylist()
+
+
+def p5_like(name: str, n_users: int, prefix: str) -> ProcessedDataset:
+    """P5 numbering: users u1..uN in every file, items of the dataset's own (ASIN-like) ids."""
+    return make(name, [f"u{k}" for k in range(1, n_users + 1)], [f"{prefix}{j:04d}" for j in range(8)])
+
+
+@pytest.mark.unit
+def test_p5_user_numbers_are_per_dataset_by_default_and_the_item_check_stays():
+    # Real Toys (u1..u19412) and Beauty (u1..u22363) share every Toys user id without sharing one person.
+    beauty, toys = p5_like("beauty", 12, "B"), p5_like("toys", 10, "T")
+    corpora = build_corpora({"beauty": beauty, "toys": toys}, cfg(["beauty"], ["toys"]))
+    assert corpora.pretrain[0].sequences.num_rows == 12 and not corpora.pretrain[0].skipped
+    assert DataConfig.policy(cfg(["beauty"], ["toys"]), "toys").user_ids == "per_dataset"
+    # In the corpus the two u1 stay two users.
+    assert users(corpora.pretrain[0])[0] == "beauty:u1" and users(corpora.zeroshot["toys"])[0] == "toys:u1"
+    # Forcing global user ids reports every toys user, with the advice to declare them per dataset.
+    with pytest.raises(LeakageError, match=r"10 shared user id\(s\).*user_namespace='per_dataset'"):
+        build_corpora({"beauty": beauty, "toys": toys}, cfg(["beauty"], ["toys"], user_namespace="global"))
+    # ASINs are global: a shared item is still leakage with per-dataset users.
+    toys_shared = make("toys", [f"u{k}" for k in range(1, 11)], [f"T{j:04d}" for j in range(7)] + ["B0003"])
+    with pytest.raises(LeakageError, match=r"1 shared item id\(s\), e.g. \['B0003'\]; 0 shared user"):
+        build_corpora({"beauty": beauty, "toys": toys_shared}, cfg(["beauty"], ["toys"]))
+
+
+@pytest.mark.unit
+def test_users_are_compared_only_between_datasets_with_global_ids():
+    # Held-out amazon2014 (global reviewer ids) vs a P5 pretraining set (per-file numbers) and an
+    # amazon2014 pretraining set: only the amazon2014 pair can share a person.
+    p5 = make("p5set", ["rev1", "rev2"] + [f"p{k}" for k in range(8)], [f"P{j}" for j in range(8)])
+    home = make("home", ["rev1"] + [f"h{k}" for k in range(9)], [f"H{j}" for j in range(8)])
+    held = make("toys", ["rev1", "rev2"] + [f"t{k}" for k in range(8)], [f"T{j}" for j in range(8)])
+    formats = {"home": "amazon2014", "toys": "amazon2014"}
+    data = {"p5set": p5, "home": home, "toys": held}
+    with pytest.raises(LeakageError, match=r"\(home\): 0 shared item id\(s\).*1 shared user id\(s\)"):
+        build_corpora(data, cfg(["p5set", "home"], ["toys"], formats))
+    corpora = build_corpora(data, cfg(["p5set", "home"], ["toys"], formats, on_leakage="drop"))
+    p5_out, home_out = corpora.pretrain
+    assert "p5set:rev1" in users(p5_out) and not p5_out.skipped  # a different person: kept
+    assert "home:rev1" not in users(home_out) and home_out.skipped["leakage_users"] == 1
+    # per_dataset for every dataset: nothing is shared.
+    none = build_corpora(data, cfg(["p5set", "home"], ["toys"], formats, user_namespace="per_dataset"))
+    assert "home:rev1" in users(none.pretrain[1])
+
+
+@pytest.mark.unit
+def test_user_namespace_is_validated_and_check_users_names_its_replacement():
+    with pytest.raises(ValueError, match=r"data.fusion.user_namespace='shared': expected one of"):
+        FusionConfig(user_namespace="shared")
+    with pytest.raises(ValueError, match=r"data.fusion.check_users was replaced by data.fusion.user_namespace"):
+        DataConfig.from_dict({"fusion": {"check_users": False}})

@@ -106,7 +106,7 @@ def test_prepare_layout_counts_and_two_runs_identical(tmp_path, raw):
 
 @pytest.mark.integration
 def test_fusion_prepare_writes_zero_shot_corpora_and_checks_leakage(tmp_path, raw):
-    fusion = FusionConfig(pretrain=["beauty", "toys"], zeroshot=["music"], user_cap=10, check_users=False)
+    fusion = FusionConfig(pretrain=["beauty", "toys"], zeroshot=["music"], user_cap=10)
     result = prepare(config(raw, ["beauty", "toys", "music"], fusion=fusion), tmp_path / "out")
     out = tmp_path / "out"
     assert result["manifest"]["datasets"]["beauty"]["users"] == 10  # capped from 14
@@ -116,8 +116,10 @@ def test_fusion_prepare_writes_zero_shot_corpora_and_checks_leakage(tmp_path, ra
     assert zs["datasets"]["music"]["users"] == 8 and zs["samples"] == 8 * 5
     assert inspect(out)["zeroshot"]["music"] == zs
     assert {s["dataset"] for s in read_back(out)} == {"beauty", "toys"}
-    # The same user ids u0.. occur in every P5 file: with the user check on, that is reported as leakage.
-    strict = FusionConfig(pretrain=["beauty", "toys"], zeroshot=["music"])
+    # The same user ids u0.. occur in every P5 file without being the same people: not leakage by default
+    # (above); declared global, they are reported as leakage.
+    assert result["policies"]["music"]["user_ids"] == "per_dataset"
+    strict = FusionConfig(pretrain=["beauty", "toys"], zeroshot=["music"], user_namespace="global")
     with pytest.raises(LeakageError, match=r"'music' leaks into the pretraining corpus \(beauty, toys\)"):
         prepare(config(raw, ["beauty", "toys", "music"], fusion=strict), tmp_path / "strict")
     assert not (tmp_path / "strict").exists() and leftovers(tmp_path) == []
