@@ -18,7 +18,7 @@ item or user list. Nothing is dropped silently; these non-fatal cases are kept o
   multi-million-line meta files fast to read.
 - `duplicate_meta`: a second metadata line for the same item; the first one wins.
 - `users_without_items`: a P5 line holding a user id only.
-Duplicate interactions are kept: deduplication is preprocessing's job (it counts them).
+Duplicate interactions are kept: deduplication is preprocessing's job, a per-dataset policy (docs/data.md).
 
 Speed: files are streamed line by line (gzip transparently), columns are accumulated in Python lists and
 turned into pyarrow tables once. The two biggest inputs take C++ fast paths: review JSON lines (millions

@@ -132,7 +132,7 @@ def test_bad_input_midway_leaves_nothing_and_keeps_the_previous_corpus(tmp_path,
     with pytest.raises(DataError, match=r"broken/user_sequence.txt:9: unknown item id 'NOPE'"):
         prepare(config(raw, ["beauty", "broken"]), out)
     assert not out.exists() and leftovers(tmp_path) == []
-    # A user with 2 items survives kcore=1 and cannot be split: an error when configured so.
+    # A user with 2 items (P5 sets are not k-cored by default) cannot be split: an error when configured so.
     write_p5(raw / "short", "S", 8, 8, extra="u99 S000 S001\n")
     with pytest.raises(DataError, match=r"dataset 'short': 1 user\(s\) have < 3 items.*u99 \(2 items\)"):
         prepare(config(raw, ["short"], kcore=1, short_users="error"), out)
