@@ -16,22 +16,19 @@ from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset, ShardLoad
 from fusionrec.launch.configtree import ConfigError, from_dict, load_toml
 from fusionrec.trainer.config import TrainConfig
 from fusionrec.trainer.decoding import constrained_beam_search
-from fusionrec.trainer.genrec_data import (
+from fusionrec.trainer.models.genrec import GenRecForConditionalGeneration
+from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
+from fusionrec.trainer.models.tokenizer import load_tokenizer
+from fusionrec.trainer.recipes.genrec.config import GenRecConfig, GenRecDataConfig
+from fusionrec.trainer.recipes.genrec.data import (
     ClozeCollate,
     FinetuneCollate,
-    GenRecDataConfig,
     GenRecVocab,
     SequenceEncoder,
     cloze_position,
     prepare_tokenizer,
 )
-from fusionrec.trainer.models.genrec import GenRecForConditionalGeneration
-from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
-from fusionrec.trainer.models.tokenizer import load_tokenizer
-from fusionrec.trainer.modules.genrec import (
-    GenRecConfig,
-    build_genrec_module,
-)
+from fusionrec.trainer.recipes.genrec.module import build_genrec_module
 from fusionrec.trainer.testing import run_distributed_test
 from fusionrec.trainer.tokens import IGNORE_INDEX as IGNORE
 from fusionrec.trainer.tokens import token_cross_entropy

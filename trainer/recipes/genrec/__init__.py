@@ -1,10 +1,12 @@
-"""GenRec: BART with user/item ID embeddings (the TrainModule is in trainer/modules/genrec.py)."""
+"""GenRec: BART with user/item ID embeddings. config.py (torch-free section `[genrec]`), data.py (ID vocabularies,
+aligned encoding, cloze/finetune collation), module.py (the TrainModule: token cross-entropy, trie beam-search
+validation), build.py (builder, export). The architecture is trainer/models/genrec.py."""
 
 from fusionrec.trainer.recipes import Recipe
 
 RECIPE = Recipe(
     "genrec",
     build="fusionrec.trainer.recipes.genrec.build:build",
-    section="fusionrec.trainer.modules.genrec:GenRecConfig",
+    section="fusionrec.trainer.recipes.genrec.config:GenRecConfig",
     export="fusionrec.trainer.recipes.genrec.build:export",
 )

@@ -11,7 +11,7 @@ from fusionrec.trainer.worker import Built
 
 
 def _module(cfg: Any) -> Any:
-    from fusionrec.trainer.modules.genrec import build_genrec_module
+    from fusionrec.trainer.recipes.genrec.module import build_genrec_module
 
     return build_genrec_module(cfg.section("genrec"), cfg.corpus_dir(), loader=cfg.section("loader"))
 
