@@ -103,3 +103,35 @@ def test_length_stats_hand_computed(tok):
         len(tok(x, add_special_tokens=False)["input_ids"]) for x in ("red cream", "blue", "green tea lotion")
     ]
     assert s["mean_tokens"] == pytest.approx(sum(lens) / 3) and s["max_tokens"] == max(lens)
+
+
+def test_method_and_with_stats_keep_the_version():
+    title = IDTable({"a": "red cream", "b": "blue"}, "generative", 0, {"initial": "title", "suffixed": 0})
+    generated = IDTable({"a": "red cream", "b": "blue"}, "generative", 1, {"second_attempt_share": 0.5})
+    assert title.method == "title" and generated.method == "generator"
+    assert IDTable.random_numeric(["a", "b"]).method == "random"
+    more = title.with_stats(quality={"items": 2})
+    assert more.version == title.version and more.as_dict() == title.as_dict() and more.method == "title"
+    assert more.stats == {"initial": "title", "suffixed": 0, "quality": {"items": 2}}
+    assert title.stats == {"initial": "title", "suffixed": 0}  # the original is untouched
+
+
+def test_quality_by_hand(tok):
+    """Words of the item's own text, bases without number suffixes, lengths in words and tokens, attempts."""
+    t = IDTable(
+        {"a": "red cream", "b": "red cream 2", "c": "xq", "d": "tttt"},
+        "generative",
+        stats={"second_attempt_share": 0.25, "fallback": 1},
+    )
+    texts = {"a": "title: red soft cream", "b": "title: red cream", "c": "title: green tea", "d": "blue hair"}
+    q = t.quality(texts, tok)
+    # ID words: red cream | red cream 2 | xq | tttt -> 4 of 7 in their own text; items a only fully.
+    assert q["word_in_text_share"] == pytest.approx(4 / 7)
+    assert q["items_all_words_in_text_share"] == pytest.approx(1 / 4)
+    assert q["distinct_id_share"] == 1.0 and q["duplicate_base_share"] == pytest.approx(1 / 4)
+    assert q["short_id_share"] == pytest.approx(1 / 4)  # "xq": under 3 letters
+    assert q["mean_words"] == pytest.approx(7 / 4)
+    lens = [len(tok(x, add_special_tokens=False)["input_ids"]) for x in t.as_dict().values()]
+    assert q["mean_tokens"] == pytest.approx(sum(lens) / 4)
+    assert q["second_attempt_share"] == 0.25 and q["fallback_share"] == pytest.approx(1 / 4)
+    assert "word_in_text_share" not in t.quality()  # no texts: no word-in-text shares

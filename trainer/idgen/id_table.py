@@ -4,6 +4,10 @@ The trie of the constrained decoder is always rebuilt from the table it belongs 
 carries its own version: the training round plus a SHA-256 of its content, checked again on load. Three
 schemes share the interface: ``generative`` (IDGenRec's ID generator, `generator.py`), ``sequential``
 (P5-SID: consecutive numbers by first appearance in the users' sequences) and ``random`` (random numbers).
+
+Within ``generative``, `method` tells how the IDs were made: ``title`` (first title words, `title_table`,
+recorded as ``stats["initial"] = "title"``) or ``generator`` (Algorithm 1 with the ID generator). `quality`
+gives the table's diagnostics (`quality.py`: word-in-text share, distinct IDs, lengths, attempts).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionrec.fileio import atomic_write_text
+from fusionrec.trainer.idgen.quality import id_quality
 from fusionrec.trainer.models.tokenizer import encode_strict
 from transformers import PreTrainedTokenizerBase
 
@@ -92,6 +97,17 @@ class IDTable:
     def get_item(self, textual_id: str) -> str | None:
         return self._reverse.get(textual_id)
 
+    @property
+    def method(self) -> str:
+        """How the IDs were made: ``title`` | ``generator`` (scheme ``generative``), else the scheme."""
+        if self.scheme != "generative":
+            return self.scheme
+        return "title" if self.stats.get("initial") == "title" else "generator"
+
+    def with_stats(self, **extra: Any) -> IDTable:
+        """The same table (same IDs, round, hash and version) with `extra` merged into its stats."""
+        return type(self)(self._ids, self.scheme, self.round, {**self.stats, **extra})
+
     # -- statistics -----------------------------------------------------------------------------------
     def length_stats(self, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, float]:
         """Mean/max ID length in words (and in tokens, without special tokens, when a tokenizer is given)."""
@@ -105,6 +121,18 @@ class IDTable:
             ]
             out.update(mean_tokens=sum(toks) / len(toks), max_tokens=max(toks))
         return out
+
+    def quality(
+        self, texts: Mapping[str, str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> dict[str, Any]:
+        """The table's diagnostics (`quality.id_quality`): `texts` = item -> its own text (word-in-text
+        shares), `tokenizer` = the recommender's (mean tokens per ID)."""
+        lengths = None
+        if tokenizer is not None and self._ids:
+            lengths = [
+                len(x) for x in tokenizer(list(self._ids.values()), add_special_tokens=False)["input_ids"]
+            ]
+        return id_quality(self._ids, texts, token_lengths=lengths, stats=self.stats)
 
     def tokenized(self, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
         """Item → token ids of its textual ID, as the recommender's labels (special tokens included, e.g. T5's
