@@ -172,9 +172,9 @@ def _padding_and_prompts(run_dir: Path, corpus: Path, batches: int) -> dict[str,
     from fusionrec.launch.config import load_config
     from fusionrec.trainer.bucketing import BucketedLoader, padding_fraction
     from fusionrec.trainer.idgen.id_table import IDTable
-    from fusionrec.trainer.idgenrec_data import IDGenRecCollator, id_tokens
     from fusionrec.trainer.models.tokenizer import load_tokenizer
     from fusionrec.trainer.prompts import PromptBuilder
+    from fusionrec.trainer.recipes.idgenrec.data import IDGenRecCollator, id_tokens
 
     cfg = load_config(run_dir / "config.toml")
     rec, micro = cfg.idgenrec, cfg.train.deepspeed.micro_batch_size

@@ -28,7 +28,7 @@ import torch
 from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
 from fusionrec.trainer.recipes.idgenrec.artefacts import RankingConfig, load_idgenrec_for_eval
 from fusionrec.trainer.decoding import constrained_beam_search
-from fusionrec.trainer.idgenrec_data import IDGenRecCollator, id_tokens
+from fusionrec.trainer.recipes.idgenrec.data import IDGenRecCollator, id_tokens
 from fusionrec.trainer.prompts import PromptBuilder, PromptConfig
 
 ckpt, corpus = sys.argv[1], sys.argv[2]
@@ -74,9 +74,9 @@ def test_a_fresh_process_without_deepspeed_scores_a_user(tiny_run):
 def _top_via_deepspeed(ckpt: Path, corpus: Path, user: str) -> list[int]:
     from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
     from fusionrec.trainer.decoding import constrained_beam_search
-    from fusionrec.trainer.idgenrec_data import IDGenRecCollator, id_tokens
     from fusionrec.trainer.prompts import PromptBuilder, PromptConfig
     from fusionrec.trainer.recipes.idgenrec.artefacts import load_idgenrec_for_eval
+    from fusionrec.trainer.recipes.idgenrec.data import IDGenRecCollator, id_tokens
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     model, tokenizer, table, trie = load_idgenrec_for_eval(ckpt)

@@ -21,7 +21,14 @@ from fusionrec.data_pipeline.preprocess import ProcessedDataset
 from fusionrec.data_pipeline.shards import write_shards
 from fusionrec.trainer.idgen.generator import IDGenConfig
 from fusionrec.trainer.idgen.id_table import IDTable
-from fusionrec.trainer.idgenrec_data import (
+from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
+from fusionrec.trainer.models.soft_ids import SoftIDRecommender
+from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+from fusionrec.trainer.module_base import Phase
+from fusionrec.trainer.prompts import TEMPLATES, PromptBuilder, PromptConfig, build_prompt
+from fusionrec.trainer.recipes.idgenrec.artefacts import RankingConfig, build_trie, evaluate
+from fusionrec.trainer.recipes.idgenrec.config import IDGenRecConfig, IDGenRecDataConfig
+from fusionrec.trainer.recipes.idgenrec.data import (
     IDGenRecCollator,
     ItemBatches,
     encodable_fn,
@@ -29,18 +36,8 @@ from fusionrec.trainer.idgenrec_data import (
     load_items,
     title_table,
 )
-from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
-from fusionrec.trainer.models.soft_ids import SoftIDRecommender
-from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
-from fusionrec.trainer.module_base import Phase
-from fusionrec.trainer.modules.idgenrec import (
-    IDGenRecConfig,
-    IDGenRecDataConfig,
-    IDGenRecModule,
-    check_shared_vocab,
-)
-from fusionrec.trainer.prompts import TEMPLATES, PromptBuilder, PromptConfig, build_prompt
-from fusionrec.trainer.recipes.idgenrec.artefacts import RankingConfig, build_trie, evaluate
+from fusionrec.trainer.recipes.idgenrec.module import IDGenRecModule
+from fusionrec.trainer.recipes.idgenrec.tokenizer import check_shared_vocab
 from fusionrec.trainer.tokens import IGNORE_INDEX as IGNORE
 
 COLORS = ["red", "blue", "green", "black", "white", "pink", "gold", "silver"]
@@ -91,7 +88,7 @@ def fit_idgenrec(cfg: IDGenRecConfig, run_dir: str, max_steps: int, resume: str 
     from fusionrec.trainer.callbacks import CheckpointCallback, HistoryCallback
     from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
+    from fusionrec.trainer.recipes.idgenrec.module import build_idgenrec_module
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4)

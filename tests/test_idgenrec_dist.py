@@ -35,7 +35,8 @@ def _worker(corpus: str, tokenizer: str, run_dir: str, zero_stage: int) -> dict:
     from fusionrec.trainer.config import CheckpointConfig, DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.idgen.generator import generate_ids
     from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.modules.idgenrec import IDGenRecDataConfig, build_idgenrec_module
+    from fusionrec.trainer.recipes.idgenrec.config import IDGenRecDataConfig
+    from fusionrec.trainer.recipes.idgenrec.module import build_idgenrec_module
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
     class PhaseProbe(Callback):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from fusionrec.trainer.models.tokenizer import TokenizerConfig
-from fusionrec.trainer.modules.idgenrec import IDGenRecModule
+from fusionrec.trainer.recipes.idgenrec.module import IDGenRecModule
 from test_idgenrec import fit_idgenrec, make_corpus, make_tokenizer, tiny_config
 
 SCHEDULE = dict(rounds=1, id_steps=2, rec_steps=2, trie_softmax=True)  # id: steps 1-2, rec: steps 3-4

@@ -20,11 +20,18 @@ from fusionrec.trainer.idgen.user_ids import (
     title_user_table,
     user_histories,
 )
-from fusionrec.trainer.idgenrec_data import IDGenRecCollator, all_samples, encodable_fn, id_tokens, load_items
 from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer
-from fusionrec.trainer.modules.idgenrec import IDGenRecConfig, IDGenRecModule
 from fusionrec.trainer.prompts import STYLES, PromptBuilder, PromptConfig, user_key
+from fusionrec.trainer.recipes.idgenrec.config import IDGenRecConfig
+from fusionrec.trainer.recipes.idgenrec.data import (
+    IDGenRecCollator,
+    all_samples,
+    encodable_fn,
+    id_tokens,
+    load_items,
+)
+from fusionrec.trainer.recipes.idgenrec.module import IDGenRecModule
 from test_idgenrec import TINY, fit_idgenrec, make_corpus, make_tokenizer, tiny_config
 
 IDGEN = IDGenConfig(num_groups=4, lambda_max=3.0, max_windows=1)

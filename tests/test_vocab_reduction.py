@@ -58,8 +58,8 @@ def test_a_bpe_source_is_refused_naming_the_file(tmp_path):
 def test_recipe_vocab_texts_keep_the_title_table_and_prompts_identical(t5_tokenizer_dir, tmp_path):
     """The idgenrec module reduces over item texts + every template + title IDs + digits: the initial ID
     table chosen with the reduced tokenizer is the one chosen with the full tokenizer, token for token."""
-    from fusionrec.trainer.idgenrec_data import encodable_fn, id_tokens, title_table
-    from fusionrec.trainer.modules.idgenrec import IDGenRecModule
+    from fusionrec.trainer.recipes.idgenrec.data import encodable_fn, id_tokens, title_table
+    from fusionrec.trainer.recipes.idgenrec.module import IDGenRecModule
     from test_idgenrec import make_corpus, tiny_config
 
     corpus = make_corpus(tmp_path / "corpus")

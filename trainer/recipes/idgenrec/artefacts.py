@@ -18,12 +18,12 @@ from fusionrec.trainer.checkpoint_reader import load_weights, read_module_state
 from fusionrec.trainer.decoding import CompiledTrie, constrained_beam_search
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.idgen.user_ids import UserIDTable
-from fusionrec.trainer.idgenrec_data import IDGenRecCollator, id_tokens
 from fusionrec.trainer.metrics import MetricSums
 from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.soft_ids import SoftIDRecommender
 from fusionrec.trainer.models.tokenizer import load_tokenizer
 from fusionrec.trainer.prompts import PromptBuilder, PromptConfig
+from fusionrec.trainer.recipes.idgenrec.data import IDGenRecCollator, id_tokens
 
 
 @dataclass

@@ -13,7 +13,7 @@ from fusionrec.trainer.worker import Built
 
 def build(cfg: Any, strategy: Any) -> Built:
     """IDGenRec alternate training: phases build their loaders (the ID table changes between phases)."""
-    from fusionrec.trainer.modules.idgenrec import build_idgenrec_module
+    from fusionrec.trainer.recipes.idgenrec.module import build_idgenrec_module
 
     module = build_idgenrec_module(cfg.required_section("idgenrec"), cfg.train.run_dir)
     return Built(module=module, train_loader=[], val_loader=module.val_loader())

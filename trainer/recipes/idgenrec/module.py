@@ -1,4 +1,4 @@
-"""The ``idgenrec`` recipe: alternate training of the ID generator and the T5 recommender (IDGenRec §2.5).
+"""The ``idgenrec`` recipe's TrainModule: alternate training of the ID generator and the T5 recommender (IDGenRec §2.5).
 
 Engines: ``recommender`` (a :class:`SoftIDRecommender` around a seq2seq model) and ``id_generator`` (a
 seq2seq model, item text -> textual ID); both share ONE tokenizer/vocabulary (checked), which is what makes
@@ -37,53 +37,39 @@ regenerated after the first ID phase stay close to meaningful words instead of j
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from fusionrec.data_pipeline.loader import (
-    LoaderConfig,
-    ShardDataset,
-    ShardLoader,
-    gather_state,
-)
-from fusionrec.trainer.bucketing import BucketedLoader
+from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
 from fusionrec.trainer.config import OptimConfig
 from fusionrec.trainer.decoding import CompiledTrie
-from fusionrec.trainer.idgen.generator import IDGenConfig, generate_ids
 from fusionrec.trainer.idgen.id_table import IDTable
-from fusionrec.trainer.idgen.user_ids import (
-    UserIDTable,
-    generate_user_table,
-    title_user_table,
-    user_histories,
-)
-from fusionrec.trainer.idgenrec_data import (
-    CollateConfig,
-    IDGenRecCollator,
+from fusionrec.trainer.idgen.user_ids import UserIDTable
+from fusionrec.trainer.models.seq2seq import build_seq2seq
+from fusionrec.trainer.models.soft_ids import SoftIDRecommender
+from fusionrec.trainer.models.tokenizer import load_tokenizer
+from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
+from fusionrec.trainer.prompts import STYLES, build_prompt
+from fusionrec.trainer.recipes.idgenrec.artefacts import evaluate, set_trie_softmax, table_from_state
+from fusionrec.trainer.recipes.idgenrec.config import IDGenRecConfig
+from fusionrec.trainer.recipes.idgenrec.data import (
     ItemBatches,
-    all_samples,
     encodable_fn,
-    id_tokens,
     load_items,
     text_to_id_batch,
     title_table,
 )
-from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
-from fusionrec.trainer.models.soft_ids import SoftIDRecommender
-from fusionrec.trainer.models.tokenizer import TokenizerConfig, load_tokenizer, reduce_vocab, train_tokenizer
-from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
-from fusionrec.trainer.prompts import STYLES, TEMPLATES, PromptBuilder, PromptConfig, build_prompt
-from fusionrec.trainer.recipes.idgenrec.artefacts import (
-    RankingConfig,
-    build_trie,
-    evaluate,
-    set_trie_softmax,
-    table_from_state,
+from fusionrec.trainer.recipes.idgenrec.loaders import BucketedTrainLoader, TrainLoader, ValidLoader
+from fusionrec.trainer.recipes.idgenrec.loss import shift_right, trie_token_nll
+from fusionrec.trainer.recipes.idgenrec.tables import IDTables
+from fusionrec.trainer.recipes.idgenrec.tokenizer import (
+    check_shared_vocab,
+    materialize_tokenizer,
+    tokenizer_files,
+    tokenizer_sha,
 )
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 from fusionrec.trainer.tokens import IGNORE_INDEX, token_nll
@@ -92,197 +78,8 @@ log = logging.getLogger(__name__)
 ENGINES = {"id": "id_generator", "rec": "recommender", "warmup": "id_generator"}
 
 
-@dataclass
-class IDGenRecDataConfig:
-    """Where the samples and item texts come from (a prepared corpus) and how they are loaded."""
-
-    corpus: str = ""
-    seed: int = 0
-    num_workers: int = 0
-    max_train_samples: int | None = None
-    max_valid_samples: int | None = None
-    bucket_window: int = 0  # > 1: training batches regrouped by prompt length within this many batches
-    collate: CollateConfig = field(default_factory=CollateConfig)
-
-
-@dataclass
-class IDGenRecConfig:
-    """The ``[idgenrec]`` section: models, tokenizer, prompts, Algorithm 1, the alternation schedule."""
-
-    data: IDGenRecDataConfig = field(default_factory=IDGenRecDataConfig)
-    recommender: ModelConfig = field(default_factory=ModelConfig)
-    id_generator: ModelConfig = field(default_factory=lambda: ModelConfig(seed=1))
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    pretrained_tokenizer: str = ""  # hub id or folder (e.g. "t5-small"); empty: tokenizer.* (path or train)
-    # Keep only the pieces the corpus texts/templates/initial IDs use (Unigram source; same segmentation,
-    # ids remapped): a smaller embedding + LM head, so a faster step for small models.
-    reduce_vocab: bool = False
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    idgen: IDGenConfig = field(default_factory=IDGenConfig)
-    eval: RankingConfig = field(default_factory=RankingConfig)
-    rounds: int = 3
-    order: list[str] = field(default_factory=lambda: ["id", "rec"])
-    id_epochs: int = 1
-    id_steps: int = 0  # > 0: the ID phase is this many optimizer steps instead of id_epochs
-    rec_epochs: int = 10
-    rec_steps: int = 0
-    id_lr: float = 1e-4
-    initial_ids: str = "title"  # "title" | "generator"
-    title_words: int = 3
-    user_title_words: int = 3  # words of a title user ID (prompt.use_user_id with initial_ids = "title")
-    warmup_steps: int = 0  # ID-generator distillation of the initial table (text -> ID) before round 0
-    # Recommender loss as a softmax over the trie children of each teacher-forced prefix (the item-level
-    # likelihood the constrained beam search ranks by) instead of over the whole vocabulary. Not in the
-    # paper; see trie_token_nll. Decoding of such a model renormalises the same way (model.config).
-    trie_softmax: bool = False
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"idgenrec.rounds must be >= 1, got {self.rounds}")
-        if sorted(self.order) not in (["id", "rec"], ["rec"]):
-            raise ValueError(
-                f"idgenrec.order must be a permutation of ['id', 'rec'] (or ['rec']: the recommender alone "
-                f"on fixed initial IDs), got {self.order}"
-            )
-        for key in ("id_epochs", "rec_epochs"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"idgenrec.{key} must be >= 1, got {getattr(self, key)}")
-        if min(self.id_steps, self.rec_steps, self.warmup_steps) < 0:
-            raise ValueError("idgenrec.id_steps, rec_steps and warmup_steps must be >= 0")
-        if not self.id_lr > 0:
-            raise ValueError(f"idgenrec.id_lr must be > 0, got {self.id_lr}")
-        if self.initial_ids not in ("title", "generator"):
-            raise ValueError(f"idgenrec.initial_ids must be 'title' or 'generator', got {self.initial_ids!r}")
-        if self.title_words < 1:
-            raise ValueError(f"idgenrec.title_words must be >= 1, got {self.title_words}")
-        if self.user_title_words < 1:
-            raise ValueError(f"idgenrec.user_title_words must be >= 1, got {self.user_title_words}")
-        if self.data.bucket_window < 0:
-            raise ValueError(f"idgenrec.data.bucket_window must be >= 0, got {self.data.bucket_window}")
-        if self.reduce_vocab and not (self.pretrained_tokenizer or self.tokenizer.path):
-            raise ValueError(
-                "idgenrec.reduce_vocab needs a source tokenizer: set idgenrec.pretrained_tokenizer (a folder)"
-            )
-
-    def phase_length(self, name: str) -> dict[str, int]:
-        steps = {"id": self.id_steps, "rec": self.rec_steps}[name]
-        return {"steps": steps} if steps else {"epochs": {"id": self.id_epochs, "rec": self.rec_epochs}[name]}
-
-
-# ---------------------------------------------------------------------- helpers
-def check_shared_vocab(recommender: torch.nn.Module, generator: torch.nn.Module, tokenizer: Any) -> int:
-    """Soft IDs are distributions over the generator's vocabulary multiplied into the recommender's embedding
-    matrix: both must index the same tokenizer. Returns the shared vocabulary size."""
-    v_rec = recommender.get_input_embeddings().num_embeddings
-    v_gen = generator.get_input_embeddings().num_embeddings
-    if v_rec != v_gen:
-        raise ValueError(
-            f"recommender vocab {v_rec} != ID generator vocab {v_gen}: they must share one tokenizer"
-        )
-    if len(tokenizer) > v_rec:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary is {v_rec}")
-    return v_rec
-
-
-def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
-    """Teacher-forcing decoder input: [start, y_1 .. y_{T-1}], -100 -> pad."""
-    dec = labels.new_full(labels.shape, pad)
-    dec[:, 0] = start
-    dec[:, 1:] = labels[:, :-1]
-    return dec.masked_fill(dec == IGNORE_INDEX, pad)
-
-
-def trie_token_nll(
-    logits: torch.Tensor, labels: torch.Tensor, trie: CompiledTrie
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`token_nll` with each position's softmax restricted to the trie children of its prefix.
-
-    The sum over an ID's positions is then exactly -log P(item) under the constrained decoder, a softmax
-    over the catalogue: no gradient is spent on tokens that could never be decoded, and positions with a
-    single continuation cost nothing. Labels must be trie paths (the current table's IDs + eos).
-    """
-    keep = labels != IGNORE_INDEX
-    nodes = trie.prefix_nodes(labels)[keep]
-    targets = labels[keep]
-    if (trie.step(nodes, targets) == trie.dead).any():  # structural: independent of the logits' values
-        raise ValueError(
-            "a label is not a path of the current ID trie (was the trie rebuilt with the table?)"
-        )
-    log_probs = trie.log_softmax(logits[keep].float(), nodes)
-    # an all-padding batch selects no logits: the sum is 0 and still a graph for DeepSpeed's backward
-    return -log_probs.gather(1, targets[:, None]).sum(), keep.sum()
-
-
-def _tokenizer_files(folder: Path) -> dict[str, str]:
-    files = {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.json"))}
-    if "tokenizer.json" not in files:
-        raise ValueError(f"{folder}: no tokenizer.json")
-    return files
-
-
-def _sha(files: Mapping[str, str]) -> str:
-    return hashlib.sha256(files["tokenizer.json"].encode()).hexdigest()
-
-
-class _TrainLoader:
-    """A ShardLoader bound to one collator; its state is gathered over ranks (resumable on any topology)."""
-
-    def __init__(self, dataset: ShardDataset, collate: IDGenRecCollator) -> None:
-        self.collate = collate
-        self.loader = ShardLoader(dataset, collate)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return iter(self.loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return gather_state(self.loader.state_dict())  # collective: every rank saves the merged state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "bucket_window" in state:
-            raise ValueError(
-                "loader state was saved with length bucketing (idgenrec.data.bucket_window="
-                f"{state['bucket_window']}); resume with the same setting"
-            )
-        self.loader.load_state_dict(state)
-
-    def close(self) -> None:
-        self.loader.close()
-
-
-class _BucketedTrainLoader(BucketedLoader):
-    """Length-bucketed training batches (``idgenrec.data.bucket_window`` > 1), see trainer/bucketing.py."""
-
-    def __init__(self, dataset: ShardDataset, collate: IDGenRecCollator, window: int, seed: int) -> None:
-        super().__init__(dataset, collate, collate.prompt_cost, window, seed)
-
-
-class _ValidLoader:
-    """Validation batches built from the module's *current* ID table at every pass (never stale)."""
-
-    def __init__(self, module: IDGenRecModule, split: str) -> None:
-        self.module, self.split = module, split
-        self.dataset: ShardDataset | None = None  # built at the first pass (needs the configured module)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        if self.dataset is None:
-            self.dataset = self.module.split_dataset(self.split, even_batches=True)
-        dataset = self.dataset
-        dataset.set_epoch(0)  # every pass is the whole split
-        loader = ShardLoader(dataset, self.module.collator("eval", dataset))
-        try:
-            yield from loader
-        finally:
-            loader.close()
-
-
 # ---------------------------------------------------------------------- the module
-class IDGenRecModule(BaseTrainModule):
+class IDGenRecModule(IDTables, BaseTrainModule):
     """TrainModule of the idgenrec recipe (see the module docstring)."""
 
     main_engine = "recommender"
@@ -304,7 +101,7 @@ class IDGenRecModule(BaseTrainModule):
         self.stats: dict[str, int] = {"regenerations": 0, "table_mismatch": 0}
         self._trie: CompiledTrie | None = None
         self._trie_dev: CompiledTrie | None = None  # self.trie on the engines' device (trie_softmax)
-        self._loader: _TrainLoader | _BucketedTrainLoader | None = None
+        self._loader: TrainLoader | BucketedTrainLoader | None = None
 
     # ------------------------------------------------------------------ setup
     def configure(self, strategy: DeepspeedStrategy, optim: OptimConfig) -> dict[str, Engine]:
@@ -329,20 +126,9 @@ class IDGenRecModule(BaseTrainModule):
         """Rank 0 trains (or copies, or reduces) the tokenizer into RUN/tokenizer once; every rank loads it."""
         folder = self.run_dir / "tokenizer"
         if self.strategy.is_rank0 and not (folder / "tokenizer.json").is_file():
-            if self.cfg.reduce_vocab:
-                src = self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path
-                _, report = reduce_vocab(src, self._vocab_texts(load_tokenizer(src)), folder)
-                log.info("reduced vocabulary: %s", report)
-            elif self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path:
-                from transformers import AutoTokenizer
-
-                src = self.cfg.pretrained_tokenizer or self.cfg.tokenizer.path
-                AutoTokenizer.from_pretrained(src).save_pretrained(str(folder))
-            else:  # item texts + templates + digits: prompt words and number suffixes are never <unk>
-                corpus = list(self.texts.values()) + list(TEMPLATES) * 20 + [" ".join("0123456789")] * 20
-                train_tokenizer(corpus, folder, self.cfg.tokenizer.vocab_size)
+            materialize_tokenizer(self.cfg, folder, self.texts, self._vocab_texts)
         self.strategy.barrier()
-        return load_tokenizer(folder), _tokenizer_files(folder)
+        return load_tokenizer(folder), tokenizer_files(folder)
 
     def _vocab_texts(self, full: Any) -> list[str]:
         """Every text the run will tokenize besides generated IDs: item texts, each prompt template (filled
@@ -381,93 +167,7 @@ class IDGenRecModule(BaseTrainModule):
 
     def val_loader(self, split: str = "valid") -> Iterable[dict[str, torch.Tensor]]:
         """For ``Trainer(val_loader=...)``: batches of ``split`` under the current table at every pass."""
-        return _ValidLoader(self, split)
-
-    # ------------------------------------------------------------------ ID tables
-    def _ensure_table(self) -> None:
-        if self.table is not None:
-            return
-        if self.cfg.initial_ids == "title":
-            self._set_table(title_table(self.titles, self.cfg.title_words, encodable_fn(self.tokenizer)))
-            if self.cfg.prompt.use_user_id:
-                self._set_user_table(self._title_users(self.tokenizer))
-        else:
-            self._regenerate(round=0)
-
-    def user_histories(self) -> dict[str, tuple[str, ...]]:
-        """Every sample's (user key -> history), read once from all splits of the corpus."""
-        if self._histories is None:
-            self._histories = user_histories(all_samples(self.cfg.data.corpus))
-        return self._histories
-
-    def _title_users(self, tokenizer: Any) -> UserIDTable:
-        words, encodable = self.cfg.user_title_words, encodable_fn(tokenizer)
-        return title_user_table(self.user_histories(), self.titles, words, encodable)
-
-    def _regenerate(self, round: int) -> None:
-        """New item (and user) tables from ONE gather of the generator weights, on every rank; ranks must
-        agree on each table's hash."""
-        local = self.local_model("id_generator")
-        with torch.no_grad():
-            table = generate_ids(local, self.tokenizer, self.texts, self.cfg.idgen, round=round)
-        self._set_table(self._agreed(table))
-        if self.cfg.prompt.use_user_id:
-            histories, words = self.user_histories(), self.cfg.user_title_words
-            users = generate_user_table(
-                local, self.tokenizer, histories, self.texts, self.titles, self.cfg.idgen, words, round=round
-            )
-            self._set_user_table(self._agreed(users))
-
-    def _agreed(self, table: IDTable | UserIDTable) -> IDTable | UserIDTable:
-        """``table`` when every rank built the same; else rank 0's (nondeterministic GPU kernels), visibly."""
-        hashes = self.strategy.all_gather_object(table.hash)
-        if len(set(hashes)) == 1:
-            return table
-        log.warning(
-            "%s differ across ranks (%s); using rank 0's", type(table).__name__, [h[:12] for h in hashes]
-        )
-        self.stats["table_mismatch"] += 1
-        if isinstance(table, UserIDTable):
-            return UserIDTable.from_state(self.strategy.broadcast_object(table.to_state()))
-        ids, stats = self.strategy.broadcast_object((table.as_dict(), table.stats))
-        return IDTable(ids, "generative", table.round, stats)
-
-    def _set_table(self, table: IDTable) -> None:
-        self.table, self.tokens = table, id_tokens(table, self.tokenizer)
-        self._trie = self._trie_dev = None  # rebuilt lazily from the new table
-        self.history.append(table.version)
-        if self.strategy.is_rank0:
-            table.save(self.run_dir / "id_tables" / f"{table.version}.json")
-
-    def _set_user_table(self, table: UserIDTable) -> None:
-        self.user_table = table
-        self.user_history.append(table.version)
-        log.info("user ID table %s: %s", table.version, table.stats)
-        if self.strategy.is_rank0:
-            table.save(self.run_dir / "id_tables" / f"users-{table.version}.json")
-
-    @property
-    def trie(self) -> CompiledTrie:
-        if self._trie is None:
-            self._trie = build_trie(self.table, self.tokens, self.rec_start, self.tokenizer.eos_token_id)
-        return self._trie
-
-    def collator(self, mode: str, dataset: ShardDataset) -> IDGenRecCollator:
-        """A collator bound to the current table (rebuilt whenever the table changes)."""
-        self._ensure_table()
-        users = self.user_table.as_dict() if self.user_table is not None else None
-        version = self.table.version + (f"+{self.user_table.version}" if self.user_table is not None else "")
-        return IDGenRecCollator(
-            mode,
-            self.tokenizer,
-            PromptBuilder(self.cfg.prompt, self.table.as_dict(), users),
-            self.tokens,
-            version,
-            texts=self.texts,
-            cfg=self.cfg.data.collate,
-            epoch=lambda: dataset.epoch,
-            decoder_start=self.gen_start,
-        )
+        return ValidLoader(self, split)
 
     def local_model(self, name: str) -> torch.nn.Module:
         """A plain (non-DeepSpeed) copy of an engine's full weights (collective: gathers ZeRO-3 shards)."""
@@ -512,9 +212,9 @@ class IDGenRecModule(BaseTrainModule):
             )
         collate, window = self.collator(phase.name, self.train_data), self.cfg.data.bucket_window
         if window > 1:
-            self._loader = _BucketedTrainLoader(self.train_data, collate, window, self.cfg.data.seed)
+            self._loader = BucketedTrainLoader(self.train_data, collate, window, self.cfg.data.seed)
         else:
-            self._loader = _TrainLoader(self.train_data, collate)
+            self._loader = TrainLoader(self.train_data, collate)
         return self._loader
 
     def on_phase_end(self, phase: Phase) -> None:
@@ -640,7 +340,7 @@ class IDGenRecModule(BaseTrainModule):
                 f"checkpoint was trained with idgenrec.trie_softmax = {str(not self.cfg.trie_softmax).lower()}"
                 " but the config says otherwise; resume with the setting the run was trained with"
             )
-        if _sha(state["tokenizer_files"]) != _sha(self.tokenizer_files):
+        if tokenizer_sha(state["tokenizer_files"]) != tokenizer_sha(self.tokenizer_files):
             raise ValueError(
                 "checkpoint was trained with another tokenizer than RUN/tokenizer; refusing to resume"
             )
@@ -661,3 +361,4 @@ class IDGenRecModule(BaseTrainModule):
 def build_idgenrec_module(cfg: IDGenRecConfig, run_dir: str | Path) -> IDGenRecModule:
     """The recipe's TrainModule; pass ``module.val_loader()`` as the Trainer's val_loader."""
     return IDGenRecModule(cfg, run_dir)
+
