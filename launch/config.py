@@ -1,12 +1,14 @@
 """The root config tree: one typed dataclass per component, composed here, loaded from TOML.
 
 Each package owns the dataclass of its own section (`[data]` → data_pipeline/config.py, `[train]` →
-trainer/config.py, recipe sections → their modules); components receive only their own section. This
-module only composes them and adds the CLI conveniences (TOML + dotted overrides + resolved output).
+trainer/config.py, each recipe's section `[name]` → trainer/recipes/<name>/config.py, torch-free); components
+receive only their own section. This module only composes them and adds the CLI conveniences (TOML + dotted
+overrides + resolved output).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from dataclasses import dataclass, field
@@ -56,6 +58,7 @@ class Config:
     loader: Any = None  # data_pipeline.loader.LoaderConfig
     eval: Any = None  # cluster.generative.EvaluateConfig (`fusionrec evaluate`)
     zeroshot: Any = None  # cluster.zeroshot.ZeroShotConfig (`fusionrec zeroshot`)
+    # recipe name -> its section, an instance of the dataclass its RECIPE.section names (recipes/<name>/config.py)
     recipes: dict[str, Any] = field(default_factory=dict, metadata={"flatten": True})
 
     def corpus_dir(self) -> Path:
@@ -82,7 +85,10 @@ def section_class(name: str) -> type:
     if name in LAZY_SECTIONS:
         module, cls = LAZY_SECTIONS[name].split(":")
         return getattr(importlib.import_module(module), cls)
-    return recipes()[name].load("section")
+    cls = recipes()[name].load("section")
+    if not dataclasses.is_dataclass(cls):  # every section is typed: checked keys, values and defaults
+        raise ConfigError(f"recipe {name!r}: its section {recipes()[name].section} is not a dataclass")
+    return cls
 
 
 def _build_lazy_sections(cfg: Config) -> Config:
