@@ -7,10 +7,13 @@ and ranks batches of users with the vectorised trie-constrained beam search of `
 Two sources of textual IDs:
 - ``id_source="checkpoint"``: the table the checkpoint carries (standard evaluation). Every item of the
   evaluated dataset must be in it; a missing item is a ValueError naming it.
-- ``id_source="generate"``: items never seen in training (zero-shot). The trained ID generator runs
-  Algorithm 1 (diverse ID generation) over the items' texts ONCE on the driver (`generate_dataset_table`);
-  the table travels to the actors inside the factory. Regenerating it per actor would cost N times the
-  work and, with nondeterministic kernels, could give actors different tables.
+- ``id_source="generate"``: items never seen in training (zero-shot). Their IDs come from the scheme the
+  recommender was trained on (`trained_id_scheme`: the checkpoint's own table says whether it is the title
+  table or a generator table): title IDs built exactly like training's (`title_dataset_table`), or the
+  trained ID generator running Algorithm 1 (diverse ID generation) over the items' texts
+  (`generate_dataset_table`). Either way ONCE on the driver (`heldout_id_table`, which also attaches the
+  table's quality diagnostics); the table travels to the actors inside the factory. Regenerating it per
+  actor would cost N times the work and, with nondeterministic kernels, could give actors different tables.
 
 User IDs (a run trained with ``prompt.use_user_id``): the prompts carry the user ID table the checkpoint
 carries, looked up by (user, last history item) — a profile of the items before the evaluated target, so no
@@ -144,23 +147,31 @@ def _prompt_config(checkpoint: str | Path) -> Any:
     return PromptConfig(**run_section(checkpoint).get("prompt", {}))
 
 
-def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
-    """(ID generator in eval mode, tokenizer) from a checkpoint, in this process (no process group)."""
+def load_checkpoint_tokenizer(checkpoint: str | Path) -> Any:
+    """The run's tokenizer (shared by the recommender and the ID generator) from the checkpoint's state."""
     _offline()
     import tempfile
 
+    from ..trainer.models.tokenizer import load_tokenizer
+
+    state = module_state(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
+        for name, text in state["tokenizer_files"].items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        return load_tokenizer(tmp)
+
+
+def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
+    """(ID generator in eval mode, tokenizer) from a checkpoint, in this process (no process group)."""
+    _offline()
     from ..trainer.checkpoint_reader import load_weights
     from ..trainer.models.seq2seq import ModelConfig, build_seq2seq
-    from ..trainer.models.tokenizer import load_tokenizer
 
     path = checkpoint_path(checkpoint)
     state = module_state(path)
     if not (path / "id_generator").is_dir():
         raise ValueError(f"checkpoint {path}: no id_generator/ weights; zero-shot IDs cannot be generated")
-    with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
-        for name, text in state["tokenizer_files"].items():
-            (Path(tmp) / name).write_text(text, encoding="utf-8")
-        tokenizer = load_tokenizer(tmp)
+    tokenizer = load_checkpoint_tokenizer(path)
     model = build_seq2seq(ModelConfig(**state["id_generator_config"]), tokenizer=tokenizer)
     load_weights(model, path, "id_generator")
     return model.eval(), tokenizer
@@ -195,6 +206,90 @@ def generate_dataset_table(
     model, tokenizer = generator if generator is not None else load_id_generator(checkpoint)
     with torch.no_grad():
         return generate_ids(model, tokenizer, texts, idgen)
+
+
+ID_SCHEMES = ("title", "generator")
+
+
+def trained_id_scheme(checkpoint: str | Path) -> dict[str, Any]:
+    """How the IDs the recommender was trained on were made, read from the checkpoint (not the live code).
+
+    The checkpoint's ID table is the table the recommender last trained on: a title table records
+    ``stats["initial"] = "title"`` (`title_table`), an Algorithm-1 table records its attempt stats. Only a
+    table with neither (an older checkpoint) falls back to the run's config (`initial_ids = "title"` with no
+    ``id`` phase in `order` = fixed title IDs). Returns {"scheme": "title" | "generator", "title_words",
+    "round", "initial_ids", "order", "evidence"}."""
+    ckpt = checkpoint_path(checkpoint)
+    table = module_state(ckpt)["table"]
+    stats, section = table.get("stats") or {}, run_section(ckpt)
+    initial, order = section.get("initial_ids", "title"), list(section.get("order", ["id", "rec"]))
+    if stats.get("initial") == "title":
+        scheme, evidence = "title", "the checkpoint's ID table is the title table (stats.initial = 'title')"
+    elif "second_attempt_share" in stats or "walks" in stats:
+        scheme = "generator"
+        evidence = f"the checkpoint's ID table (round {table.get('round')}) was made by the ID generator"
+    else:
+        scheme = "title" if initial == "title" and "id" not in order else "generator"
+        evidence = (
+            f"run config: idgenrec.initial_ids = {initial!r}, order = {order} (table stats say nothing)"
+        )
+    return {"scheme": scheme, "title_words": int(section.get("title_words", 3)), "round": table.get("round"),
+            "initial_ids": initial, "order": order, "evidence": evidence}  # fmt: skip
+
+
+def item_texts(dataset_dir: str | Path) -> dict[str, str]:
+    """item -> its own text for the ID-quality diagnostics: the text and the title, joined."""
+    from ..trainer.idgenrec_data import load_items
+
+    texts, titles = load_items(dataset_dir)
+    return {i: t if titles[i] in t else f"{t} {titles[i]}" for i, t in texts.items()}
+
+
+def title_dataset_table(dataset_dir: str | Path, title_words: int, tokenizer: Any) -> Any:
+    """Title IDs for every item of `dataset_dir`, built exactly like training's initial table
+    (`title_table`: the first `title_words` title words the run's tokenizer encodes, de-duplicated by
+    lengthening, then a number suffix), in items.parquet order."""
+    from ..trainer.idgenrec_data import encodable_fn, load_items, title_table
+
+    _, titles = load_items(dataset_dir)
+    return title_table(titles, title_words, encodable_fn(tokenizer))
+
+
+def heldout_id_table(
+    checkpoint: str | Path,
+    dataset_dir: str | Path,
+    scheme: dict[str, Any],
+    idgen: Any = None,
+    generator: tuple | None = None,
+    tokenizer: Any = None,
+) -> Any:
+    """IDs of an unseen dataset's items by the scheme the recommender was trained on (`trained_id_scheme`),
+    with its quality diagnostics in ``stats["quality"]`` and the scheme in ``stats["scheme"]``.
+
+    `generator` = a preloaded (model, tokenizer) (scheme "generator"); `tokenizer` = the run's tokenizer
+    (loaded from the checkpoint when not given)."""
+    if scheme["scheme"] not in ID_SCHEMES:
+        raise ValueError(f"ID scheme must be one of {ID_SCHEMES}, got {scheme['scheme']!r}")
+    if _prompt_config(checkpoint).use_user_id:  # on the driver, before any actor starts
+        raise ValueError(_NO_ZERO_SHOT_USERS.format(checkpoint=checkpoint))
+    if scheme["scheme"] == "generator":
+        generator = generator if generator is not None else load_id_generator(checkpoint)
+        table, tokenizer = generate_dataset_table(checkpoint, dataset_dir, idgen, generator), generator[1]
+    else:
+        tokenizer = tokenizer if tokenizer is not None else load_checkpoint_tokenizer(checkpoint)
+        table = title_dataset_table(dataset_dir, scheme["title_words"], tokenizer)
+    quality = table.quality(item_texts(dataset_dir), tokenizer)
+    return table.with_stats(scheme=scheme["scheme"], quality=quality)
+
+
+def training_table_quality(checkpoint: str | Path, corpus: str | Path, tokenizer: Any) -> dict[str, Any]:
+    """The diagnostics of the checkpoint's own (training) ID table, on the pretraining corpus' item texts
+    (`corpus/items.parquet`; word-in-text shares are left out when it is missing)."""
+    from ..trainer.recipes.idgenrec.artefacts import table_from_state
+
+    table = table_from_state(module_state(checkpoint)["table"])
+    texts = item_texts(corpus) if (Path(corpus) / "items.parquet").is_file() else None
+    return {"version": table.version, "method": table.method, **table.quality(texts, tokenizer)}
 
 
 # ------------------------------------------------------------------------------------------------ scorer
@@ -405,8 +500,12 @@ def write_tables(
 
 
 def _record(model: str, res: EvalResult, selection: dict, checkpoint: str, config: dict) -> dict[str, Any]:
-    return {**res.as_dict(), "model": model, "users_selection": selection, "checkpoint": checkpoint,
-            "config": config}  # fmt: skip
+    """One (model, dataset) result: metrics with their sample size (`users`) and 95% bootstrap intervals."""
+    from .results import metric_intervals
+
+    names = [m for m in res.metrics if m.startswith(("HR@", "NDCG@"))]
+    return {**res.as_dict(), "intervals": metric_intervals(res.sums, names), "model": model,
+            "users_selection": selection, "checkpoint": checkpoint, "config": config}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ entry point

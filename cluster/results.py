@@ -1,4 +1,6 @@
-"""Result tables and plots of evaluation records: markdown, CSV, a bar chart (written atomically)."""
+"""Result tables and plots of evaluation records: markdown, CSV, a bar chart (written atomically); what every
+figure is read against: a 95% bootstrap interval over users (`metric_intervals`) and the exact expectation of
+a uniformly random ranking of the same users' candidates (`random_ranking_metrics`)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,80 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..fileio import atomic_target
 
 _TABLE_COLS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def metric_intervals(
+    sums: Any,
+    metrics: Sequence[str],
+    level: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap interval over users of each HR@k / NDCG@k of a `trainer.metrics.MetricSums`.
+
+    Every metric is a function of the user's target rank alone, so resampling the n users with replacement
+    is exactly a multinomial draw of n over the rank histogram (`rank_counts` + `misses`): the resamples are
+    drawn that way, from the evaluator's exact merged counts (no per-user list needed). Seeded: the same
+    counts give the same interval."""
+    n = sums.count
+    if n == 0:
+        raise ValueError("no users were evaluated: no interval")
+    counts = np.append(np.asarray(sums.rank_counts, dtype=np.float64), sums.misses)
+    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples).astype(np.float64)
+    gain = 1.0 / np.log2(np.arange(sums.depth, dtype=np.float64) + 2.0)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out: dict[str, list[float]] = {}
+    for name in metrics:
+        kind, k = name.split("@")
+        k = int(k)
+        if kind == "HR":
+            vals = draws[:, :k].sum(axis=1) / n
+        elif kind == "NDCG":
+            vals = draws[:, :k] @ gain[:k] / n
+        else:
+            raise ValueError(f"no interval for metric {name!r} (HR@k and NDCG@k only)")
+        out[name] = [float(np.quantile(vals, lo_q)), float(np.quantile(vals, hi_q))]
+    return out
+
+
+def random_ranking_metrics(data: Any, ks: Sequence[int], exclude_history: bool) -> dict[str, Any]:
+    """HR@k and NDCG@k of a uniformly random ranking of each user's candidates, exactly (expectation, no
+    sampling), on the users of `data` (a `cluster.evalset.EvalSet`).
+
+    Without history exclusion every user ranks all N items: HR@k = k/N, NDCG@k = (1/N) sum_{r<k} 1/log2(r+2).
+    With `exclude_history` a user's candidates are the N - |distinct history| items left (C_u), a target
+    inside the history can never be hit (0), and the expectation is averaged over users."""
+    n_items, users = len(data.item_ids), len(data)
+    if users == 0 or n_items == 0:
+        raise ValueError(f"{data.name}: no users or no items: no random expectation")
+    cands = np.full(users, n_items, dtype=np.int64)
+    reachable = np.ones(users, dtype=bool)
+    if exclude_history:
+        for i in range(users):
+            hist = np.unique(data.history(i))
+            cands[i] = n_items - len(hist)
+            reachable[i] = not np.isin(data.targets[i], hist)
+    gain = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(max(ks), dtype=np.float64) + 2.0))])
+    out: dict[str, Any] = {"count": float(users)}
+    safe = np.maximum(cands, 1)
+    for k in ks:
+        depth = np.minimum(k, cands)
+        out[f"HR@{k}"] = float(np.mean(np.where(reachable, depth / safe, 0.0)))
+    for k in ks:
+        depth = np.minimum(k, cands)
+        out[f"NDCG@{k}"] = float(np.mean(np.where(reachable, gain[depth] / safe, 0.0)))
+    out["items"] = n_items
+    out["candidates"] = "all items" if not exclude_history else "items minus the user's history, per user"
+    out["mean_candidates"] = float(cands.mean())
+    return out
 
 
 def results_rows(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> list[list[str]]:

@@ -1,20 +1,34 @@
 """The zero-shot cross-platform harness (IDGenRec §3.5, `fusionrec zeroshot`).
 
 A model pretrained on the Fusion corpus is evaluated, with no training at all, on every held-out dataset
-of the same prepared corpus (`OUT/zeroshot/<dataset>/`, each a corpus of its own): intra-platform (another
-Amazon category) and inter-platform (e.g. Yelp). Its items were never seen, so their textual IDs are built
-by the trained ID generator with diverse ID generation (Algorithm 1), once per dataset on the driver; the
-table is saved beside the results and shipped to the evaluator actors.
+of the same prepared corpus (`OUT/zeroshot/<dataset>/`, each a corpus of its own). Its items were never seen,
+so their textual IDs are built by the scheme the recommender was trained on (`trained_id_scheme`, read from
+the checkpoint): title IDs exactly like training's when it was trained on title IDs, the trained ID
+generator with diverse ID generation (Algorithm 1) only when the checkpoint's table came from the generator.
+Each table is built once per dataset on the driver, saved beside the results, described by its quality
+diagnostics (`trainer/idgen/quality.py`) and checked: with ``id_quality = "refuse"`` (default) a degenerate
+table (IDs that are not the items' words, duplicates, stubs) is a ValueError before ANY dataset is scored;
+with ``"warn"`` it is scored under a loud warning that every record and table repeats.
 
-Beside the model, each dataset gets a most-popular row on the same users and metrics. It is fitted on the
-held-out platform's OWN training split (every user's items[:-2]), so unlike the model it is not zero-shot:
-it has seen that platform's interactions. It answers "does the zero-shot model beat a popularity list that
-had in-domain data?" and is labelled that way in every table.
+Every figure comes with what it is read against:
+- its sample size (users) and a 95% percentile bootstrap interval over users (`results.metric_intervals`);
+- the exact expectation of a uniformly random ranking of the same users' candidates (`random_ranking_metrics`:
+  HR@k = k / #items without history exclusion);
+- a most-popular row fitted on the held-out platform's OWN training split (every user's items[:-2]), on the
+  same users and metrics. It has seen that platform's interactions, so it is NOT zero-shot, and is labelled
+  that way everywhere; it answers "does the zero-shot model beat a popularity list that had in-domain data?".
+The paper's Table 7 numbers were measured on other data (pretraining on 19 other Amazon datasets); they are
+kept out of our table and plot, in a separate reference section and file that says so.
 
-Output (RESULTS defaults to RUN/zeroshot): RESULTS/<dataset>.json per dataset as it finishes (metrics,
-#users, which users, seconds, users/s, ID-generation seconds and stats, the most-popular record, the paper's
-numbers when the name matches), RESULTS/id_tables/<dataset>.json, and — only after every dataset finished —
-RESULTS/zeroshot.md, .csv and .png. Every input is validated before the first (slow) evaluation starts.
+Scenario per dataset: from the platform each dataset DECLARES in the corpus' config.json (``platform``):
+"intra-platform" when a pretraining dataset declares the same platform, "inter-platform" when every
+pretraining dataset declares another, "undeclared platform" when the held-out dataset declares none. The file
+format is never taken for a platform.
+
+Output (RESULTS defaults to RUN/zeroshot): RESULTS/id_tables/<dataset>.json (all written and checked before
+the first evaluation), RESULTS/<dataset>.json per dataset as it finishes (metrics, intervals, #users, which
+users, random expectation, most-popular record, ID scheme and quality, seconds, ...), and — only after every
+dataset finished — RESULTS/zeroshot.md, .csv, .png and zeroshot.reference.csv (the paper's numbers).
 """
 
 from __future__ import annotations
@@ -23,11 +37,14 @@ import csv
 import dataclasses
 import io
 import json
+import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..trainer.idgen.quality import QUALITY_MODES, QualityThresholds, check_quality
 from .evaluator import EvaluatorConfig, evaluate
 from .generative import (
     GenerativeEvalConfig,
@@ -36,14 +53,20 @@ from .generative import (
     check_ray_address,
     checkpoint_path,
     claim_results_dir,
-    generate_dataset_table,
+    heldout_id_table,
+    load_checkpoint_tokenizer,
     load_evalset,
     load_id_generator,
     module_state,
     run_section,
     sample_users,
+    trained_id_scheme,
+    training_table_quality,
 )
 from .ray_local import RayConfig
+from .results import BOOTSTRAP_RESAMPLES, metric_intervals, random_ranking_metrics
+
+log = logging.getLogger(__name__)
 
 # IDGenRec paper (001_idgenrec.txt), Table 7 "Zero-shot Evaluation": the foundation model pretrained on the
 # 19-dataset Fusion corpus, tested zero-shot; UniSRec is the paper's zero-shot baseline.
@@ -63,10 +86,18 @@ PAPER_TABLE7: dict[str, dict[str, dict[str, float]]] = {
 }  # fmt: skip
 PAPER_ALIASES = {"digital_music": "music", "musical_instruments": "instruments", "sports_and_outdoors": "sports",
                  "toys_and_games": "toys"}  # fmt: skip
+# What the paper's numbers were measured on (001_idgenrec.txt §3.1, §3.5): not our data, not our pretraining.
+PAPER_SOURCE = (
+    "IDGenRec paper, Table 7 (zero-shot): the foundation model pretrained for one epoch on the 'Fusion' corpus "
+    "of 19 OTHER Amazon review datasets (large ones downsampled to 30,000 users), then tested zero-shot on "
+    "the full Amazon Sports/Beauty/Toys/Music/Instruments and Yelp datasets, ranking all items; UniSRec is "
+    "the paper's zero-shot baseline. Not measured by us, not on our pretraining data or user sample: a "
+    "reference, never a comparison row."
+)
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 MOST_POPULAR_FIT = "the held-out dataset's own training split (each user's items[:-2]); not zero-shot"
-# Raw formats -> platform: a held-out dataset from a platform seen in pretraining is "intra-platform".
-PLATFORM = {"amazon2014": "amazon", "p5": "amazon", "yelp": "yelp", "movielens": "movielens"}
+INTERVAL = f"95% percentile bootstrap over users ({BOOTSTRAP_RESAMPLES} resamples, seed 0)"
+UNDECLARED = "undeclared platform"
 
 
 @dataclass
@@ -83,6 +114,10 @@ class ZeroShotConfig:
     # Algorithm 1 settings on top of the run's [idgenrec.idgen] (e.g. {"batch_size": 128}); {} = as trained.
     idgen: dict[str, Any] = field(default_factory=dict)
     most_popular: bool = True  # the in-domain popularity row beside the model (see the module docstring)
+    # A degenerate held-out ID table: "refuse" (ValueError before any scoring) or "warn" (scored, flagged).
+    id_quality: str = "refuse"
+    # Overrides of trainer.idgen.quality.QualityThresholds, e.g. {"min_word_in_text": 0.3}.
+    id_quality_thresholds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if max(self.evaluator.ks) > self.generative.top_k:
@@ -91,6 +126,12 @@ class ZeroShotConfig:
             )
         if not {5, 10} <= set(self.evaluator.ks):
             raise ValueError(f"zeroshot.evaluator.ks={self.evaluator.ks} must include 5 and 10 (Table 7)")
+        if self.id_quality not in QUALITY_MODES:
+            raise ValueError(f"zeroshot.id_quality must be one of {QUALITY_MODES}, got {self.id_quality!r}")
+        self.thresholds()  # unknown or out-of-range thresholds fail here
+
+    def thresholds(self) -> QualityThresholds:
+        return QualityThresholds.from_overrides(self.id_quality_thresholds)
 
 
 def idgen_config(checkpoint: Path, overrides: dict[str, Any]) -> Any:
@@ -107,17 +148,35 @@ def paper_numbers(dataset: str) -> dict[str, dict[str, float]] | None:
 
 
 def scenarios(corpus: Path) -> dict[str, str]:
-    """dataset -> "intra-platform" | "inter-platform" from the corpus' config (pretraining platforms)."""
+    """held-out dataset -> scenario, from the platform each dataset DECLARES in the corpus' config.json
+    (``datasets[i].platform``; "" or missing = undeclared; compared case-insensitively):
+
+    - "undeclared platform": the held-out dataset declares none;
+    - "intra-platform": a pretraining dataset declares the same platform;
+    - "inter-platform": every pretraining dataset declares a platform, none this one;
+    - "unknown: pretraining platform undeclared (a, b)": otherwise (it might be the same platform).
+    """
     path = corpus / "config.json"
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    fmt = {d["name"]: PLATFORM.get(d["format"], d["format"]) for d in data.get("datasets", [])}
+    declared = {d["name"]: str(d.get("platform") or "").strip().lower() for d in data.get("datasets", [])}
     pretrain = data.get("fusion", {}).get("pretrain") or []
-    seen = {fmt[n] for n in pretrain if n in fmt}
-    return {
-        n: ("intra-platform" if p in seen else "inter-platform") for n, p in fmt.items() if n not in pretrain
-    }
+    seen = {declared[n] for n in pretrain if declared.get(n)}
+    unknown = [n for n in pretrain if not declared.get(n)]
+    out = {}
+    for name, platform in declared.items():
+        if name in pretrain:
+            continue
+        if not platform:
+            out[name] = UNDECLARED
+        elif platform in seen:
+            out[name] = "intra-platform"
+        elif unknown:
+            out[name] = f"unknown: pretraining platform undeclared ({', '.join(unknown)})"
+        else:
+            out[name] = "inter-platform"
+    return out
 
 
 def heldout_datasets(corpus: Path, datasets: list[str] | None) -> list[str]:
@@ -154,28 +213,35 @@ def run_zeroshot(
 ) -> list[dict[str, Any]]:
     """Evaluate `checkpoint` zero-shot on each held-out dataset of `corpus_dir`; returns one record each.
 
-    Order: validate everything (Ray address, checkpoint + its ID table and generator, every dataset's
-    sequences and item texts), then per dataset: Algorithm-1 IDs → actor evaluation → RESULTS/<ds>.json;
-    the summary tables come last, so a failure never leaves a table that looks complete.
+    Order: validate everything (Ray address, checkpoint + its ID table and scheme, every dataset's sequences
+    and item texts), build and check EVERY held-out ID table (a degenerate one is refused here, before any
+    user is scored), then per dataset: actor evaluation → RESULTS/<ds>.json; the summary tables come last,
+    so a failure never leaves a table that looks complete.
     """
     cfg = cfg or ZeroShotConfig()
     check_ray_address(cfg.ray)
     ckpt, corpus = checkpoint_path(checkpoint), Path(corpus_dir).resolve()
     module_state(ckpt)
-    idgen_config(ckpt, cfg.idgen)  # a bad Algorithm-1 override fails before any work
+    scheme = trained_id_scheme(ckpt)
+    idgen = idgen_config(ckpt, cfg.idgen)  # a bad Algorithm-1 override fails before any work
     names = heldout_datasets(corpus, datasets if datasets is not None else cfg.datasets)
     gen = cfg.generative
     prepared = {n: _prepare_dataset(corpus, n, gen) for n in names}  # all inputs checked up front
     out = Path(results_dir or cfg.results_dir or ckpt.parent.parent / "zeroshot")
     identity = {"checkpoint": str(ckpt), "corpus": str(corpus), "datasets": names,
-                "generative": dataclasses.asdict(gen), "ks": list(cfg.evaluator.ks)}  # fmt: skip
+                "generative": dataclasses.asdict(gen), "ks": list(cfg.evaluator.ks),
+                "id_scheme": scheme["scheme"]}  # fmt: skip
     claim_results_dir(out, identity, summaries="zeroshot.*")
-    generator = load_id_generator(ckpt)  # once for every dataset
+    generator = load_id_generator(ckpt) if scheme["scheme"] == "generator" else None  # once for all datasets
+    tokenizer = generator[1] if generator is not None else load_checkpoint_tokenizer(ckpt)
+    trained = training_table_quality(ckpt, corpus, tokenizer)
+    tables = {n: _heldout_table(ckpt, n, prepared[n], scheme, idgen, generator, tokenizer, trained, cfg, out)
+              for n in names}  # fmt: skip
     kinds = scenarios(corpus)
     records = []
     for name in names:
-        rec = _run_one(ckpt, name, prepared[name], generator, cfg, out)
-        rec["scenario"] = kinds.get(name, "unknown")
+        rec = _run_one(ckpt, name, prepared[name], tables[name], cfg, out)
+        rec.update(scenario=kinds.get(name, UNDECLARED), id_scheme=scheme, training_id_table=trained)
         atomic_write(out / f"{name}.json", json.dumps(rec, indent=2, sort_keys=True, default=str))
         records.append(rec)
     write_zeroshot_tables(out, records)
@@ -192,27 +258,65 @@ def _prepare_dataset(corpus: Path, name: str, gen: GenerativeEvalConfig) -> dict
     return {"dir": ds_dir, "data": data, "selection": selection, "all_users": len(full)}
 
 
-def _run_one(ckpt: Path, name: str, prep: dict, generator: tuple, cfg: ZeroShotConfig, out: Path) -> dict:
-    gen = cfg.generative
+def _heldout_table(ckpt: Path, name: str, prep: dict, scheme: dict, idgen: Any, generator: tuple | None,
+                   tokenizer: Any, trained: dict, cfg: ZeroShotConfig, out: Path) -> dict[str, Any]:  # fmt: skip
+    """Build, save and check one held-out dataset's ID table (refused here in "refuse" mode)."""
     t0 = time.perf_counter()
-    table = generate_dataset_table(ckpt, prep["dir"], idgen_config(ckpt, cfg.idgen), generator=generator)
-    idgen_s = time.perf_counter() - t0
-    table.save(out / "id_tables" / f"{name}.json")
+    table = heldout_id_table(ckpt, prep["dir"], scheme, idgen, generator, tokenizer)
+    seconds = time.perf_counter() - t0
+    path = table.save(out / "id_tables" / f"{name}.json")
+    quality, thresholds = table.stats["quality"], cfg.thresholds()
+    shown = {k: round(trained[k], 3) for k in ("word_in_text_share", "duplicate_base_share") if k in trained}
+    problems = check_quality(
+        quality, thresholds, cfg.id_quality,
+        what=f"zero-shot dataset {name!r}: {scheme['scheme']} IDs of {len(table)} unseen items (saved to {path})",
+        hint=f"The recommender was trained on {scheme['scheme']} IDs ({scheme['evidence']}); its training "
+             f"table: {shown}. Set zeroshot.id_quality = 'warn' to score it anyway.",
+    )  # fmt: skip
+    if problems:
+        banner = "!" * 100
+        msg = (f"DEGENERATE ID TABLE for zero-shot dataset {name!r} ({scheme['scheme']} IDs, {path}): "
+               f"{'; '.join(problems)}. Scored anyway because zeroshot.id_quality = 'warn'; expect "
+               "random-level numbers. Flagged in every record and table.")  # fmt: skip
+        log.warning(msg)
+        print(f"{banner}\n{msg}\n{banner}", file=sys.stderr, flush=True)
+    return {"table": table, "seconds": seconds, "path": str(path),
+            "quality": {"mode": cfg.id_quality, "thresholds": dataclasses.asdict(thresholds),
+                        "problems": problems, "status": "DEGENERATE (warned)" if problems else "ok"}}  # fmt: skip
+
+
+def _metric_names(ks: tuple[int, ...]) -> list[str]:
+    return [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
+
+
+def _run_one(ckpt: Path, name: str, prep: dict, built: dict, cfg: ZeroShotConfig, out: Path) -> dict:
+    gen, table = cfg.generative, built["table"]
     factory = IDGenRecScorerFactory(str(ckpt), str(prep["dir"]), gen.top_k, gen.num_beams, gen.batch_size,
                                     gen.exclude_history, "generate", table, gen.threads)  # fmt: skip
     res = evaluate(prep["data"], factory, cfg.evaluator, scorer_desc=factory.describe(),
                    results_dir=out / "units" / name, ray_cfg=cfg.ray)  # fmt: skip
     popular = most_popular_record(name, prep, cfg, out) if cfg.most_popular else None
+    paper = paper_numbers(name)
     return {
         **res.as_dict(),
+        "intervals": metric_intervals(res.sums, _metric_names(cfg.evaluator.ks)),
+        "interval": INTERVAL,
+        "random": random_ranking_metrics(prep["data"], cfg.evaluator.ks, gen.exclude_history),
         "most_popular": popular,
         "model": "idgenrec",
         "split": gen.split,
         "users_selection": prep["selection"],
         "split_users": prep["all_users"],
-        "idgen_seconds": idgen_s,
-        "id_table": {"version": table.version, "items": len(table), "stats": table.stats},
-        "paper": paper_numbers(name),
+        "idgen_seconds": built["seconds"],
+        "id_table": {
+            "version": table.version,
+            "items": len(table),
+            "method": table.method,
+            "path": built["path"],
+            "stats": table.stats,
+        },  # fmt: skip
+        "id_quality": built["quality"],
+        "paper_reference": {"source": PAPER_SOURCE, "numbers": paper} if paper else None,
         "checkpoint": str(ckpt),
         "config": dataclasses.asdict(gen),
     }
@@ -230,94 +334,153 @@ def most_popular_record(name: str, prep: dict, cfg: ZeroShotConfig, out: Path) -
         raise ValueError(f"{prep['dir']}: item table changed while evaluating {name}")
     res = evaluate(prep["data"], factory, cfg.evaluator, scorer_desc=dataclasses.asdict(factory),
                    results_dir=out / "units" / f"{name}.most_popular", ray_cfg=cfg.ray)  # fmt: skip
-    return {**res.as_dict(), "model": "most_popular", "fit_on": MOST_POPULAR_FIT,
+    return {**res.as_dict(), "model": "most_popular", "fit_on": MOST_POPULAR_FIT, "zero_shot": False,
+            "intervals": metric_intervals(res.sums, _metric_names(cfg.evaluator.ks)), "interval": INTERVAL,
             "users_selection": prep["selection"], "config": dataclasses.asdict(factory)}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ tables
 
 
-def zeroshot_rows(records: list[dict[str, Any]]) -> list[list[str]]:
-    """Header + one row per dataset: ours, most-popular fitted on the dataset's own training split (same
-    users), then Table 7's IDGenRec and UniSRec where the name matches."""
-    paper_cols = [f"paper {m} {k}" for m in ("IDGenRec", "UniSRec") for k in METRICS]
-    popular_cols = [f"most_popular(own train) {k}" for k in METRICS]
-    rows = [["dataset", "scenario", *METRICS, "users", "users_selection", "seconds", "users/s", "idgen_s",
-             *popular_cols, *paper_cols]]  # fmt: skip
-    for r in records:
-        paper = r.get("paper") or {}
-        theirs = [
-            f"{paper[m][k]:.4f}" if m in paper else "" for m in ("IDGenRec", "UniSRec") for k in METRICS
-        ]
-        pop = (r.get("most_popular") or {}).get("metrics")
-        popular = [f"{pop[k]:.4f}" if pop else "" for k in METRICS]
-        rows.append([r["dataset"], r.get("scenario", ""), *(f"{r['metrics'][k]:.4f}" for k in METRICS),
-                     str(r["users"]), r["users_selection"]["selection"], f"{r['seconds']:.1f}",
-                     f"{r['users_per_s']:.2f}", f"{r['idgen_seconds']:.1f}", *popular, *theirs])  # fmt: skip
+def _row_label(r: dict[str, Any], kind: str) -> str:
+    if kind == "ours":
+        return f"ours (zero-shot, {r['users_selection']['selection']})"
+    if kind == "random":
+        return "random ranking (exact expectation)"
+    return f"most-popular (fit on {r['dataset']}'s own train split; not zero-shot)"
+
+
+def _rows_of(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, record-like) for each row of a dataset: ours, random, most-popular (when evaluated)."""
+    rows = [("ours", r), ("random", {"metrics": r["random"], "users": r["users"]})]
+    if r.get("most_popular"):
+        rows.append(("most_popular", r["most_popular"]))
     return rows
 
 
-def zeroshot_markdown(records: list[dict[str, Any]]) -> str:
-    """Ours per dataset, and below it the paper's Table 7 row for the same dataset when one exists."""
-    head = ["dataset", "scenario", "model", *METRICS, "users", "seconds", "users/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def zeroshot_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    """Header + per dataset: ours, the exact random expectation, most-popular fitted on the dataset's own
+    training split (same users; not zero-shot). Every metric with its 95% interval; no paper numbers (they
+    are in `reference_rows`)."""
+    metric_cols = [c for m in METRICS for c in (m, f"{m} ci95 lo", f"{m} ci95 hi")]
+    rows = [["dataset", "scenario", "row", "zero_shot", *metric_cols, "users", "users_selection", "seconds",
+             "users/s", "id_scheme", "id_quality", "idgen_s"]]  # fmt: skip
     for r in records:
-        m = r["metrics"]
-        lines.append(f"| {r['dataset']} | {r.get('scenario', '')} | ours ({r['users_selection']['selection']}) | "
-                     + " | ".join(f"{m[k]:.4f}" for k in METRICS)
-                     + f" | {r['users']} | {r['seconds']:.1f} | {r['users_per_s']:.2f} |")  # fmt: skip
-        pop = r.get("most_popular")
-        if pop:
-            lines.append(f"| {r['dataset']} | | most-popular (fit on {r['dataset']}'s own train split; not zero-shot) | "
-                         + " | ".join(f"{pop['metrics'][k]:.4f}" for k in METRICS)
-                         + f" | {pop['users']} | {pop['seconds']:.1f} | {pop['users_per_s']:.2f} |")  # fmt: skip
-        for model, vals in (r.get("paper") or {}).items():
-            lines.append(f"| {r['dataset']} | | paper {model} (Table 7) | "
-                         + " | ".join(f"{vals[k]:.4f}" for k in METRICS) + " | | | |")  # fmt: skip
+        for kind, x in _rows_of(r):
+            ci = x.get("intervals") or {}
+            vals = []
+            for m in METRICS:
+                lo_hi = [f"{b:.4f}" for b in ci[m]] if m in ci else ["", ""]
+                vals += [f"{x['metrics'][m]:.4f}", *lo_hi]
+            timing = [f"{x['seconds']:.1f}", f"{x['users_per_s']:.2f}"] if kind != "random" else ["", ""]
+            rows.append([r["dataset"], r.get("scenario", ""), _row_label(r, kind),
+                         {"ours": "yes", "random": "n/a", "most_popular": "no"}[kind], *vals, str(x["users"]),
+                         r["users_selection"]["selection"], *timing, r["id_table"].get("method", ""),
+                         r["id_quality"]["status"], f"{r['idgen_seconds']:.1f}"])  # fmt: skip
+    return rows
+
+
+def reference_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    """Header + the paper's Table 7 rows for the evaluated dataset names (reference only, see PAPER_SOURCE)."""
+    rows = [["dataset", "model", *METRICS, "measured_on"]]
+    for r in records:
+        ref = r.get("paper_reference") or {}
+        for model, vals in (ref.get("numbers") or {}).items():
+            rows.append([r["dataset"], f"paper {model} (Table 7)", *(f"{vals[k]:.4f}" for k in METRICS),
+                         "19 other Amazon datasets in pretraining; the paper's full test sets"])  # fmt: skip
+    return rows
+
+
+def _cell(x: dict[str, Any], m: str) -> str:
+    ci = (x.get("intervals") or {}).get(m)
+    return f"{x['metrics'][m]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def zeroshot_markdown(records: list[dict[str, Any]]) -> str:
+    """Our measurements (with intervals, random and most-popular rows), the ID tables' quality, and — in a
+    separate section that says what they were measured on — the paper's Table 7 numbers."""
+    head = ["dataset", "scenario", "row", *METRICS, "users", "seconds", "users/s"]
+    lines = ["## Zero-shot results (our measurements)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for r in records:
+        for kind, x in _rows_of(r):
+            timing = f"{x['seconds']:.1f} | {x['users_per_s']:.2f}" if kind != "random" else "|"
+            lines.append(f"| {r['dataset']} | {r.get('scenario', '') if kind == 'ours' else ''} | "
+                         f"{_row_label(r, kind)} | " + " | ".join(_cell(x, m) for m in METRICS)
+                         + f" | {x['users']} | {timing} |")  # fmt: skip
+    lines += ["", f"[lo, hi]: {INTERVAL}. users: the number of users every figure of the row averages over.",
+              "random ranking: the exact expected value of a uniformly random ranking of each user's candidates "
+              "(all items of the dataset: HR@k = k / #items; with exclude_history the user's history items are "
+              "removed, per user); not sampled, so no interval.",
+              "most-popular: fitted on the held-out dataset's own training split, so it has seen that platform's "
+              "interactions: NOT zero-shot, a yardstick only.", "", "ID tables of the unseen items:", ""]  # fmt: skip
+    for r in records:
+        q, status = r["id_table"]["stats"].get("quality", {}), r["id_quality"]
+        facts = ", ".join(f"{k} {q[k]:.3f}" if isinstance(q[k], float) else f"{k} {q[k]}"
+                          for k in ("word_in_text_share", "duplicate_base_share", "short_id_share", "mean_words",
+                                    "mean_tokens", "second_attempt_share", "fallback_share") if k in q)  # fmt: skip
+        flag = (f"**{status['status']}: {'; '.join(status['problems'])}**" if status["problems"]
+                else "quality ok")  # fmt: skip
+        lines.append(f"- {r['dataset']}: {r['id_table'].get('method', '')} IDs, table {r['id_table']['version']} "
+                     f"({r['id_table']['items']} items, {r['idgen_seconds']:.1f} s): {facts}; {flag}")  # fmt: skip
+    ref = reference_rows(records)
+    lines += ["", "## Reference only: the paper's Table 7 (NOT our measurements, not comparable row by row)", "",
+              PAPER_SOURCE, ""]  # fmt: skip
+    if len(ref) > 1:
+        lines += ["| " + " | ".join(ref[0][:-1]) + " |", "|" + "---|" * (len(ref[0]) - 1)]
+        lines += ["| " + " | ".join(row[:-1]) + " |" for row in ref[1:]]
+    else:
+        lines.append("No evaluated dataset name matches a Table 7 dataset.")
     return "\n".join(lines) + "\n"
 
 
-def write_zeroshot_tables(out: Path, records: list[dict[str, Any]]) -> dict[str, str]:
+def _csv(rows: list[list[str]]) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(zeroshot_rows(records))
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def write_zeroshot_tables(out: Path, records: list[dict[str, Any]]) -> dict[str, str]:
     paths = {
         "markdown": atomic_write(out / "zeroshot.md", zeroshot_markdown(records)),
-        "csv": atomic_write(out / "zeroshot.csv", buf.getvalue()),
+        "csv": atomic_write(out / "zeroshot.csv", _csv(zeroshot_rows(records))),
+        "reference_csv": atomic_write(out / "zeroshot.reference.csv", _csv(reference_rows(records))),
         "png": plot_zeroshot(records, out / "zeroshot.png"),
     }
     return {k: str(v) for k, v in paths.items()}
 
 
 def plot_zeroshot(records: list[dict[str, Any]], path: Path) -> Path:
-    """One panel per metric: bars per dataset for ours and, where known, the paper's IDGenRec/UniSRec."""
+    """One panel per metric: per dataset ours with its 95% interval, most-popular (hatched: not zero-shot)
+    and the exact random level (black tick). Our measurements only: no paper numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = ["ours", "most-popular (own train)", "paper IDGenRec", "paper UniSRec"]
     names = [r["dataset"] for r in records]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2))
-    width = 0.8 / len(series)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.4 * len(METRICS), 3.4))
+    width = 0.38
     for ax, metric in zip(axes, METRICS, strict=True):
-        for j, s in enumerate(series):
-            vals = [_value(r, s, metric) for r in records]
-            ax.bar([i + j * width for i in range(len(names))], vals, width, label=s)
-        ax.set_xticks([i + width for i in range(len(names))], names, rotation=30)
-        ax.set_title(metric)
-    axes[0].legend(fontsize=7)
+        xs = list(range(len(names)))
+        ours = [r["metrics"][metric] for r in records]
+        ci = [(r.get("intervals") or {}).get(metric, (v, v)) for r, v in zip(records, ours, strict=True)]
+        err = [
+            [v - lo for v, (lo, _) in zip(ours, ci, strict=True)],
+            [hi - v for v, (_, hi) in zip(ours, ci, strict=True)],
+        ]
+        ax.bar(xs, ours, width, yerr=err, capsize=3, label="ours (zero-shot), 95% CI")
+        pop = [((r.get("most_popular") or {}).get("metrics") or {}).get(metric, 0.0) for r in records]
+        ax.bar([x + width for x in xs], pop, width, hatch="//", color="lightgray", edgecolor="gray",
+               label="most-popular (own train; NOT zero-shot)")  # fmt: skip
+        ax.scatter([x + width / 2 for x in xs], [r["random"][metric] for r in records], marker="_", s=400,
+                   color="black", zorder=3, label="random (exact)")  # fmt: skip
+        ax.set_xticks([x + width / 2 for x in xs], names, rotation=30)
+        ax.set_title(f"{metric} (n = {', '.join(str(r['users']) for r in records)})", fontsize=8)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
     return path
-
-
-def _value(record: dict[str, Any], series: str, metric: str) -> float:
-    if series == "ours":
-        return record["metrics"][metric]
-    if series.startswith("most-popular"):
-        return ((record.get("most_popular") or {}).get("metrics") or {}).get(metric, 0.0)
-    paper = record.get("paper") or {}
-    return paper.get(series.split()[-1], {}).get(metric, 0.0)

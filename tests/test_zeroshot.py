@@ -1,8 +1,12 @@
 """Zero-shot harness: synthetic multi-platform corpus (Amazon Beauty pretraining; Amazon Sports and Yelp held
-out) → tiny IDGenRec trained by the real CLI → Algorithm-1 IDs for unseen items → Ray actors → tables.
+out) → tiny IDGenRec trained by the real CLI → IDs for unseen items by the scheme it was trained on → Ray
+actors → tables.
 
 `build_tiny_run` is shared with test_generative_eval.py: it builds into the pytest session's base temp dir
-once, so a session running both files trains one checkpoint.
+once, so a session running both files trains one checkpoint. Its recommender ends on a table made by its
+(barely trained, junk-emitting) ID generator, so the harness refuses its held-out tables by default: the
+shared run is evaluated with ``id_quality = "warn"``; `title_run` trains the same model on fixed title IDs
+(``order = ["rec"]``), whose held-out title tables pass.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,31 +38,46 @@ TRAIN_OVERRIDES = [
 ZS_DATASETS = ["sports", "yelp"]
 
 
-def build_tiny_run(base: Path) -> dict[str, Path]:
-    """Synthetic raw data → prepared Fusion corpus (pretrain beauty; zero-shot sports + yelp) → a tiny
-    IDGenRec trained for a few steps with `fusionrec train idgenrec` (1 DeepSpeed rank). Cached in `base`."""
-    from fusionrec.data_pipeline.config import DataConfig, DatasetSpec, FusionConfig, ShardConfig
+def _spec(name: str, fmt: str, raw: Path, category: str | None, platform: str):
+    """A DatasetSpec declaring its platform (when this data_pipeline knows the field)."""
+    import dataclasses
+
+    from fusionrec.data_pipeline.config import DatasetSpec
+
+    extra = {"platform": platform} if "platform" in {f.name for f in dataclasses.fields(DatasetSpec)} else {}
+    return DatasetSpec(name, fmt, str(raw), category, **extra)
+
+
+def build_tiny_run(
+    base: Path, overrides: tuple[str, ...] = (), corpus: Path | None = None
+) -> dict[str, Path]:
+    """Synthetic raw data → prepared Fusion corpus (pretrain beauty; zero-shot sports + yelp; each declaring
+    its platform) → a tiny IDGenRec trained for a few steps with `fusionrec train idgenrec` (1 DeepSpeed
+    rank), with extra `overrides`; `corpus` = an already prepared corpus to train on. Cached in `base`."""
+    from fusionrec.data_pipeline.config import DataConfig, FusionConfig, ShardConfig
     from fusionrec.data_pipeline.prepare import prepare
     from fusionrec.data_pipeline.synth import synth
     from fusionrec.trainer.checkpoint import list_checkpoints
 
-    paths = {"corpus": base / "corpus", "run": base / "run"}
+    paths = {"corpus": corpus or base / "corpus", "run": base / "run"}
     ready = base / "READY"
     if ready.exists():
         return {**paths, "checkpoint": Path(ready.read_text())}
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    raw = base / "raw"
-    synth(raw, categories=("Beauty", "Sports"), users_per_category=40, items_per_category=30,
-          yelp=True, yelp_users=40, yelp_items=30)  # fmt: skip
-    specs = [DatasetSpec("beauty", "amazon2014", str(raw), "Beauty"),
-             DatasetSpec("sports", "amazon2014", str(raw), "Sports"), DatasetSpec("yelp", "yelp", str(raw))]  # fmt: skip
-    cfg = DataConfig(datasets=specs, kcore=3, max_history=20,
-                     fusion=FusionConfig(pretrain=["beauty"], zeroshot=ZS_DATASETS),
-                     shards=ShardConfig(engine="local", samples_per_shard=2000))  # fmt: skip
-    prepare(cfg, paths["corpus"])
+    if corpus is None:
+        raw = base / "raw"
+        synth(raw, categories=("Beauty", "Sports"), users_per_category=40, items_per_category=30,
+              yelp=True, yelp_users=40, yelp_items=30)  # fmt: skip
+        specs = [_spec("beauty", "amazon2014", raw, "Beauty", "amazon"),
+                 _spec("sports", "amazon2014", raw, "Sports", "amazon"), _spec("yelp", "yelp", raw, None, "yelp")]  # fmt: skip
+        cfg = DataConfig(datasets=specs, kcore=3, max_history=20,
+                         fusion=FusionConfig(pretrain=["beauty"], zeroshot=ZS_DATASETS),
+                         shards=ShardConfig(engine="local", samples_per_shard=2000))  # fmt: skip
+        prepare(cfg, paths["corpus"])
     cmd = [sys.executable, "-m", "fusionrec.launch.cli", "train", "idgenrec", "--config", "idgenrec_tiny",
-           "--nproc", "1", f"corpus={paths['corpus']}", f"train.run_dir={paths['run']}", *TRAIN_OVERRIDES]  # fmt: skip
+           "--nproc", "1", f"corpus={paths['corpus']}", f"train.run_dir={paths['run']}", *TRAIN_OVERRIDES,
+           *overrides]  # fmt: skip
     # A clean child env: in-process tests that ran earlier in this pytest process set RANK/WORLD_SIZE/MASTER_*
     # (a 1-rank process group); inherited, they would make the child think it is a rank of *that* group.
     dist_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -73,6 +93,13 @@ def build_tiny_run(base: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_idgenrec_run")
+
+
+@pytest.fixture(scope="module")
+def title_run(tiny_run, tmp_path_factory) -> dict[str, Path]:
+    """The same tiny model trained on fixed title IDs only (the recommender alone, no ID phase)."""
+    base = tmp_path_factory.getbasetemp() / "tiny_idgenrec_title_run"
+    return build_tiny_run(base, ('idgenrec.order=["rec"]',), corpus=tiny_run["corpus"])
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +128,8 @@ def zeroshot_run(tiny_run, ray_session, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("zs") / "results"
     t0 = time.perf_counter()
-    records = run_zeroshot(tiny_run["checkpoint"], tiny_run["corpus"], cfg=small_cfg(), results_dir=out)
+    cfg = small_cfg(id_quality="warn")  # the junk generator's tables are scored, flagged (see the docstring)
+    records = run_zeroshot(tiny_run["checkpoint"], tiny_run["corpus"], cfg=cfg, results_dir=out)
     return records, out, time.perf_counter() - t0
 
 
@@ -121,17 +149,32 @@ def test_every_heldout_dataset_evaluated_on_all_its_test_users(tiny_run, zerosho
         assert rec["users"] == test_users == len(data) > 0
         assert rec["users_selection"] == {"selection": "all", "users": test_users, "of": test_users}
         assert rec["metrics"]["count"] == test_users
-        # IDs for every unseen item came from the trained generator (Algorithm 1), saved with the results.
+        # The recommender ended on a generator table, so the unseen items' IDs came from the trained
+        # generator (Algorithm 1), saved with the results with their quality diagnostics.
+        assert rec["id_scheme"]["scheme"] == "generator" and rec["id_table"]["method"] == "generator"
         table = IDTable.load(out / "id_tables" / f"{name}.json")
         items = pq.read_table(corpus / "zeroshot" / name / "items.parquet")["item_id"].to_pylist()
         assert sorted(table) == sorted(items) and rec["id_table"]["version"] == table.version
         assert rec["id_table"]["stats"]["items"] == len(items)
+        assert table.stats["quality"]["items"] == len(items) and table.stats["scheme"] == "generator"
+        assert rec["training_id_table"]["items"] > 0 and "word_in_text_share" in rec["training_id_table"]
         on_disk = json.loads((out / f"{name}.json").read_text())
         assert on_disk["metrics"] == rec["metrics"] and on_disk["users"] == test_users
-    assert {r["dataset"]: r["scenario"] for r in records} == {
-        "sports": "intra-platform",
-        "yelp": "inter-platform",
-    }
+        # Every metric with its sample size and interval; the exact random row over the same users.
+        assert set(rec["intervals"]) == {"HR@5", "HR@10", "NDCG@5", "NDCG@10"}
+        for m, (lo, hi) in rec["intervals"].items():
+            assert lo <= rec["metrics"][m] <= hi
+        assert (
+            rec["random"]["HR@10"] == pytest.approx(10 / len(items)) and rec["random"]["count"] == test_users
+        )
+    declared = json.loads((corpus / "config.json").read_text())["datasets"]
+    if all(d.get("platform") for d in declared):  # the platform each dataset declares, never its format
+        assert {r["dataset"]: r["scenario"] for r in records} == {
+            "sports": "intra-platform",
+            "yelp": "inter-platform",
+        }
+    else:
+        assert {r["scenario"] for r in records} == {"undeclared platform"}
 
 
 @pytest.mark.integration
@@ -153,22 +196,97 @@ def test_zeroshot_metrics_equal_in_process_ranking_with_the_same_table(tiny_run,
 
 
 @pytest.mark.integration
-def test_tables_show_ours_beside_paper_table7(zeroshot_run):
+def test_tables_keep_the_paper_apart_and_flag_warned_tables(zeroshot_run):
     from fusionrec.cluster.zeroshot import PAPER_TABLE7
 
     records, out, _ = zeroshot_run
-    assert {r["dataset"]: r["paper"] for r in records} == {n: PAPER_TABLE7[n] for n in ZS_DATASETS}
-    rows = list(csv.reader(io.StringIO((out / "zeroshot.csv").read_text())))
-    head = rows[0]
-    assert [r[0] for r in rows[1:]] == ZS_DATASETS
-    yelp = dict(zip(head, rows[2], strict=True))
-    assert yelp["paper IDGenRec HR@10"] == "0.0329" and yelp["paper UniSRec NDCG@5"] == "0.0051"
+    assert {r["dataset"]: r["paper_reference"]["numbers"] for r in records} == {
+        n: PAPER_TABLE7[n] for n in ZS_DATASETS
+    }
+    rows = list(csv.DictReader(io.StringIO((out / "zeroshot.csv").read_text())))
+    assert not any("paper" in col.lower() for col in rows[0])  # our table holds our measurements only
+    ours = [r for r in rows if r["zero_shot"] == "yes"]
+    assert [r["dataset"] for r in ours] == ZS_DATASETS
+    yelp = ours[1]
     assert yelp["users"] == str(records[1]["users"]) and yelp["users_selection"] == "all"
     assert float(yelp["NDCG@10"]) == pytest.approx(records[1]["metrics"]["NDCG@10"], abs=5e-5)
+    assert yelp["id_quality"] == records[1]["id_quality"]["status"]
+    reference = list(csv.reader(io.StringIO((out / "zeroshot.reference.csv").read_text())))
+    yelp_ref = [r for r in reference if r[0] == "yelp"]
+    assert yelp_ref[0][1] == "paper IDGenRec (Table 7)" and yelp_ref[0][3] == "0.0329"
     md = (out / "zeroshot.md").read_text()
-    assert "| sports | intra-platform | ours (all) |" in md and "| yelp | | paper UniSRec (Table 7) |" in md
+    ours_md, ref_md = md.split("## Reference only")
+    assert "0.0329" not in ours_md and "| yelp | paper UniSRec (Table 7) |" in ref_md
+    assert "19 OTHER Amazon review datasets" in ref_md
+    assert "| sports |  | random ranking (exact expectation) |" in ours_md
+    for r in records:  # a warned (degenerate) table is flagged in the table, not only in the log
+        if r["id_quality"]["problems"]:
+            assert f"**DEGENERATE (warned): {'; '.join(r['id_quality']['problems'])}**" in ours_md
     png = (out / "zeroshot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.integration
+def test_title_trained_run_gets_title_ids_for_unseen_items_and_passes(title_run, ray_session, tmp_path):
+    """A recommender trained on fixed title IDs gets title IDs for the held-out items, built exactly like
+    training's (`title_table` with the run's title_words and tokenizer); the table passes the default
+    (refusing) quality gate and the scheme is recorded."""
+    from fusionrec.cluster.generative import load_checkpoint_tokenizer, trained_id_scheme
+    from fusionrec.cluster.zeroshot import run_zeroshot
+    from fusionrec.trainer.idgen.id_table import IDTable
+    from fusionrec.trainer.idgenrec_data import encodable_fn, load_items, title_table
+
+    scheme = trained_id_scheme(title_run["checkpoint"])
+    assert scheme["scheme"] == "title" and scheme["order"] == ["rec"], scheme
+    out = tmp_path / "results"
+    records = run_zeroshot(title_run["checkpoint"], title_run["corpus"], ["yelp"], cfg=small_cfg(),
+                           results_dir=out)  # fmt: skip
+    (rec,) = records
+    ds_dir = title_run["corpus"] / "zeroshot" / "yelp" / "processed" / "yelp"
+    _, titles = load_items(ds_dir)
+    tok = load_checkpoint_tokenizer(title_run["checkpoint"])
+    expected = title_table(titles, scheme["title_words"], encodable_fn(tok))
+    table = IDTable.load(out / "id_tables" / "yelp.json")
+    assert table.as_dict() == expected.as_dict() and table.method == "title"
+    assert rec["id_scheme"]["scheme"] == "title" and rec["id_table"]["method"] == "title"
+    q = table.stats["quality"]
+    assert q["word_in_text_share"] >= 0.9 and rec["id_quality"]["status"] == "ok"
+    assert rec["id_quality"]["problems"] == [] and rec["metrics"]["count"] == rec["users"] > 0
+
+
+@pytest.mark.integration
+def test_degenerate_table_refused_before_any_scoring(tiny_run, tmp_path, monkeypatch):
+    """Character-junk IDs (not words of the items' texts) are refused with the diagnostic values and
+    thresholds, before any dataset is scored: no actor, no unit, no per-dataset result, no summary."""
+    import fusionrec.cluster.zeroshot as zs
+    from fusionrec.trainer.idgen.id_table import IDTable
+
+    junk = ["tttttttt", "eeeesy", "nenn", "ssss", "eeeee", "tnnt", "sesy", "nnnnnn"]
+
+    def junk_table(ckpt, dataset_dir, scheme, *args, **kwargs):
+        from fusionrec.cluster.generative import dataset_item_ids, item_texts
+
+        items = dataset_item_ids(dataset_dir)
+        table = IDTable({i: f"{junk[n % len(junk)]} {n // len(junk) + 1}" for n, i in enumerate(items)},
+                        "generative", 1, {"second_attempt_share": 0.23})  # fmt: skip
+        return table.with_stats(scheme="generator", quality=table.quality(item_texts(dataset_dir)))
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a user was scored before the degenerate table was refused")
+
+    monkeypatch.setattr(zs, "heldout_id_table", junk_table)
+    monkeypatch.setattr(zs, "evaluate", no_scoring)
+    out = tmp_path / "results"
+    with pytest.raises(ValueError) as err:
+        zs.run_zeroshot(tiny_run["checkpoint"], tiny_run["corpus"], cfg=small_cfg(), results_dir=out)
+    msg = str(err.value)
+    assert "zero-shot dataset 'sports'" in msg and "degenerate ID table, refusing to score it" in msg
+    assert re.search(r"word_in_text_share 0\.\d+ < min_word_in_text 0\.5", msg), msg
+    assert re.search(r"duplicate_base_share 0\.\d+ > max_duplicate_base 0\.2", msg), msg
+    assert "'min_word_in_text': 0.5" in msg and "zeroshot.id_quality = 'warn'" in msg
+    assert (out / "id_tables" / "sports.json").is_file()  # kept for inspection
+    assert not (out / "units").exists() and not (out / "baselines").exists()
+    assert [p.name for p in out.glob("*.json")] == ["run_identity.json"] and not list(out.glob("zeroshot.*"))
 
 
 @pytest.mark.integration
@@ -199,11 +317,14 @@ def test_most_popular_row_fit_on_the_heldout_train_split_same_users(tiny_run, ze
         )
         assert ref.to_dict() == pop["metrics"]
     md = (out / "zeroshot.md").read_text()
-    assert "| yelp | | most-popular (fit on yelp's own train split; not zero-shot) |" in md
-    rows = list(csv.reader(io.StringIO((out / "zeroshot.csv").read_text())))
-    sports = dict(zip(rows[0], rows[1], strict=True))
-    assert float(sports["most_popular(own train) HR@10"]) == pytest.approx(
-        records[0]["most_popular"]["metrics"]["HR@10"], abs=5e-5
+    assert "| yelp |  | most-popular (fit on yelp's own train split; not zero-shot) |" in md
+    rows = list(csv.DictReader(io.StringIO((out / "zeroshot.csv").read_text())))
+    sports = next(r for r in rows if r["dataset"] == "sports" and r["row"].startswith("most-popular"))
+    assert sports["zero_shot"] == "no" and records[0]["most_popular"]["zero_shot"] is False
+    assert float(sports["HR@10"]) == pytest.approx(records[0]["most_popular"]["metrics"]["HR@10"], abs=5e-5)
+    lo, hi = records[0]["most_popular"]["intervals"]["HR@10"]
+    assert (
+        float(sports["HR@10 ci95 lo"]) == pytest.approx(lo, abs=5e-5) and lo <= float(sports["HR@10"]) <= hi
     )
 
 
