@@ -132,7 +132,7 @@ def walk_users(sequences: dict[str, list[str]], retriever, plan: Plan, top_n: in
 
 def sasrec_full_test(sequences: dict[str, list[str]], retriever) -> dict[str, float]:
     """HR/NDCG@10 of SASRec (history excluded) over every test user: the retrieval layer's own quality."""
-    from fusionrec.trainer.llm.palr_rerank import _rank_metrics
+    from fusionrec.trainer.recipes.palr.rerank import _rank_metrics
 
     users = [s for s in sequences.values() if len(s) >= 3]
     sums = dict.fromkeys(("HR@10", "NDCG@10", "HR@50"), 0.0)
@@ -148,9 +148,9 @@ def sasrec_full_test(sequences: dict[str, list[str]], retriever) -> dict[str, fl
 
 def rerank(model_path: str, users: list, text: dict[str, str], retriever, plan: Plan) -> tuple[list, float]:
     """Per-user (SASRec rank, LM rank) of one LM folder on `users`, with the wall seconds of scoring."""
-    from fusionrec.trainer.llm.data import PALRTaskConfig
-    from fusionrec.trainer.llm.palr_rerank import PALRConfig, rerank_ranks
     from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_causal_lm, load_tokenizer
+    from fusionrec.trainer.recipes.palr.data import PALRConfig, PALRTaskConfig
+    from fusionrec.trainer.recipes.palr.rerank import rerank_ranks
 
     cfg = CausalLMConfig(name_or_path=model_path)
     model, tok = build_causal_lm(cfg).eval(), load_tokenizer(cfg)
@@ -182,7 +182,7 @@ def run(quick: bool = False) -> list[dict]:
     from fusionrec.cluster.baselines import load_sasrec
     from fusionrec.launch.export import export_checkpoint
     from fusionrec.launch.palr_retriever import RETRIEVER_DIR
-    from fusionrec.trainer.llm.palr_rerank import SASRecRetriever, rank_summary
+    from fusionrec.trainer.recipes.palr.rerank import SASRecRetriever, rank_summary
 
     plan, beauty = (QUICK if quick else FULL), _beauty()
     if beauty is None:

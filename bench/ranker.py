@@ -85,14 +85,14 @@ def _train(recipe, run_dir: Path, plan: BenchPlan) -> tuple[object, float, int]:
 
 def _tokens(examples) -> int:
     """Tokens per epoch: SFT pairs, or the 1 + k sequences of every DMPO group."""
-    from fusionrec.trainer.llm.dmpo_loss import flatten_groups
+    from fusionrec.trainer.recipes.dmpo.loss import flatten_groups
 
     pairs = examples if not hasattr(examples[0], "rejected") else flatten_groups(examples)
     return sum(len(p) for p in pairs)
 
 
 def _eval(model, tok, records, max_length: int):
-    from fusionrec.trainer.llm.dmpo_loss import evaluate_auc
+    from fusionrec.trainer.recipes.dmpo.loss import evaluate_auc
 
     return evaluate_auc(model, tok, records, max_length)
 
@@ -120,9 +120,9 @@ def run(quick: bool = False, parts: str | None = None) -> list[dict]:
 
 def run_auc(quick: bool = False) -> list[dict]:
     """The DMPO AUC benchmark (see the module docstring); returns its JSON lines."""
-    from fusionrec.trainer.llm.data import load_dmpo_file
     from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, build_causal_lm, load_tokenizer
     from fusionrec.trainer.recipes.dmpo.config import DMPOConfig, DMPORecipeConfig
+    from fusionrec.trainer.recipes.dmpo.data import load_dmpo_file
 
     plan = QUICK if quick else FULL
     data = _dmpo_dir()
@@ -213,8 +213,8 @@ class _Lines(list):
 def _prefix_sharing(model, tok, records, max_length: int) -> dict:
     """Scoring both answers of each eval record: shared prompt KV cache (ours) vs re-encoding (baseline)."""
     import torch
-    from fusionrec.trainer.llm.data import TruncationStats, answer, encode_record
     from fusionrec.trainer.llm.scoring import score_candidates, score_pairs
+    from fusionrec.trainer.recipes.dmpo.data import TruncationStats, answer, encode_record
 
     stats, pairs = TruncationStats(), []
     for r in records:

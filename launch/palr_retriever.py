@@ -93,7 +93,7 @@ def _train_once(recipe: Any, path: Path, strategy: Any) -> None:
 def sasrec_retriever(recipe: Any, run_dir: str | Path, strategy: Any) -> Any:
     """The SASRecRetriever of a PALR recipe config: loaded from `retriever_checkpoint`, or trained once."""
     from fusionrec.cluster.baselines import load_sasrec
-    from fusionrec.trainer.llm.palr_rerank import SASRecRetriever
+    from fusionrec.trainer.recipes.palr.rerank import SASRecRetriever
 
     if recipe.retriever_checkpoint:  # a given folder is only ever read (load_sasrec names what is missing)
         path = Path(recipe.retriever_checkpoint)

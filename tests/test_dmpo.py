@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fusionrec.trainer.llm.data import (
+from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker
+from fusionrec.trainer.recipes.dmpo.config import DMPOConfig
+from fusionrec.trainer.recipes.dmpo.data import (
     PreferenceGroup,
     PreferenceRecord,
     RankingPrompt,
@@ -19,9 +21,13 @@ from fusionrec.trainer.llm.data import (
     encode_groups,
     render_item,
 )
-from fusionrec.trainer.llm.dmpo_loss import auc, collate_groups, dmpo_loss, group_logps, precompute_reference
-from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker
-from fusionrec.trainer.recipes.dmpo.config import DMPOConfig
+from fusionrec.trainer.recipes.dmpo.loss import (
+    auc,
+    collate_groups,
+    dmpo_loss,
+    group_logps,
+    precompute_reference,
+)
 
 # ---------------------------------------------------------------- the loss against direct formulas
 

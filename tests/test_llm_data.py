@@ -8,10 +8,10 @@ import random
 import pyarrow as pa
 import pytest
 from fusionrec.data_pipeline.errors import DataError
-from fusionrec.trainer.llm.data import (
+from fusionrec.trainer.llm.batches import EpochBatches
+from fusionrec.trainer.models.causal_lm import CausalLMConfig, load_tokenizer
+from fusionrec.trainer.recipes.dmpo.data import (
     CorpusPromptConfig,
-    EpochBatches,
-    PALRTaskConfig,
     RankingPrompt,
     TruncationStats,
     answer,
@@ -19,10 +19,9 @@ from fusionrec.trainer.llm.data import (
     fit_prompt,
     group_records,
     load_dmpo_file,
-    palr_example,
     render_item,
 )
-from fusionrec.trainer.models.causal_lm import CausalLMConfig, load_tokenizer
+from fusionrec.trainer.recipes.palr.data import PALRTaskConfig, palr_example
 
 HIST = [render_item(t) for t in ("Alien", "Heat", "Up")]
 A, B, C = render_item("Brazil"), render_item("Jaws"), render_item("Ran")

@@ -7,16 +7,15 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fusionrec.trainer.llm.data import PALRTaskConfig
-from fusionrec.trainer.llm.palr_rerank import (
+from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker
+from fusionrec.trainer.recipes.palr.data import PALRConfig, PALRTaskConfig
+from fusionrec.trainer.recipes.palr.rerank import (
     Cooccurrence,
     MostPopular,
-    PALRConfig,
     _rank_metrics,
     rerank_eval,
     training_examples,
 )
-from fusionrec.trainer.models.causal_lm import CausalLMConfig, build_ranker
 
 SEQS = [["a", "b", "c"], ["a", "b", "d"], ["b", "c"]]
 

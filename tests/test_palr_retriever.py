@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fusionrec.trainer.llm.palr_rerank import SASRecRetriever
 from fusionrec.trainer.models.sasrec import SASRec, SASRecConfig
+from fusionrec.trainer.recipes.palr.rerank import SASRecRetriever
 
 ITEMS = [f"i{j:02d}" for j in range(16)]
 

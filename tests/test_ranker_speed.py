@@ -12,9 +12,9 @@ import math
 
 import pytest
 from fusionrec.bench import ranker_speed as rs
-from fusionrec.trainer.llm.data import TruncationStats, encode_groups, group_records, load_dmpo_file
-from fusionrec.trainer.llm.dmpo_loss import collate_groups, flatten_groups
 from fusionrec.trainer.models.causal_lm import CausalLMConfig, load_tokenizer
+from fusionrec.trainer.recipes.dmpo.data import TruncationStats, encode_groups, group_records, load_dmpo_file
+from fusionrec.trainer.recipes.dmpo.loss import collate_groups, flatten_groups
 from test_dmpo import _write_dpo_file
 
 K = 2

@@ -1,7 +1,6 @@
-"""LLM rankers (PALR, DMPO): answer-only scoring, the DMPO objective, ranking prompts and data, memory estimates,
-retrieval + re-ranking, export. Import the modules directly (this package imports nothing, so that the
-torch-free parts, e.g. the prompt/data configs of data.py, stay torch-free).
+"""What the LLM-ranker recipes (trainer/recipes/dmpo, trainer/recipes/palr) share: answer-only scoring
+(`scoring.py`), per-rank batches (`batches.py`), memory estimates (`memory.py`), the ranker export (`export.py`)
+and the offline SmolLM2 assets (`assets.py`). Import the modules directly (this package imports nothing).
 
-Model loading and LoRA live in `fusionrec.trainer.models.causal_lm`; the TrainModules in
-`fusionrec.trainer.recipes.{dmpo,palr}.module`. See docs/llm.md.
+Model loading and LoRA live in `fusionrec.trainer.models.causal_lm`. See docs/llm.md.
 """

@@ -37,7 +37,7 @@ def encode_pair(
 ) -> EncodedPair:
     """Tokenise prompt and answer separately (so tokens never merge across the boundary).
 
-    Prompts must already fit (see `trainer.llm.data.fit_prompt`, which drops the oldest history items);
+    Prompts must already fit (see `trainer.recipes.dmpo.data.fit_prompt`, which drops the oldest history items);
     an over-long pair here is a bug upstream, reported with `where` (file and record).
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]

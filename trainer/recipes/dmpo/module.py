@@ -18,27 +18,27 @@ from typing import Any
 
 import torch
 from fusionrec.trainer.config import OptimConfig
-from fusionrec.trainer.llm.data import (
-    EpochBatches,
-    TruncationStats,
-    encode_groups,
-    encode_record,
-    group_records,
-    load_dmpo_file,
-)
-from fusionrec.trainer.llm.dmpo_loss import (
-    collate_groups,
-    dmpo_loss,
-    flatten_groups,
-    group_logps,
-    split_flat,
-)
+from fusionrec.trainer.llm.batches import EpochBatches
 from fusionrec.trainer.llm.export import export_engine
 from fusionrec.trainer.llm.memory import check_model_fits
 from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, score_pairs, sft_loss
 from fusionrec.trainer.models.causal_lm import build_causal_lm, build_ranker
 from fusionrec.trainer.module_base import BaseTrainModule, BatchStats, Phase
 from fusionrec.trainer.recipes.dmpo.config import DMPORecipeConfig
+from fusionrec.trainer.recipes.dmpo.data import (
+    TruncationStats,
+    encode_groups,
+    encode_record,
+    group_records,
+    load_dmpo_file,
+)
+from fusionrec.trainer.recipes.dmpo.loss import (
+    collate_groups,
+    dmpo_loss,
+    flatten_groups,
+    group_logps,
+    split_flat,
+)
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 
 

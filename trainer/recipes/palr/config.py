@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusionrec.trainer.llm.data import PALRConfig
 from fusionrec.trainer.model_config import CausalLMConfig
+from fusionrec.trainer.recipes.palr.data import PALRConfig
 
 RETRIEVERS = ("sasrec", "cooccurrence", "popular")
 

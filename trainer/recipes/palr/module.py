@@ -7,7 +7,7 @@ candidates of Recommend_Retrieval are the targets plus items from the retriever.
 (the default, the paper's retrieval layer) is built by the launch layer (`launch/palr_retriever.py`: a saved
 SASRec, or one trained on the corpus' training split) and passed in as `retriever=`, since trainer/ must not
 import cluster/; "cooccurrence" and "popular" need no training and are built here.
-Loss: cross-entropy on answer tokens only. Evaluation (`trainer.llm.palr_rerank.rerank_eval`) re-ranks the
+Loss: cross-entropy on answer tokens only. Evaluation (`rerank.rerank_eval`) re-ranks the
 retriever's top-50 and reports HR/NDCG@k against the retriever alone.
 """
 
@@ -21,19 +21,14 @@ from typing import Any
 
 import torch
 from fusionrec.trainer.config import OptimConfig
-from fusionrec.trainer.llm.data import EpochBatches
+from fusionrec.trainer.llm.batches import EpochBatches
 from fusionrec.trainer.llm.export import export_engine
 from fusionrec.trainer.llm.memory import check_model_fits
-from fusionrec.trainer.llm.palr_rerank import (
-    Cooccurrence,
-    MostPopular,
-    Retriever,
-    training_examples,
-)
 from fusionrec.trainer.llm.scoring import answer_logprobs, collate_pairs, encode_pair, sft_loss
 from fusionrec.trainer.models.causal_lm import build_ranker
 from fusionrec.trainer.module_base import BaseTrainModule, Phase
 from fusionrec.trainer.recipes.palr.config import PALRRecipeConfig
+from fusionrec.trainer.recipes.palr.rerank import Cooccurrence, MostPopular, Retriever, training_examples
 from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from fusionrec.trainer.llm.scoring import EncodedPair, score_pairs
 from torch import nn
-
-from .scoring import EncodedPair, score_pairs
 
 
 @dataclass
@@ -101,7 +100,7 @@ def precompute_reference(
 
 def collate_groups(groups: Sequence[EncodedGroup], pad_id: int) -> dict[str, torch.Tensor]:
     """Model inputs for all 1 + k sequences of each group, plus precomputed reference log-probs if any."""
-    from .scoring import collate_pairs
+    from fusionrec.trainer.llm.scoring import collate_pairs
 
     batch = collate_pairs(flatten_groups(groups), pad_id)
     if all(g.ref_chosen is not None for g in groups):
@@ -114,7 +113,7 @@ def group_logps(
     model: nn.Module, batch: dict[str, torch.Tensor], k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer log-probs → chosen [B], rejected [B, k] (one forward over the flattened batch)."""
-    from .scoring import answer_logprobs
+    from fusionrec.trainer.llm.scoring import answer_logprobs
 
     return split_flat(answer_logprobs(model, batch).total, k)
 
@@ -152,8 +151,8 @@ def evaluate_auc(
     `score`: "mean_prob" (eq. 4: average token probability) or "mean_logp" (average token log-prob).
     Both answers share the prompt, so it is encoded once (`score_candidates`).
     """
-    from .data import TruncationStats, answer, encode_record
-    from .scoring import score_candidates
+    from fusionrec.trainer.llm.scoring import score_candidates
+    from fusionrec.trainer.recipes.dmpo.data import TruncationStats, answer, encode_record
 
     if score not in ("mean_prob", "mean_logp"):
         raise ValueError(f"score={score!r}: use 'mean_prob' (paper eq. 4) or 'mean_logp'")

@@ -1,4 +1,5 @@
-"""Ranking prompts for the LLM rankers: DMPO-format files, the same prompts from our own corpora, PALR tasks.
+"""DMPO's data: ranking prompts from DMPO-format files and from our own corpora, tokenised with the history
+truncated to fit.
 
 A prompt is kept structured (`RankingPrompt`: history items + candidates) until it is rendered, so that a
 prompt longer than the context window can lose its OLDEST history items — never a candidate — and the number
@@ -318,92 +319,12 @@ def build_corpus_preferences(
     return CorpusPreferences(groups[n_eval:], eval_records, skipped)
 
 
-# ---------------------------------------------------------------- PALR instruction tasks (paper 002 §2.2)
-
-
-@dataclass
-class PALRTaskConfig:
-    """PALR "Recommend" / "Recommend_Retrieval" instructions."""
-
-    max_history: int = 20  # paper: at most 20 history items
-    n_targets: int = 10  # "Recommend 10 other items"
-    swap_prob: float = 0.1  # paper: randomly swap items between instruction and label
-    noun: str = "items"
-    verb_phrase: str = "User has purchased the following products"
-
-    def __post_init__(self) -> None:
-        if self.max_history < 1 or self.n_targets < 1:
-            raise ValueError(f"max_history={self.max_history}, n_targets={self.n_targets} must be >= 1")
-        if not 0.0 <= self.swap_prob <= 1.0:
-            raise ValueError(f"swap_prob must be in [0, 1], got {self.swap_prob}")
-
-
-@dataclass
-class PALRConfig:
-    """Retrieval depth, share of users fine-tuned on (paper: 20%), negatives per Recommend_Retrieval sample."""
-
-    top_n: int = 50
-    finetune_share: float = 0.2
-    negatives: int = 9
-    ks: tuple[int, ...] = (1, 5, 10)
-    seed: int = 0
-    tasks: PALRTaskConfig = field(default_factory=PALRTaskConfig)
-
-    def __post_init__(self) -> None:
-        if self.top_n < 1 or self.negatives < 0:
-            raise ValueError(f"top_n={self.top_n} must be >= 1 and negatives={self.negatives} >= 0")
-        if not 0.0 < self.finetune_share <= 1.0:
-            raise ValueError(f"finetune_share must be in (0, 1], got {self.finetune_share}")
-        self.ks = tuple(self.ks)
-
-
-def _quoted(items: list[str]) -> str:
-    return ", ".join(f'"{t}"' for t in items)
-
-
-def palr_prompt(history: list[str], candidates: list[str] | None, cfg: PALRTaskConfig) -> str:
-    """Instruction + input text; with `candidates` it is the Recommend_Retrieval task."""
-    hist = history[-cfg.max_history :]
-    if candidates is None:
-        task = f"Recommend {cfg.n_targets} other {cfg.noun} based on user's history."
-        return f"### Instruction: {task}\n### Input: {cfg.verb_phrase} {_quoted(hist)}.\n### Output:"
-    task = f"Recommend {cfg.n_targets} other {cfg.noun} based on user's history from the candidate list."
-    return (
-        f"### Instruction: {task}\n### Input: {cfg.verb_phrase} {_quoted(hist)}. "
-        f"The candidates are {_quoted(candidates)}.\n### Output:"
-    )
-
-
-def palr_answer(targets: list[str]) -> str:
-    return " " + _quoted(targets)
-
-
-def palr_example(
-    history: list[str],
-    targets: list[str],
-    candidates: list[str] | None,
-    cfg: PALRTaskConfig,
-    rng: random.Random,
-) -> tuple[str, str]:
-    """(prompt, answer) for one user; random history/label item swaps as in the paper (a regulariser)."""
-    history, targets = list(history[-cfg.max_history :]), list(targets[: cfg.n_targets])
-    for i in range(len(targets)):
-        if history and rng.random() < cfg.swap_prob:
-            j = rng.randrange(len(history))
-            history[j], targets[i] = targets[i], history[j]
-    if candidates is not None:
-        missing = [t for t in targets if t not in candidates]
-        candidates = list(candidates) + missing  # the candidate list always contains every target
-        rng.shuffle(candidates)
-    return palr_prompt(history, candidates, cfg), palr_answer(targets)
-
-
-# ---------------------------------------------------------------- encoding and per-rank batching
+# ---------------------------------------------------------------- encoding
 
 
 def encode_record(tokenizer, record: PreferenceRecord, ans: str, max_length: int, stats: TruncationStats):
     """Tokenised (prompt, answer) with the history truncated to fit (import-light: scoring is torch-only)."""
-    from .scoring import encode_pair
+    from fusionrec.trainer.llm.scoring import encode_pair
 
     n_answer = len(tokenizer(ans, add_special_tokens=False)["input_ids"]) + 1  # + EOS
     text = fit_prompt(tokenizer, record.prompt, n_answer, max_length, stats, record.source)
@@ -412,7 +333,7 @@ def encode_record(tokenizer, record: PreferenceRecord, ans: str, max_length: int
 
 def encode_groups(tokenizer, groups: list[PreferenceGroup], max_length: int, stats: TruncationStats) -> list:
     """PreferenceGroup → EncodedGroup: (x_1, y_w) and (x_i, y_l,i) for the k rows (paper eq. 3)."""
-    from .dmpo_loss import EncodedGroup
+    from fusionrec.trainer.recipes.dmpo.loss import EncodedGroup
 
     out = []
     for group in groups:
@@ -420,43 +341,3 @@ def encode_groups(tokenizer, groups: list[PreferenceGroup], max_length: int, sta
         rejected = [encode_record(tokenizer, r, r.rejected, max_length, stats) for r in group.rows]
         out.append(EncodedGroup(chosen, rejected))
     return out
-
-
-class EpochBatches:
-    """Per-rank micro-batches of a small in-memory dataset: seeded shuffle per epoch, rank r takes every
-    world-th example, then fixed-size batches. Every rank gets the same number of batches (the tail that
-    does not fill a batch on every rank is counted in `dropped_per_epoch`, not silently lost)."""
-
-    def __init__(
-        self, examples: list, collate, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0
-    ):
-        if batch_size < 1 or not 0 <= rank < world:
-            raise ValueError(f"batch_size={batch_size}, rank={rank}, world={world} invalid")
-        per_rank = len(examples) // world
-        self.n_batches = per_rank // batch_size
-        if self.n_batches == 0:
-            raise ValueError(
-                f"{len(examples)} examples cannot give one batch of {batch_size} on {world} ranks"
-            )
-        self.dropped_per_epoch = len(examples) - self.n_batches * batch_size * world
-        self.examples, self.collate, self.batch_size = examples, collate, batch_size
-        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def __iter__(self):
-        order = list(range(len(self.examples)))
-        random.Random(self.seed + self.epoch).shuffle(order)
-        mine = order[self.rank :: self.world]
-        self.epoch += 1
-        for b in range(self.n_batches):
-            yield self.collate(
-                [self.examples[i] for i in mine[b * self.batch_size : (b + 1) * self.batch_size]]
-            )
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])

@@ -22,12 +22,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from fusionrec.trainer.llm.scoring import score_candidates
 from fusionrec.trainer.metrics import hit_at_k, ndcg_at_k
+from fusionrec.trainer.models.sasrec import SASRec, left_pad
+from fusionrec.trainer.recipes.palr.data import PALRConfig, palr_answer, palr_example, palr_prompt
 from torch import nn
-
-from ..models.sasrec import SASRec, left_pad
-from .data import PALRConfig, palr_answer, palr_example, palr_prompt
-from .scoring import score_candidates
 
 
 class Retriever(Protocol):
