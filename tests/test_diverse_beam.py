@@ -183,3 +183,36 @@ def test_config_validation():
         DiverseBeamConfig(diversity_penalty=-1)
     with pytest.raises(ValueError, match="min_new_tokens"):
         DiverseBeamConfig(min_new_tokens=5, max_new_tokens=3)
+
+
+@pytest.mark.parametrize("eos_bias", [0.0, 2.0, 4.0])
+def test_stable_penalty_range_holds_on_a_lambda_grid(tok, eos_bias):
+    """Every λ' strictly inside a run's `lambda_range` gives that run's hypotheses (as a set per item):
+    the range is a proof, checked here against real runs on a grid of λ, with early finishes (EOS bias)."""
+    model = _model(tok, "tiny-t5", eos_bias=eos_bias)
+    enc = _enc(tok)
+    grid = [0.25 * i for i in range(1, 41)]
+    runs = {}
+    for lam in grid:
+        cfg = DiverseBeamConfig(num_groups=4, diversity_penalty=lam, min_new_tokens=1, max_new_tokens=7)
+        runs[lam] = diverse_beam_search(model, enc["input_ids"], enc["attention_mask"], cfg)
+    checked = 0
+    for lam, out in runs.items():
+        for i in range(len(TEXTS)):
+            lo, hi = out.lambda_range[i].tolist()
+            assert lo <= lam <= hi
+            mine = sorted(map(tuple, out.sequences[i].tolist()))
+            for other in grid:
+                if other != lam and lo < other < hi:
+                    assert sorted(map(tuple, runs[other].sequences[i].tolist())) == mine, (lam, other, i)
+                    checked += 1
+    assert checked > 100  # the ranges are not trivially empty
+
+
+def test_no_range_is_claimed_without_one_beam_groups(tok):
+    model = _model(tok, "tiny-t5")
+    enc = _enc(tok)
+    for cfg in (DiverseBeamConfig(num_groups=3, beams_per_group=2, diversity_penalty=1.0),
+                DiverseBeamConfig(num_groups=1, diversity_penalty=1.0)):  # fmt: skip
+        out = diverse_beam_search(model, enc["input_ids"], enc["attention_mask"], cfg)
+        assert torch.equal(out.lambda_range, torch.full((len(TEXTS), 2), 1.0, dtype=torch.float64))

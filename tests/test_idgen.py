@@ -88,6 +88,22 @@ def test_deterministic_and_equal_to_sequential_reference(tok, model):
     assert first.stats["second_attempt_share"] > 0  # the overlap really caused collisions
 
 
+
+@pytest.mark.unit
+def test_reused_attempts_leave_the_reference_table(tok):
+    """A random generator at its default init emits near-identical junk for every item, so λ = 2, 3, ...
+    repeat λ = 1: those attempts are proven equal (stable penalty range) and skipped; the table is still
+    exactly the one-item reference's, which runs every attempt."""
+    junk = build_seq2seq(ModelConfig("tiny-t5", d_model=32, d_ff=64, num_heads=2, seed=0), tokenizer=tok).eval()
+    texts = _synthetic_items(40, seed=5)
+    cfg = IDGenConfig(batch_size=16, window=4, lambda_max=5.0, max_windows=2)
+    ours = generate_ids(junk, tok, texts, cfg)
+    reference = assign_ids_sequential(junk, tok, texts, cfg)
+    assert ours.as_dict() == reference.as_dict()
+    assert ours.stats["item_attempts_reused"] > 0
+    assert ours.stats["item_attempts_generated"] < reference.stats["item_attempts_generated"]
+
+
 @pytest.mark.unit
 def test_identical_texts_escalate_lambda_then_length_then_fallback(tok, model):
     cfg = IDGenConfig(num_groups=3, window=4, lambda_max=2.0, max_windows=2, batch_size=8)

@@ -13,6 +13,14 @@ forward per step serves all N·G·B rows through the KV cache; the only Python l
 G groups, which is inherent to DBS (group g depends on the choices of groups < g). Items whose groups have
 all stopped improving are dropped from the batch (their result can no longer change), so a batch costs
 what its live items cost.
+
+Stable penalty range. Algorithm 1 re-runs an item at λ = 1, 2, …, 10 until one of its candidates is unused;
+a run at λ often proves that every λ' in an interval around λ gives the same hypotheses. With one beam per
+group every decision of the search (which candidate leads a group, which finished hypothesis stays, whether
+a group stays open) compares two scores that are linear in λ along the fixed path (the penalty counts do not
+change while the decisions do not), so each decision holds on an interval of λ, and the intersection over all
+decisions holds them all: `BeamOutput.lambda_range`. Comparisons closer than a float margin shrink the range
+to λ itself, so float rounding can never make a reused result differ from a computed one.
 """
 
 from __future__ import annotations
@@ -62,6 +70,57 @@ class BeamOutput:
 
     sequences: torch.Tensor
     scores: torch.Tensor
+    # (N, 2): an open interval (lo, hi) of diversity penalties that give the same hypotheses (as a set per
+    # item; their order may differ); (λ, λ) when nothing is proven (B > 1, one group, or a near-tie).
+    lambda_range: torch.Tensor | None = None
+
+
+# Float margins of the stable range: candidates of one group share its running score (B = 1), so their order
+# is fixed while their gap exceeds the rounding of that sum (~3e-5 at |score| 300); finished/open decisions
+# compare sums accumulated over up to ~30 steps, which round more.
+TOKEN_MARGIN = 2e-4
+SCORE_MARGIN = 1e-2
+
+
+class _Ranges:
+    """Per original item, the interval (lo, hi) of λ on which every decision so far is unchanged.
+
+    Decisions are collected with `keep_sign` and applied once per step by `apply` (one pass, not one per
+    group and decision)."""
+
+    def __init__(self, n: int, lam: float, device: torch.device):
+        self.lam = lam
+        self.lo = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
+        self.hi = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
+        self.pending: list[tuple[torch.Tensor, ...]] = []
+
+    def keep_sign(
+        self, diff: torch.Tensor, slope: torch.Tensor, mask: torch.Tensor, margin: float
+    ) -> None:
+        """The live rows made decisions that hold while `diff + slope·(λ' - λ)` keeps its sign with
+        |.| > margin. diff, slope, mask: (n, M); masked-out entries are not decisions."""
+        self.pending.append((diff, slope, mask, torch.full_like(diff, margin)))
+
+    def apply(self, item: torch.Tensor) -> None:
+        """Intersect the ranges of the live rows (original indices `item`) with this step's decisions."""
+        if not self.pending:
+            return
+        diff, slope, mask, margin = (torch.cat(parts, dim=1).double() for parts in zip(*self.pending, strict=True))
+        self.pending.clear()
+        mask = mask.bool()
+        size, dslope = diff.abs(), slope * torch.sign(diff)  # the gap and how fast it closes (< 0) or opens
+        near = (mask & (size <= margin)).any(dim=1)
+        room = (size - margin) / dslope.abs().clamp_min(1e-30)
+        inf = torch.full_like(room, float("inf"))
+        up = torch.where(mask & (dslope < 0), room, inf).min(dim=1).values  # λ' may grow by this much
+        down = torch.where(mask & (dslope > 0), room, inf).min(dim=1).values  # ... or shrink by this much
+        lo = torch.where(near, self.lam, self.lam - down)
+        hi = torch.where(near, self.lam, self.lam + up)
+        self.lo[item] = torch.maximum(self.lo[item], lo)
+        self.hi[item] = torch.minimum(self.hi[item], hi)
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.stack([self.lo.clamp_min(0.0), self.hi], dim=1)
 
 
 @dataclass
@@ -75,10 +134,13 @@ class _State:
     fin_done: torch.Tensor  # bool: slot holds a real finished hypothesis
     open: torch.Tensor  # (n, G) bool: the group can still improve (transformers' early-stop heuristic)
     item: torch.Tensor  # (n,) original item index of each live row
+    run_slope: torch.Tensor  # d run_score / dλ along the chosen path (for the stable penalty range)
+    fin_slope: torch.Tensor  # d fin_score / dλ
 
     def select(self, keep: torch.Tensor) -> _State:
         return _State(*(t[keep] for t in (self.run_seq, self.run_score, self.fin_seq, self.fin_score,
-                                           self.fin_done, self.open, self.item)))  # fmt: skip
+                                           self.fin_done, self.open, self.item, self.run_slope,
+                                           self.fin_slope)))  # fmt: skip
 
 
 def _init_state(n: int, g: int, b: int, t: int, pad: int, device: torch.device) -> _State:
@@ -92,6 +154,8 @@ def _init_state(n: int, g: int, b: int, t: int, pad: int, device: torch.device) 
         fin_done=torch.zeros(n, g, b, dtype=torch.bool, device=device),
         open=torch.ones(n, g, dtype=torch.bool, device=device),
         item=torch.arange(n, device=device),
+        run_slope=torch.zeros(n, g, b, device=device),
+        fin_slope=torch.zeros(n, g, b, device=device),
     )
 
 
@@ -104,46 +168,86 @@ def _group_step(
     step: int,
     cfg: DiverseBeamConfig,
     eos: int,
+    ranges: _Ranges | None = None,
 ) -> torch.Tensor:
     """Advance group `g` by one token (transformers' beam step); returns the parent beam of each new beam.
 
     `cand_lp`/`cand_tok` (n, B, K): each beam's K best next tokens — enough to hold the group's top 2B after
-    the penalty (see `_advance`). `penalty` = (tokens (n, m), amounts (n, m)) chosen by earlier groups; a
-    token chosen twice is penalised twice. Updates `st` in place for this group.
+    the penalty (see `_advance`). `penalty` = (tokens (n, m), weights (n, m)) chosen by earlier groups: a
+    token is lowered by λ·weight per choice (weight 1 for a group that was open, else 0), so a token chosen
+    twice is penalised twice. Updates `st` in place for this group; `ranges`, when given, records on which
+    interval of λ this step's decisions hold.
     """
     n, b, k = cand_lp.shape
     t_max = st.run_seq.shape[-1]
+    cand_slope = torch.zeros_like(cand_lp)
     if penalty is not None:
-        tokens, amount = penalty
+        tokens, weight = penalty
         hits_prev = cand_tok[..., None] == tokens[:, None, None, :]  # (n, B, K, m)
-        cand_lp = cand_lp - (hits_prev * amount[:, None, None, :]).sum(-1)
+        cand_slope = -(hits_prev * weight[:, None, None, :]).sum(-1)
+        cand_lp = cand_lp + cfg.diversity_penalty * cand_slope
     scores = (cand_lp + st.run_score[:, g, :, None]).reshape(n, b * k)
+    slopes = (cand_slope + st.run_slope[:, g, :, None]).reshape(n, b * k)
     top_score, top_idx = torch.topk(scores, 2 * b)
+    top_slope = torch.gather(slopes, 1, top_idx)
     parent, token = top_idx // k, torch.gather(cand_tok.reshape(n, b * k), 1, top_idx)
     cand = torch.take_along_dim(st.run_seq[:, g], parent[..., None], dim=1)
     cand[:, :, step] = token
     hits = (token == eos) | (step + 1 >= t_max)  # EOS or max length: the hypothesis is finished
+    was_open = st.open[:, g].clone()
+    if ranges is not None:
+        _rank_ranges(ranges, scores, slopes, top_idx, hits[:, 0] & (step + 1 < t_max), was_open)
     # Running beams for the next step: the best B candidates that did not finish.
     run_cand = top_score + hits.float() * NEG
     nxt = torch.topk(run_cand, b).indices
     st.run_seq[:, g] = torch.take_along_dim(cand, nxt[..., None], dim=1)
     st.run_score[:, g] = torch.take_along_dim(run_cand, nxt, dim=1)
+    st.run_slope[:, g] = torch.take_along_dim(top_slope, nxt, dim=1)
     # Finished: only the top-B candidates may enter, only while the group can still improve.
     in_top = torch.arange(2 * b, device=top_score.device) < b
     ok = hits & in_top & st.open[:, g, None]
-    norm = torch.where(
-        ok, top_score / float(step + 1) ** cfg.length_penalty, torch.full_like(top_score, 2 * NEG)
-    )
+    scale = float(step + 1) ** cfg.length_penalty
+    norm = torch.where(ok, top_score / scale, torch.full_like(top_score, 2 * NEG))
+    norm_slope = torch.where(ok, top_slope / scale, torch.zeros_like(top_slope))
+    if ranges is not None:  # B = 1: does the new hypothesis replace the one kept so far?
+        keep_old = st.fin_done[:, g] & ok[:, :1]
+        ranges.keep_sign(norm[:, :1] - st.fin_score[:, g], norm_slope[:, :1] - st.fin_slope[:, g],
+                         keep_old & was_open[:, None], SCORE_MARGIN)  # fmt: skip
     merged_score = torch.cat([st.fin_score[:, g], norm], dim=1)
     best = torch.topk(merged_score, b).indices
     st.fin_score[:, g] = torch.take_along_dim(merged_score, best, dim=1)
+    st.fin_slope[:, g] = torch.take_along_dim(torch.cat([st.fin_slope[:, g], norm_slope], 1), best, dim=1)
     st.fin_seq[:, g] = torch.take_along_dim(torch.cat([st.fin_seq[:, g], cand], 1), best[..., None], dim=1)
     st.fin_done[:, g] = torch.take_along_dim(torch.cat([st.fin_done[:, g], ok], 1), best, dim=1)
     # Early-stop heuristic (early_stopping=False): can the best running beam still beat the worst finished?
-    best_possible = st.run_score[:, g, :1] / float(step + 1) ** cfg.length_penalty
+    best_possible = st.run_score[:, g, :1] / scale
     worst = torch.where(st.fin_done[:, g], st.fin_score[:, g].min(dim=1, keepdim=True).values, NEG)
+    if ranges is not None:
+        live = was_open & st.fin_done[:, g, 0] & ~hits.all(dim=1)
+        ranges.keep_sign(best_possible - worst, st.run_slope[:, g, :1] / scale - st.fin_slope[:, g],
+                         live[:, None], SCORE_MARGIN)  # fmt: skip
     st.open[:, g] &= (best_possible > worst).any(dim=1) & ~hits.all(dim=1)
     return torch.take_along_dim(parent, nxt, dim=1)
+
+
+def _rank_ranges(
+    ranges: _Ranges,
+    scores: torch.Tensor,
+    slopes: torch.Tensor,
+    top_idx: torch.Tensor,
+    need_second: torch.Tensor,
+    was_open: torch.Tensor,
+) -> None:
+    """B = 1: the leading candidate must stay ahead of every other; when it finished early (EOS), the
+    runner-up (the next running beam) must stay ahead of the rest too. Closed groups decide nothing."""
+    cols = torch.arange(scores.shape[1], device=scores.device)
+    for rank in (0, 1):
+        lead = top_idx[:, rank : rank + 1]
+        others = (cols != lead) & (cols != top_idx[:, 0:1])  # rank 1 need not beat rank 0
+        rows = was_open if rank == 0 else was_open & need_second
+        diff = torch.gather(scores, 1, lead) - scores
+        slope = torch.gather(slopes, 1, lead) - slopes
+        ranges.keep_sign(diff, slope, others & rows[:, None], TOKEN_MARGIN)
 
 
 def _num_candidates(cfg: DiverseBeamConfig, vocab: int) -> int:
@@ -152,7 +256,13 @@ def _num_candidates(cfg: DiverseBeamConfig, vocab: int) -> int:
 
 
 def _advance(
-    st: _State, cand_lp: torch.Tensor, cand_tok: torch.Tensor, step: int, cfg: DiverseBeamConfig, eos: int
+    st: _State,
+    cand_lp: torch.Tensor,
+    cand_tok: torch.Tensor,
+    step: int,
+    cfg: DiverseBeamConfig,
+    eos: int,
+    ranges: _Ranges | None = None,
 ) -> torch.Tensor:
     """One step for all groups; returns (n, G, B) parent beam indices. cand_*: (n, G, B, K).
 
@@ -170,9 +280,9 @@ def _advance(
         if lam > 0 and g > 0:
             # Tokens chosen at this step by groups < g; a group that had already stopped takes no part.
             tokens = st.run_seq[:, :g, :, step].reshape(n, g * b)
-            amount = (lam * was_open[:, :g, None].float()).expand(n, g, b).reshape(n, g * b)
-            penalty = (tokens, amount)
-        parents[:, g] = _group_step(st, cand_lp[:, g], cand_tok[:, g], penalty, g, step, cfg, eos)
+            weight = was_open[:, :g, None].float().expand(n, g, b).reshape(n, g * b)
+            penalty = (tokens, weight)
+        parents[:, g] = _group_step(st, cand_lp[:, g], cand_tok[:, g], penalty, g, step, cfg, eos, ranges)
     return parents
 
 
@@ -192,19 +302,17 @@ def _decode(
 
 
 def _candidates(logits: torch.Tensor, k: int, eos: int, bar_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's k best tokens with their log-probabilities.
+    """Each row's k best tokens with their log-probabilities (exactly transformers' log_softmax values).
 
-    Only k values are normalised (logit - logsumexp) instead of writing a full log-softmax over the
-    vocabulary: the vocabulary-sized work per step is one logsumexp and one top-k. Equal to log_softmax
-    up to float rounding (~1e-7).
+    Measured on CPU, log_softmax over the vocabulary then a gather of k values costs about half of
+    torch.logsumexp (its kernel is vectorised; logsumexp's is not), so the full log-softmax is written.
     """
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    logp = torch.log_softmax(logits, dim=-1)
     if bar_eos:
         # EOS barred until the minimum length, *after* normalising (as transformers' min-length processor
-        # does on log-probs: the other tokens are not renormalised). `logits` is a fresh tensor.
-        logits[:, eos] = float("-inf")
-    top, tok = torch.topk(logits, k, dim=-1)
-    return top - lse, tok
+        # does on log-probs: the other tokens are not renormalised).
+        logp[:, eos] = float("-inf")
+    return torch.topk(logp, k, dim=-1)
 
 
 @torch.no_grad()
@@ -231,12 +339,16 @@ def diverse_beam_search(
     cand_lp, cand_tok = (x[:, None, None, :].expand(n, groups, b, k) for x in cand)
     st = _init_state(n, groups, b, t_max, pad, device)
     out_seq, out_score = st.fin_seq.clone(), st.fin_score.clone()
+    lam = cfg.diversity_penalty
+    ranges = _Ranges(n, lam, device) if b == 1 and groups > 1 and lam > 0 else None
     for step in range(t_max):
         if step > 0:
             logits = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)
             cand = _candidates(logits, k, eos, step < cfg.min_new_tokens)
             cand_lp, cand_tok = (x.view(-1, groups, b, k) for x in cand)
-        parents = _advance(st, cand_lp, cand_tok, step, cfg, eos)
+        parents = _advance(st, cand_lp, cand_tok, step, cfg, eos, ranges)
+        if ranges is not None:
+            ranges.apply(st.item)
         keep = st.open.any(dim=1)
         if step + 1 == t_max or not bool(keep.any()):
             break
@@ -256,12 +368,14 @@ def diverse_beam_search(
         base = old_pos[:, None, None] * rows_per_item + torch.arange(groups, device=device)[None, :, None] * b
         cache.self_attention_cache.reorder_cache((base + parents).reshape(-1))
     out_seq[st.item], out_score[st.item] = st.fin_seq, st.fin_score
-    return _sorted_output(out_seq.reshape(n, rows_per_item, t_max), out_score.reshape(n, rows_per_item))
+    span = ranges.as_tensor() if ranges is not None else torch.full((n, 2), lam, dtype=torch.float64)
+    return _sorted_output(out_seq.reshape(n, rows_per_item, t_max), out_score.reshape(n, rows_per_item), span)
 
 
-def _sorted_output(seq: torch.Tensor, score: torch.Tensor) -> BeamOutput:
+def _sorted_output(seq: torch.Tensor, score: torch.Tensor, span: torch.Tensor) -> BeamOutput:
     order = torch.sort(score, dim=1, descending=True, stable=True).indices
     return BeamOutput(
         sequences=torch.take_along_dim(seq, order[..., None], dim=1),
         scores=torch.take_along_dim(score, order, dim=1),
+        lambda_range=span.cpu(),
     )

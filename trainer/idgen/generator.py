@@ -103,30 +103,62 @@ def _check_texts(texts: Mapping[str, str]) -> list[str]:
 
 
 class _Candidates:
-    """Cache of generated candidates: cands[item][a] = normalised IDs of attempt a, best first."""
+    """Cache of generated candidates: cands[item][a] = normalised IDs of attempt a, best first.
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: IDGenConfig):
-        self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
+    With `reuse`, an attempt whose λ lies inside the stable penalty range of an earlier attempt of the same
+    window (`BeamOutput.lambda_range`) is not run: it has the same candidates, possibly in another order. That
+    is exact for the walk: it reaches attempt a only when every candidate of the earlier attempt is taken, so
+    a reused attempt never supplies an ID — except through the fallback, which reads the order of the last
+    attempt, so the last attempt is always run.
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: IDGenConfig, reuse: bool = True
+    ):
+        self.model, self.tokenizer, self.cfg, self.reuse = model.eval(), tokenizer, cfg, reuse
         self.cands: dict[str, list[list[str]]] = {}
+        self.ranges: dict[str, list[tuple[float, float]]] = {}
         self.items_generated = 0  # item-attempts run through the model (work done)
+        self.items_reused = 0  # item-attempts proven equal to an earlier one (no work)
 
     def generate(self, keys: Sequence[str], texts: Mapping[str, str], batch_size: int) -> None:
-        """Generate the next attempt of every item in `keys` (all must be at the same attempt number or not;
-        items are grouped by attempt so each DBS call has one (window, λ))."""
+        """Generate the next attempt of every item in `keys` (after any reusable ones); items are grouped by
+        attempt number so that each DBS call has one (window, λ)."""
         by_attempt: dict[int, list[str]] = {}
         for key in keys:
-            by_attempt.setdefault(len(self.cands.setdefault(key, [])), []).append(key)
+            a = len(self.cands.setdefault(key, []))
+            while self._reused(key, a):  # a copy fails where its original failed: go on to the next attempt
+                a += 1
+            by_attempt.setdefault(a, []).append(key)
         for a, group in sorted(by_attempt.items()):
             beam_cfg = self.cfg.beam_config(a)
             for start in range(0, len(group), batch_size):
                 chunk = group[start : start + batch_size]
-                for key, cands in zip(chunk, self._run(chunk, texts, beam_cfg), strict=True):
+                for key, (cands, span) in zip(chunk, self._run(chunk, texts, beam_cfg), strict=True):
                     self.cands[key].append(cands)
+                    self.ranges.setdefault(key, []).append(span)
                 self.items_generated += len(chunk)
+
+    def _reused(self, key: str, a: int) -> bool:
+        """Attempt `a` of `key` equals an earlier attempt of its window: copy it (see the class docstring)."""
+        if not self.reuse or a + 1 >= self.cfg.max_attempts:
+            return False
+        window, lam = self.cfg.attempt(a)
+        spans = self.ranges.get(key, [])
+        for b in range(a - 1, -1, -1):
+            if b >= len(spans) or self.cfg.attempt(b)[0] != window:
+                break
+            lo, hi = spans[b]
+            if lo < lam < hi:
+                self.cands[key].append(self.cands[key][b])
+                spans.append(spans[b])
+                self.items_reused += 1
+                return True
+        return False
 
     def _run(
         self, keys: Sequence[str], texts: Mapping[str, str], beam_cfg: DiverseBeamConfig
-    ) -> list[list[str]]:
+    ) -> list[tuple[list[str], tuple[float, float]]]:
         enc = self.tokenizer(
             [texts[k] for k in keys],
             max_length=self.cfg.max_source_len,
@@ -140,7 +172,8 @@ class _Candidates:
         )
         flat = self.tokenizer.batch_decode(out.sequences.flatten(0, 1).cpu(), skip_special_tokens=True)
         k = out.sequences.shape[1]
-        return [[normalize_id(t) for t in flat[i * k : (i + 1) * k]] for i in range(len(keys))]
+        spans = [(float(lo), float(hi)) for lo, hi in out.lambda_range.tolist()]
+        return [([normalize_id(t) for t in flat[i * k : (i + 1) * k]], spans[i]) for i in range(len(keys))]
 
 
 class _Walk:
@@ -235,7 +268,10 @@ def generate_ids(
         if not walk.blocked:
             break
         pending = walk.blocked
-    stats = _stats(walk, cfg, cache.items_generated, tokenizer) | {"walks": rounds}
+    stats = _stats(walk, cfg, cache.items_generated, tokenizer) | {
+        "walks": rounds,
+        "item_attempts_reused": cache.items_reused,
+    }
     return IDTable(walk.ids, "generative", round, stats)
 
 
@@ -251,7 +287,7 @@ def assign_ids_sequential(
     `bench idgen` and the oracle of the tests."""
     cfg = cfg or IDGenConfig()
     keys = _check_texts(texts)
-    cache, encodable = _Candidates(model, tokenizer, cfg), _encodable_fn(tokenizer)
+    cache, encodable = _Candidates(model, tokenizer, cfg, reuse=False), _encodable_fn(tokenizer)
     walk = _Walk(cfg, encodable)
     for key in keys:
         while True:
