@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC
 from pathlib import Path
 
 
@@ -19,3 +20,44 @@ def find_shared(relative: str) -> Path | None:
         if cand and (Path(cand) / relative).exists():
             return Path(cand) / relative
     return None
+
+
+def provenance() -> dict:
+    """Where a benchmark line was measured: commit (+dirty), UTC date, CPU model and count, torch threads,
+    1-minute load average (a busy machine makes timings meaningless)."""
+    import platform
+    import subprocess
+    from datetime import datetime, timezone
+
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True).stdout.strip())  # fmt: skip
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = None
+    return {"commit": commit + ("-dirty" if dirty else ""), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "hardware": f"{cpu or platform.machine()} x{os.cpu_count()}", "threads": threads,
+            "load_avg": round(os.getloadavg()[0], 2)}  # fmt: skip
+
+
+def _cpuinfo() -> list[str]:
+    path = Path("/proc/cpuinfo")
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def record(lines: list[dict], path: str | Path) -> Path:
+    """Append benchmark lines to a committed JSONL file (rewritten atomically: old lines + new)."""
+    import json
+
+    from fusionrec.fileio import atomic_write_text
+
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    atomic_write_text(path, old + "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    return path

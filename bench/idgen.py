@@ -7,35 +7,32 @@ search and the ratio measures batching, not a different search. Ours batches eve
 and re-runs only collided items (`generate_ids`).
 
 Data: the Beauty items (`../shared/data/amazon_beauty/item_plain_text.txt`, 12,101 items), a tiny random
-T5 (d_model 64, 2+2 layers) and the real T5 tokenizer (32k vocabulary). Algorithm 1 on a prefix of the
-items depends on nothing after it, so the baseline runs on the first `n_baseline` items and `match` says
-whether ours gave exactly the same IDs to them; `quick` uses 256 items for both.
+T5 (d_model 64, 2+2 layers, default init: its junk barely depends on the input, the worst case for collisions)
+and the real T5 tokenizer (32k vocabulary). Algorithm 1 on a prefix of the items depends on nothing after it,
+so the baseline runs on the first `--baseline-items` items and `match` says whether ours gave exactly the same
+IDs to them. Ours skips attempts it can prove equal to an earlier one (the stable penalty range); the
+baseline runs every attempt, as the reference loop does. `--quick` uses 256 items for both.
 
-    python -m fusionrec.bench.idgen [--quick]
+    python -m fusionrec.bench.idgen [--quick] [--items N] [--baseline-items M] [--record docs/results/idgen.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-import torch
+from fusionrec.bench import find_shared, provenance, record
 from fusionrec.trainer.idgen.generator import IDGenConfig, assign_ids_sequential, generate_ids
 from fusionrec.trainer.models import ModelConfig, build_seq2seq, load_tokenizer
 
 
 def shared_dir() -> Path:
-    for cand in (
-        os.environ.get("FUSIONREC_SHARED_DIR"),
-        Path(__file__).resolve().parents[2] / "shared",
-        "/work/shared",
-    ):
-        if cand and (Path(cand) / "data").is_dir():
-            return Path(cand)
-    raise FileNotFoundError("../shared (Beauty data, T5 tokenizer) not found; set FUSIONREC_SHARED_DIR")
+    found = find_shared("data")
+    if found is None:
+        raise FileNotFoundError("../shared (Beauty data, T5 tokenizer) not found; set FUSIONREC_SHARED_DIR")
+    return found.parent
 
 
 def load_items(path: Path, limit: int | None = None) -> dict[str, str]:
@@ -52,9 +49,9 @@ def load_items(path: Path, limit: int | None = None) -> dict[str, str]:
     return items
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, items: int | None = None, baseline_items: int = 256) -> list[dict]:
     root = shared_dir()
-    n_ours, n_baseline = (256, 256) if quick else (None, 1024)
+    n_ours, n_baseline = (256, 256) if quick else (items, baseline_items)
     texts = load_items(root / "data" / "amazon_beauty" / "item_plain_text.txt", n_ours)
     tok = load_tokenizer(root / "assets" / "t5-tokenizer")
     model = build_seq2seq(
@@ -81,8 +78,11 @@ def run(quick: bool = False) -> list[dict]:
             "match": all(ours[k] == base[k] for k in prefix),
             "items": len(texts),
             "baseline_items": len(prefix),
-            "threads": torch.get_num_threads(),
+            "ours_seconds": round(t_ours, 1),
+            "baseline_seconds": round(t_base, 1),
+            "baseline_item_attempts": base.stats["item_attempts_generated"],
             "stats": {k: round(v, 4) if isinstance(v, float) else v for k, v in ours.stats.items()},
+            **provenance(),
         }
     ]
 
@@ -90,8 +90,15 @@ def run(quick: bool = False) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    for line in run(parser.parse_args().quick):
+    parser.add_argument("--items", type=int, default=None, help="items for ours (default: all 12,101)")
+    parser.add_argument("--baseline-items", type=int, default=256, help="prefix the baseline loop runs on")
+    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
+    args = parser.parse_args()
+    lines = run(args.quick, args.items, args.baseline_items)
+    for line in lines:
         print(json.dumps(line))
+    if args.record:
+        record(lines, args.record)
 
 
 if __name__ == "__main__":

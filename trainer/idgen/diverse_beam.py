@@ -317,9 +317,15 @@ def _candidates(logits: torch.Tensor, k: int, eos: int, bar_eos: bool) -> tuple[
 
 @torch.no_grad()
 def diverse_beam_search(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: DiverseBeamConfig
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cfg: DiverseBeamConfig,
+    track_range: bool = True,
 ) -> BeamOutput:
-    """Run DBS on a batch of N encoder inputs; returns G·B hypotheses per item (see `BeamOutput`)."""
+    """Run DBS on a batch of N encoder inputs; returns G·B hypotheses per item (see `BeamOutput`).
+
+    `track_range=False` skips the stable-penalty-range bookkeeping (the range is then (λ, λ))."""
     conf = model.config
     eos, pad, start = conf.eos_token_id, conf.pad_token_id, conf.decoder_start_token_id
     if eos is None or pad is None or start is None:
@@ -340,7 +346,7 @@ def diverse_beam_search(
     st = _init_state(n, groups, b, t_max, pad, device)
     out_seq, out_score = st.fin_seq.clone(), st.fin_score.clone()
     lam = cfg.diversity_penalty
-    ranges = _Ranges(n, lam, device) if b == 1 and groups > 1 and lam > 0 else None
+    ranges = _Ranges(n, lam, device) if track_range and b == 1 and groups > 1 and lam > 0 else None
     for step in range(t_max):
         if step > 0:
             logits = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)

@@ -168,7 +168,7 @@ class _Candidates:
         )
         device = next(self.model.parameters()).device
         out = diverse_beam_search(
-            self.model, enc["input_ids"].to(device), enc["attention_mask"].to(device), beam_cfg
+            self.model, enc["input_ids"].to(device), enc["attention_mask"].to(device), beam_cfg, self.reuse
         )
         flat = self.tokenizer.batch_decode(out.sequences.flatten(0, 1).cpu(), skip_special_tokens=True)
         k = out.sequences.shape[1]
