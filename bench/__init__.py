@@ -27,7 +27,7 @@ def provenance() -> dict:
     1-minute load average (a busy machine makes timings meaningless)."""
     import platform
     import subprocess
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     root = Path(__file__).resolve().parents[1]
     git = ["git", "-C", str(root)]
