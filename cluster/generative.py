@@ -186,26 +186,46 @@ def dataset_item_ids(dataset_dir: str | Path) -> list[str]:
 
 
 def generate_dataset_table(
-    checkpoint: str | Path, dataset_dir: str | Path, idgen: Any = None, generator: tuple | None = None
+    checkpoint: str | Path,
+    dataset_dir: str | Path,
+    idgen: Any = None,
+    generator: tuple | None = None,
+    *,
+    store_dir: str | Path | None = None,
+    pool: Any = None,
+    ray_cfg: RayConfig | None = None,
 ) -> Any:
     """IDs for every item of `dataset_dir` by Algorithm 1 with the checkpoint's trained ID generator.
 
-    Runs once per dataset on the driver. `idgen` (an IDGenConfig) defaults to the run's `[idgenrec.idgen]`;
-    `generator` = a preloaded (model, tokenizer) to share across datasets. Items without text → ValueError
-    naming the file, row and item (from `load_items`).
+    `idgen` (an IDGenConfig) defaults to the run's `[idgenrec.idgen]`; `generator` = a preloaded (model,
+    tokenizer) to share across datasets. `store_dir`: the candidates are kept there, so a killed run resumes
+    (same table). `pool` (an IDGenPoolConfig with num_actors > 0): the jobs run on Ray actors, the walk here
+    (same table). Items without text → ValueError naming the file, row and item (from `load_items`).
     """
     _offline()
+    from ..trainer.idgen.candidate_store import CandidateStore, texts_hash
     from ..trainer.idgen.generator import IDGenConfig, generate_ids
-    from ..trainer.idgenrec_data import load_items
+    from ..trainer.recipes.idgenrec.data import load_items
 
     if _prompt_config(checkpoint).use_user_id:  # on the driver, before any actor starts
         raise ValueError(_NO_ZERO_SHOT_USERS.format(checkpoint=checkpoint))
     texts, _ = load_items(dataset_dir)
     if idgen is None:
         idgen = IDGenConfig(**run_section(checkpoint).get("idgen", {}))
+    store = None
+    if store_dir is not None:
+        ckpt = checkpoint_path(checkpoint)
+        marker = hashlib.sha256((ckpt / "COMPLETE.json").read_bytes()).hexdigest()
+        store = CandidateStore(store_dir, {"checkpoint": str(ckpt), "checkpoint_complete_sha256": marker,
+                                           "texts_sha256": texts_hash(texts), "idgen": dataclasses.asdict(idgen)})  # fmt: skip
+    if pool is not None and pool.num_actors > 0:
+        from .idgen_pool import RayIDGenRunner
+
+        tokenizer = generator[1] if generator is not None else load_checkpoint_tokenizer(checkpoint)
+        with RayIDGenRunner(checkpoint_path(checkpoint), idgen, texts, pool, ray_cfg) as runner:
+            return generate_ids(None, tokenizer, texts, idgen, runner=runner, store=store)
     model, tokenizer = generator if generator is not None else load_id_generator(checkpoint)
-    with torch.no_grad():
-        return generate_ids(model, tokenizer, texts, idgen)
+    return generate_ids(model, tokenizer, texts, idgen, store=store)
 
 
 ID_SCHEMES = ("title", "generator")
@@ -239,7 +259,7 @@ def trained_id_scheme(checkpoint: str | Path) -> dict[str, Any]:
 
 def item_texts(dataset_dir: str | Path) -> dict[str, str]:
     """item -> its own text for the ID-quality diagnostics: the text and the title, joined."""
-    from ..trainer.idgenrec_data import load_items
+    from ..trainer.recipes.idgenrec.data import load_items
 
     texts, titles = load_items(dataset_dir)
     return {i: t if titles[i] in t else f"{t} {titles[i]}" for i, t in texts.items()}
@@ -249,7 +269,7 @@ def title_dataset_table(dataset_dir: str | Path, title_words: int, tokenizer: An
     """Title IDs for every item of `dataset_dir`, built exactly like training's initial table
     (`title_table`: the first `title_words` title words the run's tokenizer encodes, de-duplicated by
     lengthening, then a number suffix), in items.parquet order."""
-    from ..trainer.idgenrec_data import encodable_fn, load_items, title_table
+    from ..trainer.recipes.idgenrec.data import encodable_fn, load_items, title_table
 
     _, titles = load_items(dataset_dir)
     return title_table(titles, title_words, encodable_fn(tokenizer))
@@ -262,19 +282,24 @@ def heldout_id_table(
     idgen: Any = None,
     generator: tuple | None = None,
     tokenizer: Any = None,
+    **generate: Any,
 ) -> Any:
     """IDs of an unseen dataset's items by the scheme the recommender was trained on (`trained_id_scheme`),
     with its quality diagnostics in ``stats["quality"]`` and the scheme in ``stats["scheme"]``.
 
     `generator` = a preloaded (model, tokenizer) (scheme "generator"); `tokenizer` = the run's tokenizer
-    (loaded from the checkpoint when not given)."""
+    (loaded from the checkpoint when not given); `generate`: store_dir / pool / ray_cfg of
+    `generate_dataset_table` (scheme "generator")."""
     if scheme["scheme"] not in ID_SCHEMES:
         raise ValueError(f"ID scheme must be one of {ID_SCHEMES}, got {scheme['scheme']!r}")
     if _prompt_config(checkpoint).use_user_id:  # on the driver, before any actor starts
         raise ValueError(_NO_ZERO_SHOT_USERS.format(checkpoint=checkpoint))
     if scheme["scheme"] == "generator":
-        generator = generator if generator is not None else load_id_generator(checkpoint)
-        table, tokenizer = generate_dataset_table(checkpoint, dataset_dir, idgen, generator), generator[1]
+        pooled = getattr(generate.get("pool"), "num_actors", 0) > 0  # the actors load their own generator
+        if generator is None and not pooled:
+            generator = load_id_generator(checkpoint)
+        tokenizer = generator[1] if generator is not None else load_checkpoint_tokenizer(checkpoint)
+        table = generate_dataset_table(checkpoint, dataset_dir, idgen, generator, **generate)
     else:
         tokenizer = tokenizer if tokenizer is not None else load_checkpoint_tokenizer(checkpoint)
         table = title_dataset_table(dataset_dir, scheme["title_words"], tokenizer)
@@ -303,8 +328,8 @@ class IDGenRecScorer:
 
     def __init__(self, model, tokenizer, table, item_ids: Sequence[str], prompt, cfg: GenerativeEvalConfig,
                  users: Any = None):  # fmt: skip
-        from ..trainer.idgenrec_data import id_tokens
         from ..trainer.recipes.idgenrec.artefacts import build_trie
+        from ..trainer.recipes.idgenrec.data import id_tokens
 
         if prompt.use_user_id and users is None:
             raise ValueError("prompt.use_user_id is set but the scorer got no user ID table")

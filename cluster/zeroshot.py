@@ -63,6 +63,7 @@ from .generative import (
     trained_id_scheme,
     training_table_quality,
 )
+from .idgen_pool import IDGenPoolConfig
 from .ray_local import RayConfig
 from .results import BOOTSTRAP_RESAMPLES, metric_intervals, random_ranking_metrics
 
@@ -113,6 +114,9 @@ class ZeroShotConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     # Algorithm 1 settings on top of the run's [idgenrec.idgen] (e.g. {"batch_size": 128}); {} = as trained.
     idgen: dict[str, Any] = field(default_factory=dict)
+    # Where a generator scheme's Algorithm-1 jobs run (num_actors = 0: on the driver). Its candidates are kept
+    # in RESULTS/id_tables/<dataset>.candidates/, so an interrupted zeroshot resumes the table exactly.
+    idgen_pool: IDGenPoolConfig = field(default_factory=IDGenPoolConfig)
     most_popular: bool = True  # the in-domain popularity row beside the model (see the module docstring)
     # A degenerate held-out ID table: "refuse" (ValueError before any scoring) or "warn" (scored, flagged).
     id_quality: str = "refuse"
@@ -232,7 +236,8 @@ def run_zeroshot(
                 "generative": dataclasses.asdict(gen), "ks": list(cfg.evaluator.ks),
                 "id_scheme": scheme["scheme"]}  # fmt: skip
     claim_results_dir(out, identity, summaries="zeroshot.*")
-    generator = load_id_generator(ckpt) if scheme["scheme"] == "generator" else None  # once for all datasets
+    pooled = cfg.idgen_pool.num_actors > 0  # the actors load the generator themselves
+    generator = load_id_generator(ckpt) if scheme["scheme"] == "generator" and not pooled else None
     tokenizer = generator[1] if generator is not None else load_checkpoint_tokenizer(ckpt)
     trained = training_table_quality(ckpt, corpus, tokenizer)
     tables = {n: _heldout_table(ckpt, n, prepared[n], scheme, idgen, generator, tokenizer, trained, cfg, out)
@@ -249,7 +254,7 @@ def run_zeroshot(
 
 
 def _prepare_dataset(corpus: Path, name: str, gen: GenerativeEvalConfig) -> dict[str, Any]:
-    from ..trainer.idgenrec_data import load_items
+    from ..trainer.recipes.idgenrec.data import load_items
 
     ds_dir = _dataset_dir(corpus, name)
     load_items(ds_dir)  # empty item text -> ValueError naming file, row and item
@@ -262,7 +267,9 @@ def _heldout_table(ckpt: Path, name: str, prep: dict, scheme: dict, idgen: Any, 
                    tokenizer: Any, trained: dict, cfg: ZeroShotConfig, out: Path) -> dict[str, Any]:  # fmt: skip
     """Build, save and check one held-out dataset's ID table (refused here in "refuse" mode)."""
     t0 = time.perf_counter()
-    table = heldout_id_table(ckpt, prep["dir"], scheme, idgen, generator, tokenizer)
+    table = heldout_id_table(ckpt, prep["dir"], scheme, idgen, generator, tokenizer,
+                             store_dir=out / "id_tables" / f"{name}.candidates", pool=cfg.idgen_pool,
+                             ray_cfg=cfg.ray)  # fmt: skip
     seconds = time.perf_counter() - t0
     path = table.save(out / "id_tables" / f"{name}.json")
     quality, thresholds = table.stats["quality"], cfg.thresholds()

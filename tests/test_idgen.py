@@ -114,12 +114,9 @@ def test_identical_texts_escalate_lambda_then_length_then_fallback(tok, model):
     # (λ=1,2 in window [1,4), then λ=1,2 in window [4,8)) is taken by exactly one item, in order.
     cache = {}
     for a in range(cfg.max_attempts):
-        from fusionrec.trainer.idgen.generator import _Candidates
+        from fusionrec.trainer.idgen.candidates import LocalGenerator
 
-        c = _Candidates(model, tok, cfg)
-        c.cands["x"] = [[]] * a
-        c.generate(["x"], {"x": "title: acme shampoo 8 oz"}, 1)
-        cache[a] = c.cands["x"][a]
+        cache[a] = LocalGenerator(model, tok, cfg, {"x": "title: acme shampoo 8 oz"}).run(a, ["x"])[0][0]
     distinct: list[str] = []
     for a in range(cfg.max_attempts):
         distinct += [c for c in cache[a] if c and c not in distinct]

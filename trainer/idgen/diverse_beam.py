@@ -28,36 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from fusionrec.trainer.idgen.config import DiverseBeamConfig
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so that masked beams order the same way
-
-
-@dataclass
-class DiverseBeamConfig:
-    """One diverse-beam-search call. Defaults are IDGenRec's: 10 groups of 1 beam, IDs under 10 tokens."""
-
-    num_groups: int = 10
-    beams_per_group: int = 1
-    diversity_penalty: float = 1.0
-    min_new_tokens: int = 1
-    max_new_tokens: int = 9
-    length_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.num_groups < 1 or self.beams_per_group < 1:
-            raise ValueError(
-                f"num_groups and beams_per_group must be >= 1, got {self.num_groups}, {self.beams_per_group}"
-            )
-        if self.diversity_penalty < 0:
-            raise ValueError(f"diversity_penalty must be >= 0, got {self.diversity_penalty}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
-            raise ValueError(
-                f"need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1, "
-                f"got {self.min_new_tokens}, {self.max_new_tokens}"
-            )
 
 
 @dataclass

@@ -21,78 +21,17 @@ every window fails, the documented fallback takes the first non-empty candidate 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
-from fusionrec.trainer.idgen.diverse_beam import DiverseBeamConfig, diverse_beam_search
+from fusionrec.trainer.idgen.candidate_store import CandidateStore
+from fusionrec.trainer.idgen.candidates import CandidateCache, LocalGenerator, Runner
+from fusionrec.trainer.idgen.config import DiverseBeamConfig, IDGenConfig, normalize_id
 from fusionrec.trainer.idgen.id_table import IDTable
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-_WORD = re.compile(r"\w+")
-
-
-@dataclass
-class IDGenConfig:
-    """Algorithm 1's schedule (paper defaults) and the batching of the generator."""
-
-    num_groups: int = 10  # k: candidates per attempt (one beam per group, as in IDGenRec)
-    lambda_start: float = 1.0
-    lambda_step: float = 1.0
-    lambda_max: float = 10.0
-    window: int = 10  # length windows [1, 10), [10, 20), ... in tokens
-    max_windows: int = 3
-    batch_size: int = 64  # items per DBS call
-    max_source_len: int = 256  # input tokens of the item text (IDGenRec truncates at 256)
-    length_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.num_groups < 1 or self.batch_size < 1 or self.max_source_len < 2:
-            raise ValueError(
-                f"num_groups, batch_size >= 1 and max_source_len >= 2 required, got "
-                f"{self.num_groups}, {self.batch_size}, {self.max_source_len}"
-            )
-        if not 0 < self.lambda_start <= self.lambda_max or self.lambda_step <= 0:
-            raise ValueError(
-                f"need 0 < lambda_start <= lambda_max and lambda_step > 0, got "
-                f"{self.lambda_start}, {self.lambda_max}, {self.lambda_step}"
-            )
-        if self.window < 2 or self.max_windows < 1:
-            raise ValueError(
-                f"window must be >= 2 and max_windows >= 1, got {self.window}, {self.max_windows}"
-            )
-
-    @property
-    def lambdas_per_window(self) -> int:
-        return int(round((self.lambda_max - self.lambda_start) / self.lambda_step)) + 1
-
-    @property
-    def max_attempts(self) -> int:
-        return self.lambdas_per_window * self.max_windows
-
-    def attempt(self, a: int) -> tuple[int, float]:
-        """Attempt number a (0-based) → (length window index, λ)."""
-        per = self.lambdas_per_window
-        return a // per, self.lambda_start + (a % per) * self.lambda_step
-
-    def beam_config(self, a: int) -> DiverseBeamConfig:
-        """Window w allows IDs of [max(1, w·W), (w+1)·W) tokens: EOS is barred before the lower bound and the
-        hypothesis (EOS included) is cut at (w+1)·W - 1 new tokens."""
-        w, lam = self.attempt(a)
-        return DiverseBeamConfig(
-            num_groups=self.num_groups,
-            beams_per_group=1,
-            diversity_penalty=lam,
-            min_new_tokens=max(1, w * self.window),
-            max_new_tokens=(w + 1) * self.window - 1,
-            length_penalty=self.length_penalty,
-        )
-
-
-def normalize_id(text: str) -> str:
-    """Words only, lowercase, single spaces: what makes two generated IDs "the same"."""
-    return " ".join(_WORD.findall(text.lower()))
+__all__ = ["DiverseBeamConfig", "IDGenConfig", "normalize_id", "generate_ids", "assign_ids_sequential",
+           "user_texts", "generate_user_ids"]  # fmt: skip
 
 
 def _check_texts(texts: Mapping[str, str]) -> list[str]:
@@ -100,80 +39,6 @@ def _check_texts(texts: Mapping[str, str]) -> list[str]:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"item {key!r}: text is empty or whitespace ({text!r}); an ID needs item text")
     return list(texts)
-
-
-class _Candidates:
-    """Cache of generated candidates: cands[item][a] = normalised IDs of attempt a, best first.
-
-    With `reuse`, an attempt whose λ lies inside the stable penalty range of an earlier attempt of the same
-    window (`BeamOutput.lambda_range`) is not run: it has the same candidates, possibly in another order. That
-    is exact for the walk: it reaches attempt a only when every candidate of the earlier attempt is taken, so
-    a reused attempt never supplies an ID — except through the fallback, which reads the order of the last
-    attempt, so the last attempt is always run.
-    """
-
-    def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: IDGenConfig, reuse: bool = True
-    ):
-        self.model, self.tokenizer, self.cfg, self.reuse = model.eval(), tokenizer, cfg, reuse
-        self.cands: dict[str, list[list[str]]] = {}
-        self.ranges: dict[str, list[tuple[float, float]]] = {}
-        self.items_generated = 0  # item-attempts run through the model (work done)
-        self.items_reused = 0  # item-attempts proven equal to an earlier one (no work)
-
-    def generate(self, keys: Sequence[str], texts: Mapping[str, str], batch_size: int) -> None:
-        """Generate the next attempt of every item in `keys` (after any reusable ones); items are grouped by
-        attempt number so that each DBS call has one (window, λ)."""
-        by_attempt: dict[int, list[str]] = {}
-        for key in keys:
-            a = len(self.cands.setdefault(key, []))
-            while self._reused(key, a):  # a copy fails where its original failed: go on to the next attempt
-                a += 1
-            by_attempt.setdefault(a, []).append(key)
-        for a, group in sorted(by_attempt.items()):
-            beam_cfg = self.cfg.beam_config(a)
-            for start in range(0, len(group), batch_size):
-                chunk = group[start : start + batch_size]
-                for key, (cands, span) in zip(chunk, self._run(chunk, texts, beam_cfg), strict=True):
-                    self.cands[key].append(cands)
-                    self.ranges.setdefault(key, []).append(span)
-                self.items_generated += len(chunk)
-
-    def _reused(self, key: str, a: int) -> bool:
-        """Attempt `a` of `key` equals an earlier attempt of its window: copy it (see the class docstring)."""
-        if not self.reuse or a + 1 >= self.cfg.max_attempts:
-            return False
-        window, lam = self.cfg.attempt(a)
-        spans = self.ranges.get(key, [])
-        for b in range(a - 1, -1, -1):
-            if b >= len(spans) or self.cfg.attempt(b)[0] != window:
-                break
-            lo, hi = spans[b]
-            if lo < lam < hi:
-                self.cands[key].append(self.cands[key][b])
-                spans.append(spans[b])
-                self.items_reused += 1
-                return True
-        return False
-
-    def _run(
-        self, keys: Sequence[str], texts: Mapping[str, str], beam_cfg: DiverseBeamConfig
-    ) -> list[tuple[list[str], tuple[float, float]]]:
-        enc = self.tokenizer(
-            [texts[k] for k in keys],
-            max_length=self.cfg.max_source_len,
-            truncation=True,
-            padding=True,
-            return_tensors="pt",
-        )
-        device = next(self.model.parameters()).device
-        out = diverse_beam_search(
-            self.model, enc["input_ids"].to(device), enc["attention_mask"].to(device), beam_cfg, self.reuse
-        )
-        flat = self.tokenizer.batch_decode(out.sequences.flatten(0, 1).cpu(), skip_special_tokens=True)
-        k = out.sequences.shape[1]
-        spans = [(float(lo), float(hi)) for lo, hi in out.lambda_range.tolist()]
-        return [([normalize_id(t) for t in flat[i * k : (i + 1) * k]], spans[i]) for i in range(len(keys))]
 
 
 class _Walk:
@@ -245,31 +110,37 @@ def _stats(walk: _Walk, cfg: IDGenConfig, work: int, tokenizer: PreTrainedTokeni
 
 
 def generate_ids(
-    model: PreTrainedModel,
+    model: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     texts: Mapping[str, str],
     cfg: IDGenConfig | None = None,
     round: int = 0,
+    *,
+    runner: Runner | None = None,
+    store: CandidateStore | None = None,
 ) -> IDTable:
     """Algorithm 1 over `texts` (key → plain text; dict order is the processing order), batched.
 
-    Deterministic: the same model, tokenizer, texts and config give the same table. Stats (see `_stats`)
-    land in `table.stats`: `second_attempt_share`, `longer_id_share`, `mean_id_words/tokens`, `fallback`.
+    Deterministic: the same model, tokenizer, texts and config give the same table, wherever the jobs run
+    (`runner`: default the local `model`; e.g. Ray actors, `cluster/idgen_pool.py`) and across a kill and
+    resume (`store`: the candidates on disk). Stats (see `_stats`) land in `table.stats`.
     """
     cfg = cfg or IDGenConfig()
     keys = _check_texts(texts)
-    cache, encodable = _Candidates(model, tokenizer, cfg), _encodable_fn(tokenizer)
-    pending: Sequence[str] = keys
-    rounds = 0
+    if runner is None:
+        if model is None:
+            raise ValueError("generate_ids needs a model or a runner")
+        runner = LocalGenerator(model, tokenizer, cfg, texts)
+    cache, encodable = CandidateCache(cfg, runner, store), _encodable_fn(tokenizer)
+    if cache.restore() == 0:
+        cache.generate(keys, cfg.batch_size)
     while True:
-        cache.generate(pending, texts, cfg.batch_size)
         walk = _Walk(cfg, encodable).run(keys, cache.cands)
-        rounds += 1
         if not walk.blocked:
             break
-        pending = walk.blocked
-    stats = _stats(walk, cfg, cache.items_generated, tokenizer) | {
-        "walks": rounds,
+        cache.generate(walk.blocked, cfg.batch_size)
+    stats = _stats(walk, cfg, cache.items_generated + cache.items_restored, tokenizer) | {
+        "walks": cache.rounds,
         "item_attempts_reused": cache.items_reused,
     }
     return IDTable(walk.ids, "generative", round, stats)
@@ -283,15 +154,16 @@ def assign_ids_sequential(
     round: int = 0,
 ) -> IDTable:
     """The reference protocol (IDGenRec's `generate_item_id_from_text`): one item at a time, one DBS call
-    per attempt at batch 1. Same candidates and acceptance rule as `generate_ids` — the baseline of
-    `bench idgen` and the oracle of the tests."""
+    per attempt at batch 1, every attempt run. Same candidates and acceptance rule as `generate_ids` — the
+    baseline of `bench idgen` and the oracle of the tests."""
     cfg = cfg or IDGenConfig()
     keys = _check_texts(texts)
-    cache, encodable = _Candidates(model, tokenizer, cfg, reuse=False), _encodable_fn(tokenizer)
+    runner = LocalGenerator(model, tokenizer, cfg, texts, track_range=False)
+    cache, encodable = CandidateCache(cfg, runner, reuse=False), _encodable_fn(tokenizer)
     walk = _Walk(cfg, encodable)
     for key in keys:
         while True:
-            cache.generate([key], texts, 1)
+            cache.generate([key], 1)
             if walk._take(key, cache.cands[key][-1:]):
                 walk.attempt[key] = len(cache.cands[key]) - 1
                 break

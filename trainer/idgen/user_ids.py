@@ -41,9 +41,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from fusionrec.fileio import atomic_write_text
-from fusionrec.trainer.idgen.generator import IDGenConfig, _Candidates, _encodable_fn, normalize_id
+from fusionrec.trainer.idgen.candidates import LocalGenerator
+from fusionrec.trainer.idgen.generator import IDGenConfig, _encodable_fn, normalize_id
 from fusionrec.trainer.prompts import user_key, user_of_key
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -236,13 +236,16 @@ def generate_user_table(
     windows = profile_windows(histories, item_token_counts(tokenizer, needed), cfg.max_source_len)
     distinct = list(dict.fromkeys(windows.values()))
     texts = {f"w{k}": SEPARATOR.join(item_texts[i] for i in w) for k, w in enumerate(distinct)}
-    cache, encodable = _Candidates(model, tokenizer, cfg), _encodable_fn(tokenizer)
-    with torch.no_grad():
-        cache.generate(list(texts), texts, cfg.batch_size)
+    source, encodable = LocalGenerator(model, tokenizer, cfg, texts, track_range=False), _encodable_fn(tokenizer)
+    keys = list(texts)
+    first: dict[str, list[str]] = {}
+    for s in range(0, len(keys), cfg.batch_size):  # attempt 0 only: no walk, no retries
+        chunk = keys[s : s + cfg.batch_size]
+        first |= {k: cands for k, (cands, _) in zip(chunk, source.run(0, chunk), strict=True)}
     by_window: dict[tuple[str, ...], str] = {}
     fallback = 0
     for k, window in enumerate(distinct):
-        cand = next((c for c in cache.cands[f"w{k}"][0] if c and encodable(c)), None)
+        cand = next((c for c in first[f"w{k}"] if c and encodable(c)), None)
         if cand is None:
             cand, fallback = title_profile(window, titles, words, encodable), fallback + 1
         by_window[window] = cand

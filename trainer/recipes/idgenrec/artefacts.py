@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,8 @@ from fusionrec.trainer.models.seq2seq import ModelConfig, build_seq2seq
 from fusionrec.trainer.models.soft_ids import SoftIDRecommender
 from fusionrec.trainer.models.tokenizer import load_tokenizer
 from fusionrec.trainer.prompts import PromptBuilder, PromptConfig
+from fusionrec.trainer.recipes.idgenrec.config import RankingConfig
 from fusionrec.trainer.recipes.idgenrec.data import IDGenRecCollator, id_tokens
-
-
-@dataclass
-class RankingConfig:
-    """Constrained beam-search ranking of valid/test users (HR/NDCG@k from the top-k items)."""
-
-    num_beams: int = 20
-    top_k: int = 20
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
-    exclude_history: bool = False
-    batch_size: int = 32
-    max_users: int = 0  # 0 = every user of the split
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.top_k <= self.num_beams:
-            raise ValueError(f"eval.top_k={self.top_k} must be in [1, eval.num_beams={self.num_beams}]")
-        if not self.ks or max(self.ks) > self.top_k or min(self.ks) < 1:
-            raise ValueError(f"eval.ks={self.ks} must be cut-offs in [1, top_k={self.top_k}]")
-        if self.batch_size < 1 or self.max_users < 0:
-            raise ValueError(
-                f"eval.batch_size={self.batch_size} must be >= 1, max_users={self.max_users} >= 0"
-            )
 
 
 def build_trie(table: IDTable, tokens: Mapping[str, list[int]], decoder_start: int, eos: int) -> CompiledTrie:

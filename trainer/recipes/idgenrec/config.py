@@ -1,19 +1,47 @@
-"""The `[idgenrec]` section: models, tokenizer, prompts, Algorithm 1, the alternation schedule.
-
-Not yet torch-free: three of its sub-sections are defined beside torch code in modules owned by other work
-(``IDGenConfig`` in trainer/idgen/generator.py, ``RankingConfig`` in artefacts.py, ``CollateConfig`` in
-data.py, which artefacts.py imports); moving those three dataclasses into this file makes it torch-free.
-"""
+"""The `[idgenrec]` section: models, tokenizer, prompts, Algorithm 1, the alternation schedule. Torch-free
+(a test imports it in a fresh process), so loading a config never loads torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusionrec.trainer.idgen.generator import IDGenConfig
+from fusionrec.trainer.idgen.config import IDGenConfig
 from fusionrec.trainer.model_config import ModelConfig, TokenizerConfig
 from fusionrec.trainer.prompts import PromptConfig
-from fusionrec.trainer.recipes.idgenrec.artefacts import RankingConfig
-from fusionrec.trainer.recipes.idgenrec.data import CollateConfig
+
+
+@dataclass
+class CollateConfig:
+    """Sizes of the collated tensors."""
+
+    max_source_len: int = 128  # ID-generator encoder input (item text) tokens; IDGenRec used 256
+    check_positions: bool = True  # verify every soft position holds exactly the item's ID tokens
+
+    def __post_init__(self) -> None:
+        if self.max_source_len < 2:
+            raise ValueError(f"collate.max_source_len must be >= 2, got {self.max_source_len}")
+
+
+@dataclass
+class RankingConfig:
+    """Constrained beam-search ranking of valid/test users (HR/NDCG@k from the top-k items)."""
+
+    num_beams: int = 20
+    top_k: int = 20
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    exclude_history: bool = False
+    batch_size: int = 32
+    max_users: int = 0  # 0 = every user of the split
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.num_beams:
+            raise ValueError(f"eval.top_k={self.top_k} must be in [1, eval.num_beams={self.num_beams}]")
+        if not self.ks or max(self.ks) > self.top_k or min(self.ks) < 1:
+            raise ValueError(f"eval.ks={self.ks} must be cut-offs in [1, top_k={self.top_k}]")
+        if self.batch_size < 1 or self.max_users < 0:
+            raise ValueError(
+                f"eval.batch_size={self.batch_size} must be >= 1, max_users={self.max_users} >= 0"
+            )
 
 
 @dataclass

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from fusionrec.data_pipeline.loader import SPLITS, LoaderConfig, ShardDataset
 from fusionrec.trainer.idgen.generator import normalize_id
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.prompts import PromptBuilder, token_positions
+from fusionrec.trainer.recipes.idgenrec.config import CollateConfig
 from fusionrec.trainer.tokens import IGNORE_INDEX, pad_right
 
 _TITLE = re.compile(r"^\s*title:\s*([^;]*)", re.IGNORECASE)
@@ -137,18 +137,6 @@ def id_tokens(table: IDTable, tokenizer: Any) -> dict[str, list[int]]:
 
 
 # ---------------------------------------------------------------------- collation
-@dataclass
-class CollateConfig:
-    """Sizes of the collated tensors."""
-
-    max_source_len: int = 128  # ID-generator encoder input (item text) tokens; IDGenRec used 256
-    check_positions: bool = True  # verify every soft position holds exactly the item's ID tokens
-
-    def __post_init__(self) -> None:
-        if self.max_source_len < 2:
-            raise ValueError(f"collate.max_source_len must be >= 2, got {self.max_source_len}")
-
-
 def _with_word_boundary(ids: Sequence[int], pos: list[int], toks: Sequence[int]) -> list[int]:
     """Include a stand-alone word-boundary piece ("▁") that starts the ID's own tokenisation.
 
