@@ -56,7 +56,9 @@ def _config(cache: Path, shared_data: Path) -> Path:
 
 
 def _stages(cfg: Path, cache: Path, plan: dict[str, int]) -> dict[str, Any]:
-    corpus, run, results = cache / "corpus", cache / "run", cache / f"zeroshot-{plan['users']}"
+    """prepare (shared by every budget) -> train (one run per step budget) -> zeroshot (per user sample)."""
+    corpus, run = cache / "corpus", cache / f"run-{plan['steps']}"
+    results = cache / f"run-{plan['steps']}-zeroshot-{plan['users']}"
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if not (corpus / "manifest.json").is_file():
@@ -111,7 +113,7 @@ def run(quick: bool = False, steps: int | None = None) -> list[dict]:
         return [{"bench": "zeroshot_toys", "skipped": "../shared data/amazon_* or assets/t5-tokenizer missing"}]
     plan = dict(QUICK if quick else FULL)
     plan["steps"] = steps or int(os.environ.get("FUSIONREC_ZEROSHOT_STEPS", plan["steps"]))
-    cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / f"zeroshot-{plan['steps']}"
+    cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "zeroshot"
     cfg = _config(cache, data.parent.parent)
     return _lines(_stages(cfg, cache, plan), plan, quick)
 
