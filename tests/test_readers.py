@@ -223,7 +223,8 @@ def test_fast_json_path_equals_line_by_line(tmp_path: Path, tail_newline: bool) 
     """pyarrow's reader (fast path) and the line-by-line pass (the specification) give identical tables."""
     from collections import Counter
 
-    from fusionrec.data_pipeline.readers import _read_amazon_reviews, _read_yelp_reviews
+    from fusionrec.data_pipeline.readers.amazon2014 import _read_amazon_reviews
+    from fusionrec.data_pipeline.readers.yelp import _read_yelp_reviews
 
     lines = [
         review("U1", "I1", 3, 5.0),
