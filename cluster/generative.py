@@ -8,12 +8,9 @@ Two sources of textual IDs:
 - ``id_source="checkpoint"``: the table the checkpoint carries (standard evaluation). Every item of the
   evaluated dataset must be in it; a missing item is a ValueError naming it.
 - ``id_source="generate"``: items never seen in training (zero-shot). Their IDs come from the scheme the
-  recommender was trained on (`trained_id_scheme`: the checkpoint's own table says whether it is the title
-  table or a generator table): title IDs built exactly like training's (`title_dataset_table`), or the
-  trained ID generator running Algorithm 1 (diverse ID generation) over the items' texts
-  (`generate_dataset_table`). Either way ONCE on the driver (`heldout_id_table`, which also attaches the
-  table's quality diagnostics); the table travels to the actors inside the factory. Regenerating it per
-  actor would cost N times the work and, with nondeterministic kernels, could give actors different tables.
+  recommender was trained on, built ONCE on the driver (`heldout_id_table`, cluster/heldout_ids.py); the
+  table travels to the actors inside the factory. Regenerating it per actor would cost N times the work
+  and, with nondeterministic kernels, could give actors different tables.
 
 User IDs (a run trained with ``prompt.use_user_id``): the prompts carry the user ID table the checkpoint
 carries, looked up by (user, last history item) — a profile of the items before the evaluated target, so no
@@ -21,6 +18,8 @@ test target enters it. Zero-shot users have no such table (``id_source="generate
 
 Which users a figure covers is always recorded (`users_selection`): all test users, or a seeded sample of N
 (generative evaluation is ~1000x slower than a full-ranking baseline, so samples are common).
+
+Reading the checkpoint (tokenizer, ID generator, run section) is cluster/checkpoint_io.py.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..fileio import atomic_write_text
+from .checkpoint_io import _offline, _prompt_config, checkpoint_path, module_state
 from .evaluator import (
     EvalResult,
     EvalSet,
@@ -50,19 +49,10 @@ from .evaluator import (
     results_csv,
     results_markdown,
 )
+from .heldout_ids import _NO_ZERO_SHOT_USERS
 from .ray_local import RayConfig, check_reachable
 
 ID_SOURCES = ("checkpoint", "generate")
-_NO_ZERO_SHOT_USERS = (
-    "checkpoint {checkpoint} was trained with idgenrec.prompt.use_user_id = true: zero-shot evaluation "
-    "(IDs generated for unseen items) has no user IDs for unseen users; not supported"
-)
-
-
-def _offline() -> None:
-    """Before transformers is imported (driver or actor): no hub lookups (~46 s of retries each)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -111,210 +101,12 @@ class EvaluateConfig:
             )
 
 
-# ------------------------------------------------------------------------------------------------ loading
-
-
-def checkpoint_path(checkpoint: str | Path) -> Path:
-    """A checkpoint folder, or a run dir meaning its newest complete checkpoint."""
-    from ..trainer.checkpoint_reader import resolve_checkpoint
-
-    return resolve_checkpoint(checkpoint)
-
-
-def module_state(checkpoint: str | Path) -> dict[str, Any]:
-    """The IDGenRec module state of a verified checkpoint; a checkpoint without its ID table is an error."""
-    from ..trainer.recipes.idgenrec.artefacts import verified_module_state
-
-    return verified_module_state(checkpoint_path(checkpoint))
-
-
-def run_section(checkpoint: str | Path) -> dict[str, Any]:
-    """The `[idgenrec]` section of the run's resolved config (RUN/config.json beside RUN/checkpoints)."""
-    path = checkpoint_path(checkpoint).parent.parent / "config.json"
-    if not path.is_file():
-        raise ValueError(
-            f"{path}: missing; a checkpoint must sit in RUN/checkpoints/step-N of a fusionrec run"
-        )
-    section = json.loads(path.read_text()).get("idgenrec")
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: no [idgenrec] section; {checkpoint} is not an IDGenRec run")
-    return section
-
-
-def _prompt_config(checkpoint: str | Path) -> Any:
-    from ..trainer.prompts import PromptConfig
-
-    return PromptConfig(**run_section(checkpoint).get("prompt", {}))
-
-
-def load_checkpoint_tokenizer(checkpoint: str | Path) -> Any:
-    """The run's tokenizer (shared by the recommender and the ID generator) from the checkpoint's state."""
-    _offline()
-    import tempfile
-
-    from ..trainer.models.tokenizer import load_tokenizer
-
-    state = module_state(checkpoint)
-    with tempfile.TemporaryDirectory(prefix="fusionrec-tok-") as tmp:
-        for name, text in state["tokenizer_files"].items():
-            (Path(tmp) / name).write_text(text, encoding="utf-8")
-        return load_tokenizer(tmp)
-
-
-def load_id_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, Any]:
-    """(ID generator in eval mode, tokenizer) from a checkpoint, in this process (no process group)."""
-    _offline()
-    from ..trainer.checkpoint_reader import load_weights
-    from ..trainer.models.seq2seq import ModelConfig, build_seq2seq
-
-    path = checkpoint_path(checkpoint)
-    state = module_state(path)
-    if not (path / "id_generator").is_dir():
-        raise ValueError(f"checkpoint {path}: no id_generator/ weights; zero-shot IDs cannot be generated")
-    tokenizer = load_checkpoint_tokenizer(path)
-    model = build_seq2seq(ModelConfig(**state["id_generator_config"]), tokenizer=tokenizer)
-    load_weights(model, path, "id_generator")
-    return model.eval(), tokenizer
-
-
 def dataset_item_ids(dataset_dir: str | Path) -> list[str]:
     """The item vocabulary of a dataset folder (`items.parquet`, row order) = the EvalSet's index space."""
     path = Path(dataset_dir) / "items.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; a processed dataset folder holds items.parquet")
     return pq.read_table(path, columns=["item_id"])["item_id"].to_pylist()
-
-
-def generate_dataset_table(
-    checkpoint: str | Path,
-    dataset_dir: str | Path,
-    idgen: Any = None,
-    generator: tuple | None = None,
-    *,
-    store_dir: str | Path | None = None,
-    pool: Any = None,
-    ray_cfg: RayConfig | None = None,
-) -> Any:
-    """IDs for every item of `dataset_dir` by Algorithm 1 with the checkpoint's trained ID generator.
-
-    `idgen` (an IDGenConfig) defaults to the run's `[idgenrec.idgen]`; `generator` = a preloaded (model,
-    tokenizer) to share across datasets. `store_dir`: the candidates are kept there, so a killed run resumes
-    (same table). `pool` (an IDGenPoolConfig with num_actors > 0): the jobs run on Ray actors, the walk here
-    (same table). Items without text → ValueError naming the file, row and item (from `load_items`).
-    """
-    _offline()
-    from ..trainer.idgen.candidate_store import CandidateStore, texts_hash
-    from ..trainer.idgen.generator import IDGenConfig, generate_ids
-    from ..trainer.recipes.idgenrec.data import load_items
-
-    if _prompt_config(checkpoint).use_user_id:  # on the driver, before any actor starts
-        raise ValueError(_NO_ZERO_SHOT_USERS.format(checkpoint=checkpoint))
-    texts, _ = load_items(dataset_dir)
-    if idgen is None:
-        idgen = IDGenConfig(**run_section(checkpoint).get("idgen", {}))
-    store = None
-    if store_dir is not None:
-        ckpt = checkpoint_path(checkpoint)
-        marker = hashlib.sha256((ckpt / "COMPLETE.json").read_bytes()).hexdigest()
-        store = CandidateStore(store_dir, {"checkpoint": str(ckpt), "checkpoint_complete_sha256": marker,
-                                           "texts_sha256": texts_hash(texts), "idgen": dataclasses.asdict(idgen)})  # fmt: skip
-    if pool is not None and pool.num_actors > 0:
-        from .idgen_pool import RayIDGenRunner
-
-        tokenizer = generator[1] if generator is not None else load_checkpoint_tokenizer(checkpoint)
-        with RayIDGenRunner(checkpoint_path(checkpoint), idgen, texts, pool, ray_cfg) as runner:
-            return generate_ids(None, tokenizer, texts, idgen, runner=runner, store=store)
-    model, tokenizer = generator if generator is not None else load_id_generator(checkpoint)
-    return generate_ids(model, tokenizer, texts, idgen, store=store)
-
-
-ID_SCHEMES = ("title", "generator")
-
-
-def trained_id_scheme(checkpoint: str | Path) -> dict[str, Any]:
-    """How the IDs the recommender was trained on were made, read from the checkpoint (not the live code).
-
-    The checkpoint's ID table is the table the recommender last trained on: a title table records
-    ``stats["initial"] = "title"`` (`title_table`), an Algorithm-1 table records its attempt stats. Only a
-    table with neither (an older checkpoint) falls back to the run's config (`initial_ids = "title"` with no
-    ``id`` phase in `order` = fixed title IDs). Returns {"scheme": "title" | "generator", "title_words",
-    "round", "initial_ids", "order", "evidence"}."""
-    ckpt = checkpoint_path(checkpoint)
-    table = module_state(ckpt)["table"]
-    stats, section = table.get("stats") or {}, run_section(ckpt)
-    initial, order = section.get("initial_ids", "title"), list(section.get("order", ["id", "rec"]))
-    if stats.get("initial") == "title":
-        scheme, evidence = "title", "the checkpoint's ID table is the title table (stats.initial = 'title')"
-    elif "second_attempt_share" in stats or "walks" in stats:
-        scheme = "generator"
-        evidence = f"the checkpoint's ID table (round {table.get('round')}) was made by the ID generator"
-    else:
-        scheme = "title" if initial == "title" and "id" not in order else "generator"
-        evidence = (
-            f"run config: idgenrec.initial_ids = {initial!r}, order = {order} (table stats say nothing)"
-        )
-    return {"scheme": scheme, "title_words": int(section.get("title_words", 3)), "round": table.get("round"),
-            "initial_ids": initial, "order": order, "evidence": evidence}  # fmt: skip
-
-
-def item_texts(dataset_dir: str | Path) -> dict[str, str]:
-    """item -> its own text for the ID-quality diagnostics: the text and the title, joined."""
-    from ..trainer.recipes.idgenrec.data import load_items
-
-    texts, titles = load_items(dataset_dir)
-    return {i: t if titles[i] in t else f"{t} {titles[i]}" for i, t in texts.items()}
-
-
-def title_dataset_table(dataset_dir: str | Path, title_words: int, tokenizer: Any) -> Any:
-    """Title IDs for every item of `dataset_dir`, built exactly like training's initial table
-    (`title_table`: the first `title_words` title words the run's tokenizer encodes, de-duplicated by
-    lengthening, then a number suffix), in items.parquet order."""
-    from ..trainer.recipes.idgenrec.data import encodable_fn, load_items, title_table
-
-    _, titles = load_items(dataset_dir)
-    return title_table(titles, title_words, encodable_fn(tokenizer))
-
-
-def heldout_id_table(
-    checkpoint: str | Path,
-    dataset_dir: str | Path,
-    scheme: dict[str, Any],
-    idgen: Any = None,
-    generator: tuple | None = None,
-    tokenizer: Any = None,
-    **generate: Any,
-) -> Any:
-    """IDs of an unseen dataset's items by the scheme the recommender was trained on (`trained_id_scheme`),
-    with its quality diagnostics in ``stats["quality"]`` and the scheme in ``stats["scheme"]``.
-
-    `generator` = a preloaded (model, tokenizer) (scheme "generator"); `tokenizer` = the run's tokenizer
-    (loaded from the checkpoint when not given); `generate`: store_dir / pool / ray_cfg of
-    `generate_dataset_table` (scheme "generator")."""
-    if scheme["scheme"] not in ID_SCHEMES:
-        raise ValueError(f"ID scheme must be one of {ID_SCHEMES}, got {scheme['scheme']!r}")
-    if _prompt_config(checkpoint).use_user_id:  # on the driver, before any actor starts
-        raise ValueError(_NO_ZERO_SHOT_USERS.format(checkpoint=checkpoint))
-    if scheme["scheme"] == "generator":
-        pooled = getattr(generate.get("pool"), "num_actors", 0) > 0  # the actors load their own generator
-        if generator is None and not pooled:
-            generator = load_id_generator(checkpoint)
-        tokenizer = generator[1] if generator is not None else load_checkpoint_tokenizer(checkpoint)
-        table = generate_dataset_table(checkpoint, dataset_dir, idgen, generator, **generate)
-    else:
-        tokenizer = tokenizer if tokenizer is not None else load_checkpoint_tokenizer(checkpoint)
-        table = title_dataset_table(dataset_dir, scheme["title_words"], tokenizer)
-    quality = table.quality(item_texts(dataset_dir), tokenizer)
-    return table.with_stats(scheme=scheme["scheme"], quality=quality)
-
-
-def training_table_quality(checkpoint: str | Path, corpus: str | Path, tokenizer: Any) -> dict[str, Any]:
-    """The diagnostics of the checkpoint's own (training) ID table, on the pretraining corpus' item texts
-    (`corpus/items.parquet`; word-in-text shares are left out when it is missing)."""
-    from ..trainer.recipes.idgenrec.artefacts import table_from_state
-
-    table = table_from_state(module_state(checkpoint)["table"])
-    texts = item_texts(corpus) if (Path(corpus) / "items.parquet").is_file() else None
-    return {"version": table.version, "method": table.method, **table.quality(texts, tokenizer)}
 
 
 # ------------------------------------------------------------------------------------------------ scorer

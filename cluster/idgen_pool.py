@@ -39,7 +39,7 @@ class IDGenWorker:
         import torch
 
         from ..trainer.idgen.candidates import LocalGenerator
-        from .generative import load_id_generator
+        from .checkpoint_io import load_id_generator
 
         torch.set_num_threads(max(1, threads))
         model, tokenizer = load_id_generator(checkpoint)

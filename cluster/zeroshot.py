@@ -45,24 +45,24 @@ from pathlib import Path
 from typing import Any
 
 from ..trainer.idgen.quality import QUALITY_MODES, QualityThresholds, check_quality
+from .checkpoint_io import (
+    checkpoint_path,
+    load_checkpoint_tokenizer,
+    load_id_generator,
+    module_state,
+    run_section,
+)
 from .evaluator import EvaluatorConfig, evaluate
 from .generative import (
     GenerativeEvalConfig,
     IDGenRecScorerFactory,
     atomic_write,
     check_ray_address,
-    checkpoint_path,
     claim_results_dir,
-    heldout_id_table,
-    load_checkpoint_tokenizer,
     load_evalset,
-    load_id_generator,
-    module_state,
-    run_section,
     sample_users,
-    trained_id_scheme,
-    training_table_quality,
 )
+from .heldout_ids import heldout_id_table, trained_id_scheme, training_table_quality
 from .idgen_pool import IDGenPoolConfig
 from .ray_local import RayConfig
 from .results import BOOTSTRAP_RESAMPLES, metric_intervals, random_ranking_metrics

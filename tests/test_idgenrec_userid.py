@@ -202,12 +202,8 @@ def _worker(corpus: str, tokenizer: str, run_dir: str) -> dict:
 
 @pytest.mark.distributed
 def test_user_ids_train_checkpoint_resume_and_evaluate_two_processes(tmp_path: Path) -> None:
-    from fusionrec.cluster.generative import (
-        GenerativeEvalConfig,
-        IDGenRecScorer,
-        IDGenRecScorerFactory,
-        generate_dataset_table,
-    )
+    from fusionrec.cluster.generative import GenerativeEvalConfig, IDGenRecScorer, IDGenRecScorerFactory
+    from fusionrec.cluster.heldout_ids import generate_dataset_table
     from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset
     from fusionrec.trainer.checkpoint import list_checkpoints
     from fusionrec.trainer.recipes.idgenrec.artefacts import (

@@ -231,7 +231,8 @@ def test_title_trained_run_gets_title_ids_for_unseen_items_and_passes(title_run,
     """A recommender trained on fixed title IDs gets title IDs for the held-out items, built exactly like
     training's (`title_table` with the run's title_words and tokenizer); the table passes the default
     (refusing) quality gate and the scheme is recorded."""
-    from fusionrec.cluster.generative import load_checkpoint_tokenizer, trained_id_scheme
+    from fusionrec.cluster.checkpoint_io import load_checkpoint_tokenizer
+    from fusionrec.cluster.heldout_ids import trained_id_scheme
     from fusionrec.cluster.zeroshot import run_zeroshot
     from fusionrec.trainer.idgen.id_table import IDTable
     from fusionrec.trainer.recipes.idgenrec.data import encodable_fn, load_items, title_table
@@ -264,7 +265,8 @@ def test_degenerate_table_refused_before_any_scoring(tiny_run, tmp_path, monkeyp
     junk = ["tttttttt", "eeeesy", "nenn", "ssss", "eeeee", "tnnt", "sesy", "nnnnnn"]
 
     def junk_table(ckpt, dataset_dir, scheme, *args, **kwargs):
-        from fusionrec.cluster.generative import dataset_item_ids, item_texts
+        from fusionrec.cluster.generative import dataset_item_ids
+        from fusionrec.cluster.heldout_ids import item_texts
 
         items = dataset_item_ids(dataset_dir)
         table = IDTable({i: f"{junk[n % len(junk)]} {n // len(junk) + 1}" for n, i in enumerate(items)},
@@ -295,7 +297,8 @@ def test_heldout_ids_equal_on_driver_one_actor_two_actors_resumed_and_reference(
     a store cut in the middle of a round — the same table, which is the one-item reference walk's."""
     import shutil
 
-    from fusionrec.cluster.generative import generate_dataset_table, load_id_generator
+    from fusionrec.cluster.checkpoint_io import load_id_generator
+    from fusionrec.cluster.heldout_ids import generate_dataset_table
     from fusionrec.cluster.idgen_pool import IDGenPoolConfig
     from fusionrec.trainer.idgen.generator import IDGenConfig, assign_ids_sequential
     from fusionrec.trainer.recipes.idgenrec.data import load_items
