@@ -29,11 +29,10 @@ from dataclasses import dataclass
 
 import torch
 from fusionrec.trainer.idgen.config import DiverseBeamConfig
+from fusionrec.trainer.idgen.one_beam import NEG, Ranges, advance_one_beam
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
-
-NEG = -1.0e9  # transformers' "impossible" score; kept identical so that masked beams order the same way
 
 
 @dataclass
@@ -49,54 +48,6 @@ class BeamOutput:
     # (N, 2): an open interval (lo, hi) of diversity penalties that give the same hypotheses (as a set per
     # item; their order may differ); (λ, λ) when nothing is proven (B > 1, one group, or a near-tie).
     lambda_range: torch.Tensor | None = None
-
-
-# Float margins of the stable range: candidates of one group share its running score (B = 1), so their order
-# is fixed while their gap exceeds the rounding of that sum (~3e-5 at |score| 300); finished/open decisions
-# compare sums accumulated over up to ~30 steps, which round more.
-TOKEN_MARGIN = 2e-4
-SCORE_MARGIN = 1e-2
-
-
-class _Ranges:
-    """Per original item, the interval (lo, hi) of λ on which every decision so far is unchanged.
-
-    Decisions are collected with `keep_sign` and applied once per step by `apply` (one pass, not one per
-    group and decision)."""
-
-    def __init__(self, n: int, lam: float, device: torch.device):
-        self.lam = lam
-        self.lo = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
-        self.hi = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
-        self.pending: list[tuple[torch.Tensor, ...]] = []
-
-    def keep_sign(
-        self, diff: torch.Tensor, slope: torch.Tensor, mask: torch.Tensor, margin: float
-    ) -> None:
-        """The live rows made decisions that hold while `diff + slope·(λ' - λ)` keeps its sign with
-        |.| > margin. diff, slope, mask: (n, M); masked-out entries are not decisions."""
-        self.pending.append((diff, slope, mask, torch.full_like(diff, margin)))
-
-    def apply(self, item: torch.Tensor) -> None:
-        """Intersect the ranges of the live rows (original indices `item`) with this step's decisions."""
-        if not self.pending:
-            return
-        diff, slope, mask, margin = (torch.cat(parts, dim=1).double() for parts in zip(*self.pending, strict=True))
-        self.pending.clear()
-        mask = mask.bool()
-        size, dslope = diff.abs(), slope * torch.sign(diff)  # the gap and how fast it closes (< 0) or opens
-        near = (mask & (size <= margin)).any(dim=1)
-        room = (size - margin) / dslope.abs().clamp_min(1e-30)
-        inf = torch.full_like(room, float("inf"))
-        up = torch.where(mask & (dslope < 0), room, inf).min(dim=1).values  # λ' may grow by this much
-        down = torch.where(mask & (dslope > 0), room, inf).min(dim=1).values  # ... or shrink by this much
-        lo = torch.where(near, self.lam, self.lam - down)
-        hi = torch.where(near, self.lam, self.lam + up)
-        self.lo[item] = torch.maximum(self.lo[item], lo)
-        self.hi[item] = torch.minimum(self.hi[item], hi)
-
-    def as_tensor(self) -> torch.Tensor:
-        return torch.stack([self.lo.clamp_min(0.0), self.hi], dim=1)
 
 
 @dataclass
@@ -144,15 +95,14 @@ def _group_step(
     step: int,
     cfg: DiverseBeamConfig,
     eos: int,
-    ranges: _Ranges | None = None,
 ) -> torch.Tensor:
     """Advance group `g` by one token (transformers' beam step); returns the parent beam of each new beam.
 
     `cand_lp`/`cand_tok` (n, B, K): each beam's K best next tokens — enough to hold the group's top 2B after
     the penalty (see `_advance`). `penalty` = (tokens (n, m), weights (n, m)) chosen by earlier groups: a
     token is lowered by λ·weight per choice (weight 1 for a group that was open, else 0), so a token chosen
-    twice is penalised twice. Updates `st` in place for this group; `ranges`, when given, records on which
-    interval of λ this step's decisions hold.
+    twice is penalised twice. Updates `st` in place for this group. (B = 1 takes `one_beam.advance_one_beam`,
+    the same arithmetic for all groups at once.)
     """
     n, b, k = cand_lp.shape
     t_max = st.run_seq.shape[-1]
@@ -170,9 +120,6 @@ def _group_step(
     cand = torch.take_along_dim(st.run_seq[:, g], parent[..., None], dim=1)
     cand[:, :, step] = token
     hits = (token == eos) | (step + 1 >= t_max)  # EOS or max length: the hypothesis is finished
-    was_open = st.open[:, g].clone()
-    if ranges is not None:
-        _rank_ranges(ranges, scores, slopes, top_idx, hits[:, 0] & (step + 1 < t_max), was_open)
     # Running beams for the next step: the best B candidates that did not finish.
     run_cand = top_score + hits.float() * NEG
     nxt = torch.topk(run_cand, b).indices
@@ -185,10 +132,6 @@ def _group_step(
     scale = float(step + 1) ** cfg.length_penalty
     norm = torch.where(ok, top_score / scale, torch.full_like(top_score, 2 * NEG))
     norm_slope = torch.where(ok, top_slope / scale, torch.zeros_like(top_slope))
-    if ranges is not None:  # B = 1: does the new hypothesis replace the one kept so far?
-        keep_old = st.fin_done[:, g] & ok[:, :1]
-        ranges.keep_sign(norm[:, :1] - st.fin_score[:, g], norm_slope[:, :1] - st.fin_slope[:, g],
-                         keep_old & was_open[:, None], SCORE_MARGIN)  # fmt: skip
     merged_score = torch.cat([st.fin_score[:, g], norm], dim=1)
     best = torch.topk(merged_score, b).indices
     st.fin_score[:, g] = torch.take_along_dim(merged_score, best, dim=1)
@@ -198,32 +141,8 @@ def _group_step(
     # Early-stop heuristic (early_stopping=False): can the best running beam still beat the worst finished?
     best_possible = st.run_score[:, g, :1] / scale
     worst = torch.where(st.fin_done[:, g], st.fin_score[:, g].min(dim=1, keepdim=True).values, NEG)
-    if ranges is not None:
-        live = was_open & st.fin_done[:, g, 0] & ~hits.all(dim=1)
-        ranges.keep_sign(best_possible - worst, st.run_slope[:, g, :1] / scale - st.fin_slope[:, g],
-                         live[:, None], SCORE_MARGIN)  # fmt: skip
     st.open[:, g] &= (best_possible > worst).any(dim=1) & ~hits.all(dim=1)
     return torch.take_along_dim(parent, nxt, dim=1)
-
-
-def _rank_ranges(
-    ranges: _Ranges,
-    scores: torch.Tensor,
-    slopes: torch.Tensor,
-    top_idx: torch.Tensor,
-    need_second: torch.Tensor,
-    was_open: torch.Tensor,
-) -> None:
-    """B = 1: the leading candidate must stay ahead of every other; when it finished early (EOS), the
-    runner-up (the next running beam) must stay ahead of the rest too. Closed groups decide nothing."""
-    cols = torch.arange(scores.shape[1], device=scores.device)
-    for rank in (0, 1):
-        lead = top_idx[:, rank : rank + 1]
-        others = (cols != lead) & (cols != top_idx[:, 0:1])  # rank 1 need not beat rank 0
-        rows = was_open if rank == 0 else was_open & need_second
-        diff = torch.gather(scores, 1, lead) - scores
-        slope = torch.gather(slopes, 1, lead) - slopes
-        ranges.keep_sign(diff, slope, others & rows[:, None], TOKEN_MARGIN)
 
 
 def _num_candidates(cfg: DiverseBeamConfig, vocab: int) -> int:
@@ -238,7 +157,7 @@ def _advance(
     step: int,
     cfg: DiverseBeamConfig,
     eos: int,
-    ranges: _Ranges | None = None,
+    ranges: Ranges | None = None,
 ) -> torch.Tensor:
     """One step for all groups; returns (n, G, B) parent beam indices. cand_*: (n, G, B, K).
 
@@ -248,6 +167,9 @@ def _advance(
     groups then works on (n, B, K) tensors instead of (n, B, V).
     """
     n, groups, b, _ = cand_lp.shape
+    if b == 1:
+        return advance_one_beam(st, cand_lp, cand_tok, step, cfg, eos, ranges)
+    assert ranges is None, "the stable penalty range is defined for one beam per group"
     lam = cfg.diversity_penalty
     parents = torch.empty(n, groups, b, dtype=torch.long, device=cand_lp.device)
     was_open = st.open.clone()  # status at the start of the step
@@ -258,7 +180,7 @@ def _advance(
             tokens = st.run_seq[:, :g, :, step].reshape(n, g * b)
             weight = was_open[:, :g, None].float().expand(n, g, b).reshape(n, g * b)
             penalty = (tokens, weight)
-        parents[:, g] = _group_step(st, cand_lp[:, g], cand_tok[:, g], penalty, g, step, cfg, eos, ranges)
+        parents[:, g] = _group_step(st, cand_lp[:, g], cand_tok[:, g], penalty, g, step, cfg, eos)
     return parents
 
 
@@ -322,7 +244,7 @@ def diverse_beam_search(
     st = _init_state(n, groups, b, t_max, pad, device)
     out_seq, out_score = st.fin_seq.clone(), st.fin_score.clone()
     lam = cfg.diversity_penalty
-    ranges = _Ranges(n, lam, device) if track_range and b == 1 and groups > 1 and lam > 0 else None
+    ranges = Ranges(n, lam, device) if track_range and b == 1 and groups > 1 and lam > 0 else None
     for step in range(t_max):
         if step > 0:
             logits = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)
