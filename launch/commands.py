@@ -103,7 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from fusionrec.cluster.zeroshot import run_zeroshot, zeroshot_markdown
+    from fusionrec.cluster.zeroshot import run_zeroshot
+    from fusionrec.cluster.zeroshot_tables import zeroshot_markdown
 
     cfg = load_config(args.config, list(args.overrides))
     zs = cfg.section("zeroshot")

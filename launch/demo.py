@@ -87,7 +87,8 @@ def evaluate_models(cfg: Config, ckpt: Path) -> list[dict]:
 
 
 def zero_shot(cfg: Config, ckpt: Path) -> list[dict]:
-    from fusionrec.cluster.zeroshot import run_zeroshot, zeroshot_markdown
+    from fusionrec.cluster.zeroshot import run_zeroshot
+    from fusionrec.cluster.zeroshot_tables import zeroshot_markdown
 
     records = run_zeroshot(ckpt, cfg.corpus_dir(), cfg=cfg.section("zeroshot"))
     print(zeroshot_markdown(records))

@@ -196,7 +196,7 @@ def _record(name: str, paper: bool, warned: bool = False) -> dict:
 
 
 def test_tables_show_intervals_random_and_keep_the_paper_apart(tmp_path):
-    from fusionrec.cluster.zeroshot import write_zeroshot_tables, zeroshot_markdown
+    from fusionrec.cluster.zeroshot_tables import write_zeroshot_tables, zeroshot_markdown
 
     records = [_record("yelp", paper=True), _record("shop", paper=False, warned=True)]
     write_zeroshot_tables(tmp_path, records)
