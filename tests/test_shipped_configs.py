@@ -1,15 +1,12 @@
 """Every TOML shipped in launch/configs/ against the root config tree (launch/config.py).
 
-Sections the root `Config` already composes must load with no unknown key and round-trip through the
-resolved config. Recipe sections the lead has not wired into the root tree yet are listed in NOT_WIRED:
-loading the whole file is an expected failure (strict, so wiring one in turns it into a pass that asks
-for the entry to be removed), and meanwhile each such section is checked against its owner's dataclass.
+Every section is one the root `Config` composes (each recipe's from its torch-free config module): a
+shipped file loads with no unknown key and round-trips through the resolved config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import tomllib
 from pathlib import Path
@@ -17,7 +14,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 from fusionrec.launch.config import CONFIG_DIR, Config, ConfigError, load_config, recipes, write_resolved
-from fusionrec.launch.configtree import apply_overrides, from_dict, to_dict
+from fusionrec.launch.configtree import to_dict
 
 pytestmark = pytest.mark.unit
 
@@ -25,10 +22,7 @@ SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 # Root fields (the `recipes` bucket is written as one top-level table per recipe) + every recipe's section.
 ROOT_SECTIONS = {f.name for f in dataclasses.fields(Config) if f.name != "recipes"} | set(recipes())
 
-# Shipped config -> top-level sections the root Config does not compose yet (the lead is wiring recipes in).
-NOT_WIRED: dict[str, set[str]] = {}  # every recipe section is wired now
 # Section -> the dataclass of the module that owns it (docs/ARCHITECTURE.md: each package owns its section).
-OWNERS = {name: r.section for name, r in recipes().items() if r.section}
 # Values the configs' header comments say to give on the command line (validated as required).
 CLI_REQUIRED = {"palr": ["palr.data_dir=processed/beauty"], "dmpo": ["dmpo.sft_file=rec_sft.json"]}
 
@@ -44,46 +38,27 @@ def required_overrides(data: dict) -> list[str]:
 def load_wired_part(name: str, tmp_path: Path) -> Config:
     """The config without its not-yet-wired sections, loaded the way the CLI loads a file."""
     data = raw_toml(name)
-    wired = {k: v for k, v in data.items() if k not in NOT_WIRED.get(name, set())}
+    wired = dict(data)
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{name}.wired.toml"
     path.write_text(tomli_w.dumps(wired), encoding="utf-8")
     return load_config(path, required_overrides(wired))
 
 
-def owner_class(section: str) -> type:
-    module, cls = OWNERS[section].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
 def test_the_shipped_configs_are_all_seen():
     assert len(SHIPPED) >= 9 and "fusion_paper" in SHIPPED
-    stale = sorted(set(NOT_WIRED) - set(SHIPPED))
-    assert not stale, f"NOT_WIRED lists configs that are no longer shipped: {stale}"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_unknown_sections_are_only_the_listed_not_yet_wired_ones(name):
-    unknown = set(raw_toml(name)) - ROOT_SECTIONS
-    unlisted = sorted(unknown - NOT_WIRED.get(name, set()))
+def test_every_section_is_known_to_the_root_tree(name):
+    unlisted = sorted(set(raw_toml(name)) - ROOT_SECTIONS)
     assert not unlisted, (
         f"{name}.toml has top-level sections {unlisted} that launch/config.py's Config does not know "
         f"(known: {sorted(ROOT_SECTIONS)})"
     )
 
 
-def _load_params():
-    for name in SHIPPED:
-        pending = sorted(NOT_WIRED.get(name, set()))
-        marks = (
-            [pytest.mark.xfail(raises=ConfigError, strict=True, reason=f"section(s) {pending} not wired")]
-            if pending
-            else []
-        )
-        yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", list(_load_params()))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_whole_config_loads_through_the_root_tree(name):
     cfg = load_config(name, required_overrides(raw_toml(name)))
     assert isinstance(cfg, Config)
@@ -94,16 +69,6 @@ def test_wired_sections_have_no_unknown_keys(name, tmp_path):
     # The root tree rejects any unknown key inside a known section with its dotted path.
     cfg = load_wired_part(name, tmp_path)
     assert to_dict(cfg)  # non-empty resolved tree
-
-
-@pytest.mark.parametrize(
-    "name,section", [(n, s) for n in sorted(NOT_WIRED) for s in sorted(NOT_WIRED[n]) if n in SHIPPED]
-)
-def test_not_yet_wired_sections_validate_against_their_owner(name, section):
-    data = apply_overrides(raw_toml(name), CLI_REQUIRED.get(section, []))
-    cls = owner_class(section)
-    cfg = from_dict(cls, data[section], section)
-    assert from_dict(cls, to_dict(cfg), section) == cfg  # and round-trips through plain dicts
 
 
 @pytest.mark.parametrize("name", SHIPPED)
