@@ -102,20 +102,16 @@ def _group_step(
     the penalty (see `_advance`). `penalty` = (tokens (n, m), weights (n, m)) chosen by earlier groups: a
     token is lowered by λ·weight per choice (weight 1 for a group that was open, else 0), so a token chosen
     twice is penalised twice. Updates `st` in place for this group. (B = 1 takes `one_beam.advance_one_beam`,
-    the same arithmetic for all groups at once.)
+    the same arithmetic for all groups at once, plus the λ slopes of the stable range, which only it keeps.)
     """
     n, b, k = cand_lp.shape
     t_max = st.run_seq.shape[-1]
-    cand_slope = torch.zeros_like(cand_lp)
     if penalty is not None:
         tokens, weight = penalty
         hits_prev = cand_tok[..., None] == tokens[:, None, None, :]  # (n, B, K, m)
-        cand_slope = -(hits_prev * weight[:, None, None, :]).sum(-1)
-        cand_lp = cand_lp + cfg.diversity_penalty * cand_slope
+        cand_lp = cand_lp - cfg.diversity_penalty * (hits_prev * weight[:, None, None, :]).sum(-1)
     scores = (cand_lp + st.run_score[:, g, :, None]).reshape(n, b * k)
-    slopes = (cand_slope + st.run_slope[:, g, :, None]).reshape(n, b * k)
     top_score, top_idx = torch.topk(scores, 2 * b)
-    top_slope = torch.gather(slopes, 1, top_idx)
     parent, token = top_idx // k, torch.gather(cand_tok.reshape(n, b * k), 1, top_idx)
     cand = torch.take_along_dim(st.run_seq[:, g], parent[..., None], dim=1)
     cand[:, :, step] = token
@@ -125,17 +121,14 @@ def _group_step(
     nxt = torch.topk(run_cand, b).indices
     st.run_seq[:, g] = torch.take_along_dim(cand, nxt[..., None], dim=1)
     st.run_score[:, g] = torch.take_along_dim(run_cand, nxt, dim=1)
-    st.run_slope[:, g] = torch.take_along_dim(top_slope, nxt, dim=1)
     # Finished: only the top-B candidates may enter, only while the group can still improve.
     in_top = torch.arange(2 * b, device=top_score.device) < b
     ok = hits & in_top & st.open[:, g, None]
     scale = float(step + 1) ** cfg.length_penalty
     norm = torch.where(ok, top_score / scale, torch.full_like(top_score, 2 * NEG))
-    norm_slope = torch.where(ok, top_slope / scale, torch.zeros_like(top_slope))
     merged_score = torch.cat([st.fin_score[:, g], norm], dim=1)
     best = torch.topk(merged_score, b).indices
     st.fin_score[:, g] = torch.take_along_dim(merged_score, best, dim=1)
-    st.fin_slope[:, g] = torch.take_along_dim(torch.cat([st.fin_slope[:, g], norm_slope], 1), best, dim=1)
     st.fin_seq[:, g] = torch.take_along_dim(torch.cat([st.fin_seq[:, g], cand], 1), best[..., None], dim=1)
     st.fin_done[:, g] = torch.take_along_dim(torch.cat([st.fin_done[:, g], ok], 1), best, dim=1)
     # Early-stop heuristic (early_stopping=False): can the best running beam still beat the worst finished?

@@ -63,8 +63,8 @@ class Ranges:
         return torch.stack([self.lo.clamp_min(0.0), self.hi], dim=1)
 
 
-def _choose(st: Any, lp: torch.Tensor, tok: torch.Tensor, lam: float, was_open: torch.Tensor, step: int,
-            eos: int, final: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def _choose(st: Any, lp: torch.Tensor, tok: torch.Tensor, lam: float, was_open: torch.Tensor, eos: int,
+            final: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The sequential part: per group, the penalised scores (n, G, K), their slopes and the top-2 indices."""
     n, groups, k = lp.shape
     weight = was_open.float()
@@ -93,7 +93,7 @@ def advance_one_beam(st: Any, cand_lp: torch.Tensor, cand_tok: torch.Tensor, ste
     t_max = st.run_seq.shape[-1]
     final = step + 1 >= t_max
     was_open = st.open.clone()
-    scores, slopes, top_idx = _choose(st, lp, tok, cfg.diversity_penalty, was_open, step, eos, final)
+    scores, slopes, top_idx = _choose(st, lp, tok, cfg.diversity_penalty, was_open, eos, final)
     top_score, top_slope = torch.gather(scores, 2, top_idx), torch.gather(slopes, 2, top_idx)
     token = torch.gather(tok, 2, top_idx)  # (n, G, 2)
     cand = st.run_seq[:, :, :1].expand(-1, -1, 2, -1).clone()
