@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
-from fusionrec.bench import find_shared
+from fusionrec.bench import find_shared, provenance
 
 EPOCHS, QUICK_EPOCHS, BATCH, LR, VAL_USERS, RESAMPLES = 6, 1, 512, 3e-3, 1000, 1000
 
@@ -114,12 +111,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def _meta(epochs: int, users: int) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()  # fmt: skip
     return {"bench": "sasrec_recipe", "data": "amazon_beauty", "users": users, "epochs": epochs, "batch": BATCH,
-            "lr": LR, "loss": "ce", "hardware": f"{platform.machine()} {os.cpu_count()} cpu",
-            "threads": int(os.environ.get("OMP_NUM_THREADS", "2")), "commit": commit,
-            "date": date.today().isoformat(), "load_avg": round(os.getloadavg()[0], 2)}  # fmt: skip
+            "lr": LR, "loss": "ce", **provenance()}  # fmt: skip
 
 
 def main() -> None:
