@@ -156,6 +156,23 @@ def score_pairs(
     return AnswerLogProbs(token_logp=token_logp, mask=mask)
 
 
+def _packed_candidates(
+    candidate_ids: Sequence[list[int]], plen: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All candidates in ONE row after the prompt: ids [1, N], position ids [1, N] (each candidate restarts at
+    `plen`) and an additive 4D mask [1, 1, N, plen + N] (every token sees the whole prompt and the earlier
+    tokens of its own candidate only — block-diagonal causal)."""
+    lengths = torch.tensor([len(c) for c in candidate_ids])
+    owner = torch.repeat_interleave(torch.arange(len(candidate_ids)), lengths)
+    offset = torch.cat([torch.arange(n) for n in lengths.tolist()])
+    n_tok = int(lengths.sum())
+    own = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+    allowed = torch.cat([torch.ones((n_tok, plen), dtype=torch.bool), own], dim=1)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    ids = torch.tensor([t for c in candidate_ids for t in c]).unsqueeze(0)
+    return ids, (plen + offset).unsqueeze(0), mask[None, None]
+
+
 @torch.no_grad()
 def score_candidates(
     model: nn.Module, prompt_ids: list[int], candidate_ids: Sequence[list[int]], pad_id: int
@@ -164,37 +181,69 @@ def score_candidates(
 
     Re-ranking (PALR: 50 candidates) and pairwise AUC (DMPO: 2 orders) score many short answers after
     one long prompt; the naive way (`score_pairs`) re-encodes the prompt C times. Here the prompt runs once
-    (batch 1, only its last logit kept), the cache is repeated C times, and the right-padded candidates
-    run as one batch. Results equal `score_pairs` (tested); `bench/ranker.py` measures the speed-up.
+    (batch 1, only its last logit kept) and all candidates run as ONE packed row over that cache, isolated
+    from each other by a block-diagonal mask (`_packed_candidates`). Repeating the cache C times instead
+    (batch C) copied C x the prompt's keys/values per layer and padded every candidate to the longest: 4-6x
+    slower with SmolLM2 at 50 candidates (`bench/palr_rerank_speed.py`). Results equal `score_pairs` (tested);
+    `pad_id` only fills the returned [C, A] layout's unused slots.
     """
     if not candidate_ids or any(not c for c in candidate_ids):
         raise ValueError("score_candidates needs at least one non-empty candidate")
     was_training = _is_training(model)
     model.eval()
     try:
-        prompt = torch.tensor([prompt_ids])
-        first = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        cache = first.past_key_values
-        n_cand, width, plen = len(candidate_ids), max(len(c) for c in candidate_ids), len(prompt_ids)
-        cache.batch_repeat_interleave(n_cand)
-        cand = torch.full((n_cand, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((n_cand, width), dtype=torch.bool)
-        for row, ids in enumerate(candidate_ids):
-            cand[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = True
-        attention = torch.cat([torch.ones((n_cand, plen), dtype=torch.long), mask.long()], dim=1)
-        positions = torch.arange(plen, plen + width).expand(n_cand, width)
-        out = model(
-            input_ids=cand,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
+        first = model(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
+        ids, positions, mask = _packed_candidates(candidate_ids, len(prompt_ids), first.logits.dtype)
+        starts = torch.tensor([0] + [len(c) for c in candidate_ids]).cumsum(0)[:-1].tolist()
+        # Token j > 0 of a candidate is predicted by the packed position before it; token 0 by the prompt's
+        # last logit. A candidate's last token predicts nothing: its LM-head row is never computed.
+        keep = torch.cat(
+            [torch.arange(s, s + len(c) - 1) for s, c in zip(starts, candidate_ids, strict=True)]
         )
-        # Token j of a candidate is predicted by the logit before it: the prompt's last logit for j = 0.
-        logits = torch.cat([first.logits[:, -1:].expand(n_cand, 1, -1), out.logits[:, :-1]], dim=1).float()
-        picked = logits.gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-        token_logp = (picked - torch.logsumexp(logits, dim=-1)) * mask
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=first.past_key_values,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        return _gather_candidates(first.logits[0, -1], out.logits[0], candidate_ids, pad_id)
     finally:
         model.train(was_training)
+
+
+def _gather_candidates(
+    prompt_logit: torch.Tensor, packed_logits: torch.Tensor, candidate_ids: Sequence[list[int]], pad_id: int
+) -> AnswerLogProbs:
+    """[C, A] token log-probs (left-aligned) from the prompt's last logit ([V]: every candidate's first token)
+    and the kept packed logits ([N - C, V]: the other tokens, in packed order)."""
+    n_cand, width = len(candidate_ids), max(len(c) for c in candidate_ids)
+    cand = torch.full((n_cand, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n_cand, width), dtype=torch.bool)
+    for row, c in enumerate(candidate_ids):
+        cand[row, : len(c)], mask[row, : len(c)] = torch.tensor(c), True
+    first = mask.clone()
+    first[:, 1:] = False
+    flat = torch.empty(int(mask.sum()))  # row-major over `mask` = packed order
+    flat[first[mask]] = token_logprobs(prompt_logit.expand(n_cand, -1), cand[:, 0])
+    flat[~first[mask]] = token_logprobs(packed_logits, cand[mask & ~first])
+    token_logp = torch.zeros((n_cand, width))
+    token_logp[mask] = flat
     return AnswerLogProbs(token_logp=token_logp, mask=mask)
+
+
+_ROWS_PER_CHUNK = 64  # 64 x 49k vocab x 4 B = 12.6 MB: small enough for the allocator to reuse
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[target] per row ([N, V], [N] -> [N]), in chunks of rows.
+
+    Whole-tensor `logsumexp` on 600 x 49k logits allocates two more fresh 118 MB temporaries; on this VM
+    their page faults cost as much as the LM head itself (0.5 s). Chunks keep the temporaries small and reused.
+    """
+    out = [torch.zeros(0)]
+    for rows, tgt in zip(logits.split(_ROWS_PER_CHUNK), targets.split(_ROWS_PER_CHUNK), strict=True):
+        rows = rows.float()
+        out.append(rows.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, dim=-1))
+    return torch.cat(out)
