@@ -25,11 +25,14 @@ to λ itself, so float rounding can never make a reused result differ from a com
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from fusionrec.trainer.idgen.config import DiverseBeamConfig
 from fusionrec.trainer.idgen.one_beam import NEG, Ranges, advance_one_beam
+from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
@@ -177,10 +180,35 @@ def _advance(
     return parents
 
 
+# Rows per LM-head chunk: the head's (rows, V) logits, their log-softmax and top-k run chunk by chunk so a
+# chunk's 32k-wide rows stay in cache between the three passes. Measured on this 2-core CPU (640 rows, V 32,100,
+# d 64): 56 ms chunked vs 86 ms in one piece, bitwise the same values (each row's dot products do not depend
+# on the other rows).
+HEAD_CHUNK_ROWS = 32
+
+
+@contextmanager
+def _hidden_states_out(model: PreTrainedModel) -> Iterator[nn.Module | None]:
+    """For T5, within the block the forward returns the LM head's *input* as `logits`; yields the head.
+
+    T5's forward ends in `lm_head(scaled decoder output)`, so swapping the head for an identity keeps the
+    scaling in the forward and lets `_candidates` apply the head in row chunks. Other models (BART adds a
+    bias after its head) keep their forward and yield None: `_candidates` then gets full logits."""
+    head = model.get_output_embeddings()
+    if model.config.model_type != "t5" or not isinstance(head, nn.Linear):
+        yield None
+        return
+    model.set_output_embeddings(nn.Identity())
+    try:
+        yield head
+    finally:
+        model.set_output_embeddings(head)
+
+
 def _decode(
     model: PreTrainedModel, tokens: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor, cache
 ) -> torch.Tensor:
-    """One decoder step for every row; returns the next-token logits (rows, V) in float32."""
+    """One decoder step for every row: its logits (rows, V), or under `_hidden_states_out` the head's input."""
     out = model(
         encoder_outputs=BaseModelOutput(last_hidden_state=enc),
         attention_mask=mask,
@@ -189,21 +217,29 @@ def _decode(
         use_cache=True,
         return_dict=True,
     )
-    return out.logits[:, -1, :].float()
+    return out.logits[:, -1, :]
 
 
-def _candidates(logits: torch.Tensor, k: int, eos: int, bar_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(
+    hidden: torch.Tensor, head: nn.Module | None, k: int, eos: int, bar_eos: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's k best tokens with their log-probabilities (exactly transformers' log_softmax values).
 
     Measured on CPU, log_softmax over the vocabulary then a gather of k values costs about half of
     torch.logsumexp (its kernel is vectorised; logsumexp's is not), so the full log-softmax is written.
     """
-    logp = torch.log_softmax(logits, dim=-1)
-    if bar_eos:
-        # EOS barred until the minimum length, *after* normalising (as transformers' min-length processor
-        # does on log-probs: the other tokens are not renormalised).
-        logp[:, eos] = float("-inf")
-    return torch.topk(logp, k, dim=-1)
+    values, indices = [], []
+    for rows in hidden.split(HEAD_CHUNK_ROWS):
+        logits = rows if head is None else head(rows)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if bar_eos:
+            # EOS barred until the minimum length, *after* normalising (as transformers' min-length processor
+            # does on log-probs: the other tokens are not renormalised).
+            logp[:, eos] = float("-inf")
+        top = torch.topk(logp, k, dim=-1)
+        values.append(top.values)
+        indices.append(top.indices)
+    return torch.cat(values), torch.cat(indices)
 
 
 @torch.no_grad()
@@ -217,6 +253,18 @@ def diverse_beam_search(
     """Run DBS on a batch of N encoder inputs; returns G·B hypotheses per item (see `BeamOutput`).
 
     `track_range=False` skips the stable-penalty-range bookkeeping (the range is then (λ, λ))."""
+    with _hidden_states_out(model) as head:
+        return _search(model, head, input_ids, attention_mask, cfg, track_range)
+
+
+def _search(
+    model: PreTrainedModel,
+    head: nn.Module | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cfg: DiverseBeamConfig,
+    track_range: bool,
+) -> BeamOutput:
     conf = model.config
     eos, pad, start = conf.eos_token_id, conf.pad_token_id, conf.decoder_start_token_id
     if eos is None or pad is None or start is None:
@@ -227,12 +275,12 @@ def diverse_beam_search(
     enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     # Step 0 is identical for every beam of an item: run it once per item, then fan the cache out.
-    logits = _decode(model, torch.full((n,), start, device=device), enc, attention_mask, cache)
+    hidden = _decode(model, torch.full((n,), start, device=device), enc, attention_mask, cache)
     cache.batch_repeat_interleave(rows_per_item)
     enc = enc.repeat_interleave(rows_per_item, dim=0)
     mask = attention_mask.repeat_interleave(rows_per_item, dim=0)
-    k = _num_candidates(cfg, logits.shape[-1])
-    cand = _candidates(logits, k, eos, cfg.min_new_tokens > 0)
+    k = _num_candidates(cfg, hidden.shape[-1] if head is None else head.out_features)
+    cand = _candidates(hidden, head, k, eos, cfg.min_new_tokens > 0)
     cand_lp, cand_tok = (x[:, None, None, :].expand(n, groups, b, k) for x in cand)
     st = _init_state(n, groups, b, t_max, pad, device)
     out_seq, out_score = st.fin_seq.clone(), st.fin_score.clone()
@@ -240,8 +288,8 @@ def diverse_beam_search(
     ranges = Ranges(n, lam, device) if track_range and b == 1 and groups > 1 and lam > 0 else None
     for step in range(t_max):
         if step > 0:
-            logits = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)
-            cand = _candidates(logits, k, eos, step < cfg.min_new_tokens)
+            hidden = _decode(model, st.run_seq[..., step - 1].reshape(-1), enc, mask, cache)
+            cand = _candidates(hidden, head, k, eos, step < cfg.min_new_tokens)
             cand_lp, cand_tok = (x.view(-1, groups, b, k) for x in cand)
         parents = _advance(st, cand_lp, cand_tok, step, cfg, eos, ranges)
         if ranges is not None:
