@@ -8,8 +8,8 @@ import cluster) and hands the model + its item vocabulary in.
 
 Re-ranking scores every candidate c as the first item of the answer to the Recommend_Retrieval prompt,
 by its length-normalised log-likelihood; the prompt (history + all candidates) is encoded once and its KV
-cache shared by all candidates (`score_candidates`) — 50 candidates cost one long forward plus one batch of
-short ones.
+cache shared by all candidates (`score_candidates`) — 50 candidates cost one long forward plus one packed
+row of short ones (`bench/palr_rerank_speed.py` measures users/s and tokens/s).
 """
 
 from __future__ import annotations
