@@ -192,6 +192,14 @@ class SynthConfig:
     start: str = "2010-01-01"
     end: str = "2014-07-01"
     brand_pool: int = 60  # brands shared by all categories; each category uses 14 of them
+    # How an item's two fixed complements are drawn from its sub-category: "popular" (by popularity, which
+    # keeps the head heavy and popularity strong) or "uniform" (the demo's world, where popularity is weak).
+    complement_draw: str = "popular"
+    # Share of Yelp businesses that belong to a venue group ("Golden Hydra": a pizzeria, a bar and a cafe of
+    # one owner in one city); a group's next venue is its members' first successor, as a product line's next
+    # item is on Amazon, so a model that learned "the next item shares the last one's leading words" on Amazon
+    # has something to find on Yelp. 0 keeps independent businesses.
+    yelp_group_share: float = 0.0
 
     def __post_init__(self) -> None:
         self.categories = tuple(self.categories)
@@ -209,6 +217,7 @@ class SynthConfig:
             "duplicate_rate",
             "unreviewed_rate",
             "meta_missing_rate",
+            "yelp_group_share",
         ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"synth.{key}={getattr(self, key)}: must be in [0, 1]")
@@ -216,6 +225,10 @@ class SynthConfig:
             raise ValueError(f"synth.mean_history={self.mean_history}: must be >= 6 (long users have >= 5)")
         if self.popularity_exponent < 0 or self.brand_pool < 14:
             raise ValueError("synth: popularity_exponent must be >= 0 and brand_pool >= 14")
+        if self.complement_draw not in ("popular", "uniform"):
+            raise ValueError(
+                f"synth.complement_draw={self.complement_draw!r}: must be 'popular' or 'uniform'"
+            )
         if _day(self.end) <= _day(self.start):
             raise ValueError(f"synth: end {self.end!r} must be after start {self.start!r}")
 
@@ -314,14 +327,15 @@ def _amazon_catalog(
         for k in range(size):  # the next product of the line first, complements after
             cat.successors.append([members[k + 1]] if k + 1 < size else [])
     cat.popularity = _zipf(rng, len(cat.ids), cfg.popularity_exponent)
-    _add_complements(rng, cat)
+    _add_complements(rng, cat, cfg.complement_draw == "popular")
     return cat
 
 
-def _add_complements(rng: np.random.Generator, cat: _Catalog) -> None:
+def _add_complements(rng: np.random.Generator, cat: _Catalog, by_popularity: bool) -> None:
     """Two fixed complements per item from the same taste group (or anywhere if the group is tiny).
 
-    Drawn by popularity: what people buy next is itself mostly popular, which keeps the head heavy.
+    By popularity, what people buy next is itself mostly popular, which keeps the head heavy; uniform
+    complements leave the sequential signal in the tail, where popularity cannot follow it.
     """
     groups: dict[int, list[int]] = {}
     for i, g in enumerate(cat.group):
@@ -330,7 +344,7 @@ def _add_complements(rng: np.random.Generator, cat: _Catalog) -> None:
         pool = [j for j in groups[cat.group[i]] if j != i and j not in succ] or [
             j for j in range(len(cat.ids)) if j != i
         ]
-        p = cat.popularity[pool] / cat.popularity[pool].sum()
+        p = cat.popularity[pool] / cat.popularity[pool].sum() if by_popularity else None
         for j in rng.choice(len(pool), size=min(2, len(pool)), replace=False, p=p):
             succ.append(pool[int(j)])
 
@@ -510,7 +524,63 @@ YELP_NAME_PARTS = [
 ]
 
 
+def _yelp_fields(rng: np.random.Generator, top: str, name: str) -> dict[str, str]:
+    subs = [_pick(rng, YELP_VOCAB[top]) for _ in range(2)]
+    cats = list(dict.fromkeys([*subs, top]))
+    return {
+        "name": f"{name} {subs[0]}",
+        "categories": ", ".join(cats[int(j)] for j in rng.permutation(len(cats))),
+    }
+
+
+def _yelp_group_catalog(rng: np.random.Generator, cfg: SynthConfig, ids: _Ids) -> _Catalog:
+    """Businesses in venue groups (one owner, one city, 2-5 venues of different kinds) and single ones.
+
+    A group's venues share its leading words ("Golden HydraCare Pizza", "Golden HydraCare Bars"); each
+    venue's first successor is the group's next venue, then the nearby complements of `_yelp_successors`."""
+    tops = list(YELP_VOCAB)
+    cat = _Catalog()
+    while len(cat.ids) < cfg.yelp_items:
+        city = int(rng.integers(len(CITIES)))
+        if rng.random() < cfg.yelp_group_share:
+            size = int(rng.integers(2, 6))
+            name = f"{_pick(rng, YELP_NAME_PARTS)} {_pick(rng, LINE_HEADS)}{_pick(rng, LINE_TAILS)}"
+        else:
+            size, name = 1, f"{_pick(rng, YELP_NAME_PARTS)} {_pick(rng, FIRST_NAMES)}'s"
+        members = list(range(len(cat.ids), min(len(cat.ids) + size, cfg.yelp_items)))
+        for i in members:
+            t = int(rng.integers(len(tops)))
+            cat.ids.append(ids.new(rng, "", _B64, 22))
+            cat.group.append(t)
+            cat.brand.append(city)
+            cat.fields.append(_yelp_fields(rng, tops[t], name))
+            cat.successors.append([i + 1] if i + 1 <= members[-1] else [])
+    _yelp_successors(rng, cat, keep=cat.successors)
+    cat.popularity = _zipf(rng, len(cat.ids), cfg.popularity_exponent)
+    return cat
+
+
+def _yelp_successors(rng: np.random.Generator, cat: _Catalog, keep: list[list[int]] | None = None) -> None:
+    """A nearby complement (dinner -> bar) then a nearby business of the same kind, after `keep`'s."""
+    tops = list(YELP_VOCAB)
+    by_city_top: dict[tuple[int, int], list[int]] = {}
+    for i in range(len(cat.ids)):
+        by_city_top.setdefault((cat.brand[i], cat.group[i]), []).append(i)
+    successors = []
+    for i in range(len(cat.ids)):
+        comp = by_city_top.get((cat.brand[i], tops.index(YELP_COMPLEMENT[tops[cat.group[i]]])), [])
+        same = [j for j in by_city_top[(cat.brand[i], cat.group[i])] if j != i]
+        first = keep[i] if keep is not None else []
+        successors.append(
+            first
+            + [int(x) for x in ([_pick(rng, comp)] if comp else []) + ([_pick(rng, same)] if same else [])]
+        )
+    cat.successors = successors
+
+
 def _yelp_catalog(rng: np.random.Generator, cfg: SynthConfig, ids: _Ids) -> _Catalog:
+    if cfg.yelp_group_share > 0:
+        return _yelp_group_catalog(rng, cfg, ids)
     tops = list(YELP_VOCAB)
     cat = _Catalog()
     chains = [f"{_pick(rng, YELP_NAME_PARTS)} {_pick(rng, LINE_HEADS)}" for _ in range(cfg.yelp_items // 6)]
@@ -532,15 +602,7 @@ def _yelp_catalog(rng: np.random.Generator, cfg: SynthConfig, ids: _Ids) -> _Cat
                 "categories": ", ".join(cats[int(j)] for j in rng.permutation(len(cats))),
             }
         )
-    by_city_top: dict[tuple[int, int], list[int]] = {}
-    for i in range(len(cat.ids)):
-        by_city_top.setdefault((cat.brand[i], cat.group[i]), []).append(i)
-    for i in range(len(cat.ids)):  # nearby complement (dinner -> bar) first, then same kind nearby
-        comp = by_city_top.get((cat.brand[i], tops.index(YELP_COMPLEMENT[tops[cat.group[i]]])), [])
-        same = [j for j in by_city_top[(cat.brand[i], cat.group[i])] if j != i]
-        cat.successors.append(
-            [int(x) for x in ([_pick(rng, comp)] if comp else []) + ([_pick(rng, same)] if same else [])]
-        )
+    _yelp_successors(rng, cat)
     cat.popularity = _zipf(rng, len(cat.ids), cfg.popularity_exponent)
     return cat
 

@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on generated data, local Ray + DeepSpeed on CPU")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks for training")
-    p.add_argument("--users", type=int, default=300, help="synthetic users per dataset")
-    p.add_argument("--items", type=int, default=150, help="synthetic items per dataset")
+    p.add_argument("--users", type=int, default=None, help="synthetic users per dataset (default: [synth])")
+    p.add_argument("--items", type=int, default=None, help="synthetic items per dataset (default: [synth])")
     _add_overrides(p)
 
     p = sub.add_parser("export", help="write a checkpoint's models as HF save_pretrained folders")

@@ -36,6 +36,7 @@ LAZY_SECTIONS = {
     "loader": "fusionrec.data_pipeline.loader:LoaderConfig",
     "eval": "fusionrec.cluster.generative:EvaluateConfig",
     "zeroshot": "fusionrec.cluster.zeroshot:ZeroShotConfig",
+    "synth": "fusionrec.data_pipeline.synth:SynthConfig",
 }
 
 
@@ -58,6 +59,7 @@ class Config:
     loader: Any = None  # data_pipeline.loader.LoaderConfig
     eval: Any = None  # cluster.generative.EvaluateConfig (`fusionrec evaluate`)
     zeroshot: Any = None  # cluster.zeroshot.ZeroShotConfig (`fusionrec zeroshot`)
+    synth: Any = None  # data_pipeline.synth.SynthConfig: the generated world `fusionrec demo` writes
     # recipe name -> its section, an instance of the dataclass its RECIPE.section names (recipes/<name>/config.py)
     recipes: dict[str, Any] = field(default_factory=dict, metadata={"flatten": True})
 

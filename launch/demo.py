@@ -9,6 +9,7 @@ Each stage is one library call; the demo only chooses sizes and paths (launch/co
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,13 +39,21 @@ def _stage(name: str, fn: Callable[[], Any], timings: dict[str, float]) -> Any:
     return result
 
 
-def synthesize(cfg: Config, out: Path, users: int, items: int) -> dict:
-    from fusionrec.data_pipeline.synth import synth
+def synthesize(cfg: Config, out: Path, users: int | None, items: int | None) -> dict:
+    """The [synth] world of the config, for the categories (and Yelp) its datasets read."""
+    from fusionrec.data_pipeline.synth import generate
 
-    cats = tuple(s.category for s in cfg.data.datasets if s.category)
-    return synth(out / "raw", seed=cfg.data.seed, categories=cats, users_per_category=users,
-                 items_per_category=items, yelp=any(s.format == "yelp" for s in cfg.data.datasets),
-                 yelp_users=users, yelp_items=items)  # fmt: skip
+    world = dataclasses.replace(
+        cfg.section("synth"),
+        seed=cfg.data.seed,
+        categories=tuple(s.category for s in cfg.data.datasets if s.category),
+        yelp=any(s.format == "yelp" for s in cfg.data.datasets),
+    )
+    if users is not None:
+        world = dataclasses.replace(world, users_per_category=users, yelp_users=users)
+    if items is not None:
+        world = dataclasses.replace(world, items_per_category=items, yelp_items=items)
+    return generate(out / "raw", world)
 
 
 def prepare_corpus(cfg: Config) -> dict:
@@ -95,7 +104,7 @@ def zero_shot(cfg: Config, ckpt: Path) -> list[dict]:
     return records
 
 
-def run_demo(out: str | Path = "runs/demo", nproc: int = 2, users: int = 300, items: int = 150,
+def run_demo(out: str | Path = "runs/demo", nproc: int = 2, users: int | None = None, items: int | None = None,
              overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     out = Path(out)
     cfg = demo_config(out, overrides or [])
