@@ -122,13 +122,9 @@ def diagnose(max_steps: int, work: Path) -> dict:
             "examples": len(module.examples)}  # fmt: skip
 
 
-def _windows(losses: list[float], size: int = 5) -> list[float]:
-    """Means of consecutive `size`-step windows: what bench/palr.py's `log_every=5` logged."""
-    return [round(statistics.mean(losses[i : i + size]), 4) for i in range(0, len(losses) - size + 1, size)]
-
-
 def run(quick: bool = False) -> list[dict]:
     from fusionrec.bench import provenance
+    from fusionrec.bench.palr import loss_curve
 
     torch.manual_seed(0)
     steps = 4 if quick else 55
@@ -138,7 +134,7 @@ def run(quick: bool = False) -> list[dict]:
         except FileNotFoundError as err:
             return [{"bench": "palr-loss-diagnosis", "skipped": str(err)}]
     ctx = {"quick": quick, "steps": steps, "examples": out["examples"], "fit_seconds": out["fit_seconds"],
-           "step_losses": out["step_losses"], "window5_means": _windows(out["step_losses"]), **provenance()}  # fmt: skip
+           "step_losses": out["step_losses"], "loss_curve": loss_curve(out["step_losses"], window=5), **provenance()}  # fmt: skip
     lines = []
     for name, what in (("seen", "first 40 fine-tuning examples, trained on once"),
                        ("heldout", "40 examples of 20 users never trained on")):  # fmt: skip

@@ -120,3 +120,13 @@ def test_palr_recipe_trains_on_processed_folder(tmp_path):
     assert len(module.examples) == 16 and module.skipped == {"too_long": 0}
     assert state.step == 6 * 4 == len(losses)
     assert losses[-1] < losses[0] - 0.2, losses
+
+
+@pytest.mark.unit
+def test_bench_loss_curve_window_means_and_ema_hand_computed():
+    from fusionrec.bench.palr import loss_curve
+
+    curve = loss_curve([1.0, 2.0, 3.0, 4.0, 5.0], window=2, ema=0.5)
+    assert curve["window_means"] == [1.5, 3.5, 5.0]  # the last window holds one step
+    assert curve["ema_last"] == pytest.approx(4.0625)  # 1 -> 1.5 -> 2.25 -> 3.125 -> 4.0625
+    assert loss_curve([])["ema_last"] is None
