@@ -16,6 +16,7 @@ Guarantees (and how):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ..fileio import atomic_write_text as _atomic_write
-from ..trainer.metrics import MetricSums
+from ..trainer.metrics import MetricSums, target_ranks
 from .evalset import EvalSet, Scorer, ScorerFactory, UserBatch  # noqa: F401  (Scorer: re-exported)
 from .ray_local import RayConfig, init_ray
 from .results import plot_results, results_csv, results_markdown, results_rows  # noqa: F401  (re-exported)
@@ -76,11 +77,15 @@ class EvalResult:
     fingerprint: str
     skipped: dict[str, int]
     sums: MetricSums = field(repr=False)
+    # each user's 0-based target rank in EvalSet order (-1 = not in the top-k): what paired comparisons of
+    # two models on the same users resample (cluster.results.paired_difference)
+    ranks: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int32))
 
     def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("sums")
-        return d
+        d = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("sums", "ranks")
+        }
+        return copy.deepcopy(d)
 
 
 # ------------------------------------------------------------------------------------------------ actor
@@ -103,8 +108,8 @@ class EvalWorker:
 
         return ray.get_runtime_context().get_node_id()
 
-    def run_unit(self, unit: int, start: int, stop: int) -> tuple[int, MetricSums]:
-        parts = []
+    def run_unit(self, unit: int, start: int, stop: int) -> tuple[int, MetricSums, list[int]]:
+        parts, ranks = [], []
         for lo in range(start, stop, self.batch_size):
             hi = min(stop, lo + self.batch_size)
             batch = UserBatch(self.data.user_ids[lo:hi], [self.data.history(i) for i in range(lo, hi)])
@@ -113,8 +118,10 @@ class EvalWorker:
                 raise ValueError(
                     f"scorer returned shape {tuple(topk.shape)} for {hi - lo} users, top_k {self.depth}"
                 )
-            parts.append(MetricSums.from_topk(topk, torch.tensor(self.data.targets[lo:hi]), self.ks))
-        return unit, sum(parts)
+            targets = torch.tensor(self.data.targets[lo:hi])
+            parts.append(MetricSums.from_topk(topk, targets, self.ks))
+            ranks += target_ranks(topk, targets).tolist()
+        return unit, sum(parts), ranks
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -163,12 +170,14 @@ def _load_units(results_dir: Path, fingerprint: str, n_units: int, bounds: list[
         unit = rec.get("unit")
         if rec.get("fingerprint") != fingerprint or not isinstance(unit, int) or not 0 <= unit < n_units:
             raise ValueError(f"{path}: unit file from another run or layout (unit={unit})")
-        sums = _sums_from_json(rec["sums"])
-        if sums.count != bounds[unit][1] - bounds[unit][0]:
-            raise ValueError(
-                f"{path}: {sums.count} users counted for a unit of {bounds[unit][1] - bounds[unit][0]}"
-            )
-        done[unit] = sums
+        sums, size = _sums_from_json(rec["sums"]), bounds[unit][1] - bounds[unit][0]
+        if sums.count != size:
+            raise ValueError(f"{path}: {sums.count} users counted for a unit of {size}")
+        if "ranks" not in rec:  # written before per-user ranks were kept: run the unit again
+            continue
+        if len(rec["ranks"]) != size:
+            raise ValueError(f"{path}: {len(rec['ranks'])} per-user ranks for a unit of {size}")
+        done[unit] = (sums, rec["ranks"])
     return done
 
 
@@ -231,7 +240,7 @@ def _run_units(
     todo: list[int],
     bounds: list[tuple[int, int]],
     cfg: EvaluatorConfig,
-    on_done: Callable[[int, list[int]], None],
+    on_done: Callable[[int, MetricSums, list[int]], None],
     on_progress: Callable[[_Pool, int], None] | None,
 ) -> int:
     """Drive the pool until every unit in `todo` has a result; returns how many units were re-run."""
@@ -254,12 +263,12 @@ def _run_units(
         [fut], _ = ray.wait(list(inflight), num_returns=1)
         slot, unit = inflight.pop(fut)
         try:
-            got_unit, sums = ray.get(fut)
+            got_unit, sums, ranks = ray.get(fut)
         except (ActorDiedError, ActorUnavailableError, RayActorError):
             retried += _requeue_dead(pool, slot, unit, inflight, queue, attempts, cfg)
         else:
             assert got_unit == unit, (got_unit, unit)
-            on_done(unit, sums)
+            on_done(unit, sums, ranks)
         submit(slot)
         if on_progress is not None:
             on_progress(pool, len(inflight))
@@ -311,12 +320,12 @@ def evaluate(
     init_ray(ray_cfg)
     t0 = time.perf_counter()
     bar = tqdm(total=len(data), unit="user", desc=f"eval {data.name}", disable=not cfg.progress)
-    bar.update(sum(r.count for r in done.values()))
+    bar.update(sum(sums.count for sums, _ in done.values()))
 
-    def on_done(unit: int, sums: MetricSums) -> None:
+    def on_done(unit: int, sums: MetricSums, ranks: list[int]) -> None:
         if unit in done:  # a duplicate (re-run of a unit whose first result also arrived): keep the first
             return
-        done[unit] = sums
+        done[unit] = (sums, ranks)
         if out_dir is not None:
             rec = {
                 "unit": unit,
@@ -324,7 +333,8 @@ def evaluate(
                 "stop": bounds[unit][1],
                 "fingerprint": fingerprint,
             }
-            _atomic_write(out_dir / f"unit-{unit:06d}.json", json.dumps({**rec, "sums": _sums_to_json(sums)}))
+            rec |= {"sums": _sums_to_json(sums), "ranks": ranks}
+            _atomic_write(out_dir / f"unit-{unit:06d}.json", json.dumps(rec))
         bar.update(sums.count)
 
     todo = [u for u in range(len(bounds)) if u not in done]
@@ -343,8 +353,9 @@ def evaluate(
             pool.shutdown()
     seconds = time.perf_counter() - t0
     assert sorted(done) == list(range(len(bounds))), "a unit has no result"
-    total = sum(done[u] for u in range(len(bounds)))
-    assert total.count == len(data), (total.count, len(data))
+    total = sum(done[u][0] for u in range(len(bounds)))
+    ranks = np.asarray([r for u in range(len(bounds)) for r in done[u][1]], dtype=np.int32)
+    assert total.count == len(data) == len(ranks), (total.count, len(data), len(ranks))
     evaluated_now = len(data) - sum(bounds[u][1] - bounds[u][0] for u in range(len(bounds)) if u not in todo)
     return EvalResult(
         dataset=data.name,
@@ -360,6 +371,7 @@ def evaluate(
         fingerprint=fingerprint,
         skipped=dict(data.skipped),
         sums=total,
+        ranks=ranks,
     )
 
 

@@ -322,6 +322,7 @@ def _record(model: str, res: EvalResult, selection: dict, checkpoint: str, confi
 
     names = [m for m in res.metrics if m.startswith(("HR@", "NDCG@"))]
     return {**res.as_dict(), "intervals": metric_intervals(res.sums, names), "model": model,
+            "ranks": res.ranks.tolist(),  # per user, for paired comparisons (cluster.results.paired_difference)
             "users_selection": selection, "checkpoint": checkpoint, "config": config}  # fmt: skip
 
 
@@ -403,10 +404,20 @@ def _evaluate_dataset(ckpt: Path, ds_dir: Path, name: str, cfg: EvaluateConfig, 
         res = evaluate(data, factory, cfg.evaluator, scorer_desc=desc, results_dir=out / "units" / name / model,
                        ray_cfg=cfg.ray)  # fmt: skip
         records.append(_record(model, res, selection, str(ckpt), dataclasses.asdict(gen)))
+    records.append(_random_record(data, name, selection, cfg))
     doc = {"dataset": name, "split": gen.split, "users_selection": selection, "complete": True,
            "finished_unix": time.time(), "results": records}  # fmt: skip
     atomic_write(out / f"{name}.json", json.dumps(doc, indent=2, sort_keys=True, default=str))
     return records
+
+
+def _random_record(data: EvalSet, name: str, selection: dict, cfg: EvaluateConfig) -> dict[str, Any]:
+    """A uniformly random ranking of the same users, exactly (an expectation: no interval, no scoring)."""
+    from .results import random_ranking_metrics
+
+    metrics = random_ranking_metrics(data, cfg.evaluator.ks, cfg.generative.exclude_history)
+    return {"dataset": name, "model": "random (exact)", "metrics": metrics, "users": len(data), "seconds": 0.0,
+            "exact": True, "users_selection": selection}  # fmt: skip
 
 
 def _check_vocab(id_table_json: Path, item_ids: list[str]) -> None:

@@ -54,6 +54,40 @@ def metric_intervals(
     return out
 
 
+def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each user's HR@k or NDCG@k from 0-based target ranks (-1 = not ranked)."""
+    kind, k = metric.split("@")
+    ranks = np.asarray(ranks)
+    hit = (ranks >= 0) & (ranks < int(k))
+    if kind == "HR":
+        return hit.astype(np.float64)
+    if kind == "NDCG":
+        return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+    raise ValueError(f"no per-user value for metric {metric!r} (HR@k and NDCG@k only)")
+
+
+def paired_difference(
+    ranks_a: np.ndarray,
+    ranks_b: np.ndarray,
+    metric: str,
+    level: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A - B on the *same* users (ranks in the same user order): the mean difference of `metric` and its
+    percentile bootstrap interval over users (both models' values of a user move together, so the interval
+    is much narrower than two separate ones). "A beats B" means the interval's low end is above zero."""
+    a, b = per_user_metric(ranks_a, metric), per_user_metric(ranks_b, metric)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"paired comparison needs the same non-empty users, got {len(a)} and {len(b)}")
+    diff = a - b
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    means = diff[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"metric": metric, "a": float(a.mean()), "b": float(b.mean()), "difference": float(diff.mean()),
+            "interval": [float(lo), float(hi)], "users": len(diff), "level": level}  # fmt: skip
+
+
 def random_ranking_metrics(data: Any, ks: Sequence[int], exclude_history: bool) -> dict[str, Any]:
     """HR@k and NDCG@k of a uniformly random ranking of each user's candidates, exactly (expectation, no
     sampling), on the users of `data` (a `cluster.evalset.EvalSet`).
@@ -86,20 +120,30 @@ def random_ranking_metrics(data: Any, ks: Sequence[int], exclude_history: bool) 
     return out
 
 
-def results_rows(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> list[list[str]]:
-    """Rows (header first) for Markdown/CSV: one row per (model, dataset) result record."""
+def _cell(r: dict[str, Any], col: str, with_interval: bool) -> str:
+    if col not in r["metrics"]:
+        return ""
+    interval = (r.get("intervals") or {}).get(col) if with_interval else None
+    value = f"{r['metrics'][col]:.4f}"
+    return f"{value} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else value
+
+
+def results_rows(
+    results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS, with_intervals: bool = False
+) -> list[list[str]]:
+    """Rows (header first) for Markdown/CSV: one row per (model, dataset) result record; `with_intervals`
+    writes each metric's 95% bootstrap interval beside it where the record has one."""
     rows = [["model", "dataset", *cols, "users", "seconds"]]
     for r in results:
-        m = r["metrics"]
         rows.append(
-            [str(r.get("model", "")), r["dataset"], *(f"{m[c]:.4f}" if c in m else "" for c in cols),
+            [str(r.get("model", "")), r["dataset"], *(_cell(r, c, with_intervals) for c in cols),
              str(r["users"]), f"{r['seconds']:.1f}"]
         )  # fmt: skip
     return rows
 
 
 def results_markdown(results: Sequence[dict[str, Any]], cols: Sequence[str] = _TABLE_COLS) -> str:
-    rows = results_rows(results, cols)
+    rows = results_rows(results, cols, with_intervals=True)
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(lines) + "\n"

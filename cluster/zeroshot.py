@@ -298,6 +298,7 @@ def _run_one(ckpt: Path, name: str, prep: dict, built: dict, cfg: ZeroShotConfig
         **res.as_dict(),
         "intervals": metric_intervals(res.sums, _metric_names(cfg.evaluator.ks)),
         "interval": INTERVAL,
+        "ranks": res.ranks.tolist(),  # per user, for paired comparisons (cluster.results.paired_difference)
         "random": random_ranking_metrics(prep["data"], cfg.evaluator.ks, gen.exclude_history),
         "most_popular": popular,
         "model": "idgenrec",
@@ -333,4 +334,4 @@ def most_popular_record(name: str, prep: dict, cfg: ZeroShotConfig, out: Path) -
                    results_dir=out / "units" / f"{name}.most_popular", ray_cfg=cfg.ray)  # fmt: skip
     return {**res.as_dict(), "model": "most_popular", "fit_on": MOST_POPULAR_FIT, "zero_shot": False,
             "intervals": metric_intervals(res.sums, _metric_names(cfg.evaluator.ks)), "interval": INTERVAL,
-            "users_selection": prep["selection"], "config": dataclasses.asdict(factory)}  # fmt: skip
+            "ranks": res.ranks.tolist(), "users_selection": prep["selection"], "config": dataclasses.asdict(factory)}  # fmt: skip

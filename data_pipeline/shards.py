@@ -35,7 +35,6 @@ from .config import ShardConfig
 from .errors import DataError
 from .preprocess import ProcessedDataset, sample_positions
 from .records import SPLITS
-from .world_stats import dataset_stats, format_stats
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -416,9 +415,6 @@ def inspect(out_dir: str | Path) -> dict:
                 path, None, f"dataset {name!r}: shards hold {got} samples, manifest says {want['samples']}"
             )
         report["datasets"][name] = {k: want[k] for k in ("users", "items", "interactions")} | {"samples": got}
-        processed = out_dir / "processed" / name
-        if (processed / "sequences.parquet").is_file():  # is recommendation a real task here? (world_stats)
-            report["datasets"][name]["world"] = dataset_stats(processed)
     if report["samples"] != manifest["samples"]:
         raise DataError(
             path, None, f"shards hold {report['samples']} samples, manifest says {manifest['samples']}"
@@ -438,8 +434,6 @@ def format_inspect(report: dict, indent: str = "") -> str:
             f"{indent}  {name}: {ds['users']:,} users, {ds['items']:,} items, {ds['interactions']:,} interactions;"
             f" samples train {s['train']:,} / valid {s['valid']:,} / test {s['test']:,}"
         )
-        if "world" in ds:
-            lines.append(f"{indent}    {format_stats(ds['world'])}")
     for name, sub in report.get("zeroshot", {}).items():
         lines.append(f"{indent}zero-shot {name}:")
         lines.append(format_inspect(sub, indent + "  "))

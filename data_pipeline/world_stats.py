@@ -78,3 +78,17 @@ def format_stats(stats: dict[str, float | int], k: int = 10) -> str:
         f"popularity Gini {stats['gini']:.2f}, tail share {stats['tail_share']:.2f}; "
         f"most-popular HR@{k} {stats[f'most_popular_hr@{k}']:.4f}, random HR@{k} {stats[f'random_hr@{k}']:.4f}"
     )
+
+
+def corpus_stats(corpus_dir: str | Path, k: int = 10) -> dict[str, dict[str, float | int]]:
+    """`dataset_stats` of every processed dataset of a corpus: pretraining ones, then held-out (zero-shot)."""
+    corpus = Path(corpus_dir)
+    dirs = sorted((corpus / "processed").glob("*/sequences.parquet"))
+    dirs += sorted((corpus / "zeroshot").glob("*/processed/*/sequences.parquet"))
+    return {p.parent.name: dataset_stats(p.parent, k) for p in dirs}
+
+
+def format_corpus_stats(stats: dict[str, dict[str, float | int]], indent: str = "", k: int = 10) -> str:
+    lines = [f"{indent}is recommendation a real task here? (data_pipeline/world_stats.py)"]
+    lines += [f"{indent}  {name}: {format_stats(s, k)}" for name, s in stats.items()]
+    return "\n".join(lines)

@@ -68,7 +68,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout)
         print()
     else:
+        from fusionrec.data_pipeline.world_stats import corpus_stats, format_corpus_stats
+
         print(format_inspect(report))
+        print(format_corpus_stats(corpus_stats(args.corpus)))
     return 0
 
 

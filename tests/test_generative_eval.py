@@ -111,7 +111,7 @@ def test_evaluate_checkpoint_writes_results_with_baseline_and_says_which_users(t
     )
 
     records, out = two_actor_run
-    assert sorted(r["model"] for r in records) == ["idgenrec", "most_popular"]
+    assert sorted(r["model"] for r in records) == ["idgenrec", "most_popular", "random (exact)"]
     from fusionrec.cluster.generative import load_evalset
 
     data, ds = _sampled(tiny_run)
@@ -126,11 +126,22 @@ def test_evaluate_checkpoint_writes_results_with_baseline_and_says_which_users(t
     counts = fit_most_popular(train_sequences(seqs, vocab), len(vocab))
     mp = next(r for r in records if r["model"] == "most_popular")
     assert mp["metrics"] == evaluate_in_process(MostPopularScorer(counts, 10), data, (5, 10)).to_dict()
+    # Per-user ranks (for paired comparisons) agree with the merged metrics, in the EvalSet's user order.
+    for r in (x for x in records if "ranks" in x):
+        ranks = np.asarray(r["ranks"])
+        assert len(ranks) == N_SAMPLE and r["metrics"]["HR@10"] == pytest.approx(
+            ((ranks >= 0) & (ranks < 10)).mean()
+        )
+    ranks_mp = np.asarray(mp["ranks"])
+    top = np.argsort(-counts, kind="stable")[:10]
+    assert [int(np.nonzero(top == t)[0][0]) if t in top else -1 for t in data.targets] == ranks_mp.tolist()
+    rand = next(r for r in records if r["model"] == "random (exact)")
+    assert rand["metrics"]["HR@10"] == pytest.approx(10 / len(vocab)) and rand["exact"]
     doc = json.loads((out / "beauty.json").read_text())
     assert doc["complete"] and [r["model"] for r in doc["results"]] == [r["model"] for r in records]
     md = (out / "results.md").read_text()
     assert "| idgenrec | beauty |" in md and "| most_popular | beauty |" in md
-    assert (out / "results.csv").read_text().count("\n") == 3
+    assert (out / "results.csv").read_text().count("\n") == 4
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
