@@ -130,3 +130,33 @@ def test_bench_loss_curve_window_means_and_ema_hand_computed():
     assert curve["window_means"] == [1.5, 3.5, 5.0]  # the last window holds one step
     assert curve["ema_last"] == pytest.approx(4.0625)  # 1 -> 1.5 -> 2.25 -> 3.125 -> 4.0625
     assert loss_curve([])["ema_last"] is None
+
+
+@pytest.mark.integration
+def test_palr_engine_optimises_exactly_the_lora_weights_with_warmup(tmp_path):
+    """What `fusionrec train palr` trains: the optimizer holds the LoRA weights and nothing else, the base stays
+    frozen, and the lr warms up linearly from lr/warmup (issue 17's checklist for a loss that does not fall)."""
+    from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig
+    from fusionrec.trainer.model_config import LoRAConfig
+    from fusionrec.trainer.recipes.palr.config import PALRRecipeConfig
+    from fusionrec.trainer.recipes.palr.module import PALRModule
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    seqs, text = _catalog(10)
+    pq.write_table(pa.table({"item_id": list(text), "text": list(text.values())}), tmp_path / "items.parquet")
+    pq.write_table(
+        pa.table({"user_id": list(seqs), "item_ids": list(seqs.values())}), tmp_path / "sequences.parquet"
+    )
+    lora = LoRAConfig(rank=4, alpha=8, targets="all-linear")
+    recipe = PALRRecipeConfig(
+        data_dir=str(tmp_path), retriever="cooccurrence", model=CausalLMConfig(max_length=1024, lora=lora)
+    )
+    strategy = DeepspeedStrategy(DeepSpeedConfig(zero_stage=0, micro_batch_size=2))
+    strategy.setup()
+    engine = PALRModule(recipe).configure(strategy, OptimConfig(lr=1e-3, warmup_steps=4))["ranker"]
+    in_optimizer = {id(p) for g in engine._ds.optimizer.param_groups for p in g["params"]}
+    named = dict(engine.module.named_parameters())
+    lora_ids = {id(p) for n, p in named.items() if "lora_" in n}
+    assert in_optimizer == lora_ids and len(lora_ids) == 2 * 7 * CausalLMConfig().tiny.num_layers
+    assert all(p.requires_grad == ("lora_" in n) for n, p in named.items())
+    assert engine.lr == pytest.approx(1e-3 / 4)  # step 0 of the warmup already moves the weights

@@ -183,8 +183,8 @@ def score_candidates(
     one long prompt; the naive way (`score_pairs`) re-encodes the prompt C times. Here the prompt runs once
     (batch 1, only its last logit kept) and all candidates run as ONE packed row over that cache, isolated
     from each other by a block-diagonal mask (`_packed_candidates`). Repeating the cache C times instead
-    (batch C) copied C x the prompt's keys/values per layer and padded every candidate to the longest: 4-6x
-    slower with SmolLM2 at 50 candidates (`bench/palr_rerank_speed.py`). Results equal `score_pairs` (tested);
+    (batch C) copied C x the prompt's keys/values per layer and padded every candidate to the longest: 2.3x
+    slower per user with SmolLM2 at 50 candidates (`bench/palr_rerank_speed.py`). Results equal `score_pairs` (tested);
     `pad_id` only fills the returned [C, A] layout's unused slots.
     """
     if not candidate_ids or any(not c for c in candidate_ids):
