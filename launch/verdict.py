@@ -51,7 +51,7 @@ def zeroshot_verdict(records: Sequence[dict[str, Any]], metric: str = "HR@10") -
     out = []
     for r in records:
         value, (lo, hi) = r["metrics"][metric], r["intervals"][metric]
-        rand = r["random"]["metrics"][metric]
+        rand = r["random"][metric]
         above = lo > rand
         out.append({"dataset": r["dataset"], "metric": metric, "value": value, "interval": [lo, hi],
                     "random": rand, "ratio": value / rand if rand else None, "users": r["users"],
