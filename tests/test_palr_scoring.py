@@ -104,3 +104,10 @@ def test_token_logprobs_is_log_softmax_gather_across_chunks():
     expected = torch.log_softmax(logits, -1)[torch.arange(150), targets]
     torch.testing.assert_close(token_logprobs(logits, targets), expected)
     assert token_logprobs(logits[:0], targets[:0]).shape == (0,)
+
+
+def test_an_attention_that_ignores_4d_masks_is_refused(tiny, monkeypatch):
+    model, tok = tiny
+    monkeypatch.setattr(model.config, "_attn_implementation_internal", "flash_attention_2")
+    with pytest.raises(ValueError, match="flash_attention_2 ignores"):
+        score_candidates(model, tok("x")["input_ids"], [[40]], tok.pad_token_id)

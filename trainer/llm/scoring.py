@@ -189,6 +189,13 @@ def score_candidates(
     """
     if not candidate_ids or any(not c for c in candidate_ids):
         raise ValueError("score_candidates needs at least one non-empty candidate")
+    impl = _attn_implementation(model)
+    if impl.startswith("flash_attention"):
+        # flash-attn kernels take no arbitrary mask: candidates would silently attend to each other.
+        raise ValueError(
+            f"score_candidates packs candidates under a 4D attention mask, which {impl} ignores; "
+            "load the model with attn_implementation='sdpa' (or 'eager') for scoring"
+        )
     was_training = _is_training(model)
     model.eval()
     try:
@@ -211,6 +218,12 @@ def score_candidates(
         return _gather_candidates(first.logits[0, -1], out.logits[0], candidate_ids, pad_id)
     finally:
         model.train(was_training)
+
+
+def _attn_implementation(model: nn.Module) -> str:
+    """The HF attention implementation behind a plain, PEFT-wrapped or engine-wrapped (`.module`) model."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return str(getattr(config, "_attn_implementation", None) or "eager")
 
 
 def _gather_candidates(
