@@ -31,6 +31,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch-free at import: the callback module is only named here
+    from fusionrec.trainer.callbacks import HistoryCallback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -169,6 +173,11 @@ def _metric_lines(name: str, summary: dict, scale: float, what: str, extra: dict
         lines.append({"bench": f"palr-{name}-{m}", "ours": round(ours, 4), "baseline": round(base, 4),
                       "ratio": round(ours / base, 3) if base else None, "unit": f"{m.upper()} ({what})", **extra})  # fmt: skip
     return lines
+
+
+def logged_losses(history: HistoryCallback) -> list[float]:
+    """The PALR loss of every log line a `trainer.callbacks.HistoryCallback` kept, in order (4 decimals)."""
+    return [round(float(log["palr/loss"]), 4) for log in history.logs if "palr/loss" in log]
 
 
 def loss_curve(losses: list[float], window: int = 10, ema: float = 0.1) -> dict:

@@ -91,34 +91,27 @@ def _window_sd(total: torch.Tensor, count: torch.Tensor, size: int = 20, draws: 
 def diagnose(max_steps: int, work: Path) -> dict:
     """Fine-tune as bench/palr.py's FULL run does (one epoch, capped at `max_steps`), then score both sets."""
     from fusionrec.bench import find_shared
-    from fusionrec.bench.palr import write_processed
-    from fusionrec.trainer.callbacks import Callback
+    from fusionrec.bench.palr import logged_losses, write_processed
+    from fusionrec.trainer.callbacks import HistoryCallback
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.recipes.palr.module import PALRModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
-
-    class StepLosses(Callback):
-        def __init__(self) -> None:
-            self.losses: list[float] = []
-
-        def on_log(self, trainer, metrics: dict[str, float]) -> None:
-            self.losses.append(round(float(metrics["palr/loss"]), 4))
 
     src = find_shared("data/amazon_beauty/user_sequence.txt")
     if src is None:
         raise FileNotFoundError("../shared/data/amazon_beauty not found")
     write_processed(src.parent, work / "beauty", title_words=6)
     rec, cfg = _setup(work / "beauty", work / "run", max_steps)
-    module, steps = PALRModule(rec), StepLosses()
+    module, history = PALRModule(rec), HistoryCallback()
     t0 = time.perf_counter()
-    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[steps]).fit()
+    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[history]).fit()
     fit_s = time.perf_counter() - t0
     model, pad = module.engines["ranker"].module, module.tokenizer.pad_token_id
     sets = {"seen": module.examples[:N_EVAL], "heldout": heldout_examples(module, N_EVAL)}
     tuned = {name: per_task_nll(model, pairs, pad) for name, pairs in sets.items()}
     with model.disable_adapter():
         base = {name: per_task_nll(model, pairs, pad) for name, pairs in sets.items()}
-    return {"step_losses": steps.losses, "tuned": tuned, "base": base, "fit_seconds": round(fit_s, 1),
+    return {"step_losses": logged_losses(history), "tuned": tuned, "base": base, "fit_seconds": round(fit_s, 1),
             "examples": len(module.examples)}  # fmt: skip
 
 

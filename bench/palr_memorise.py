@@ -88,23 +88,17 @@ def greedy_exact(model, pairs) -> int:
 
 def memorise(epochs: int, work: Path) -> dict:
     """Fine-tune on the 32 examples for `epochs` epochs; per-epoch mean losses, exact answers after and before."""
-    from fusionrec.trainer.callbacks import Callback
+    from fusionrec.bench.palr import logged_losses
+    from fusionrec.trainer.callbacks import HistoryCallback
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.recipes.palr.module import PALRModule
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
-    class EpochLosses(Callback):
-        def __init__(self) -> None:
-            self.losses: list[float] = []
-
-        def on_log(self, trainer, metrics: dict[str, float]) -> None:
-            self.losses.append(round(float(metrics["palr/loss"]), 4))
-
     synthetic_folder(work / "data")
     rec, cfg = recipe(work / "data", epochs, work / "run")
-    module, keep = PALRModule(rec), EpochLosses()
+    module, history = PALRModule(rec), HistoryCallback()
     t0 = time.perf_counter()
-    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[keep]).fit()
+    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[history]).fit()
     seconds = time.perf_counter() - t0
     if len(module.examples) != N_EXAMPLES:
         raise RuntimeError(f"expected {N_EXAMPLES} examples, got {len(module.examples)}")
@@ -112,7 +106,7 @@ def memorise(epochs: int, work: Path) -> dict:
     exact = greedy_exact(model, module.examples)
     with model.disable_adapter():
         base_exact = greedy_exact(model, module.examples)
-    return {"epoch_losses": keep.losses, "exact": exact, "base_exact": base_exact, "fit_seconds": round(seconds, 1),
+    return {"epoch_losses": logged_losses(history), "exact": exact, "base_exact": base_exact, "fit_seconds": round(seconds, 1),
             "answer_tokens": sum(len(p.answer_ids) for p in module.examples),
             "prompt_tokens": sum(len(p.prompt_ids) for p in module.examples)}  # fmt: skip
 
