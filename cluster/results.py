@@ -120,12 +120,16 @@ def random_ranking_metrics(data: Any, ks: Sequence[int], exclude_history: bool) 
     return out
 
 
+def value_with_interval(r: dict[str, Any], col: str) -> str:
+    """`0.0123 [0.0100, 0.0150]`: a record's metric with its 95% interval, or the value alone without one."""
+    ci = (r.get("intervals") or {}).get(col)
+    return f"{r['metrics'][col]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
 def _cell(r: dict[str, Any], col: str, with_interval: bool) -> str:
     if col not in r["metrics"]:
         return ""
-    interval = (r.get("intervals") or {}).get(col) if with_interval else None
-    value = f"{r['metrics'][col]:.4f}"
-    return f"{value} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else value
+    return value_with_interval(r, col) if with_interval else f"{r['metrics'][col]:.4f}"
 
 
 def results_rows(
@@ -183,6 +187,13 @@ def plot_results(results: Sequence[dict[str, Any]], path: str | Path, metric: st
     ax.set_ylabel(metric)
     ax.legend()
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure atomically (temp name + rename, the format from the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     with atomic_target(path) as tmp:
         fig.savefig(tmp, dpi=100)

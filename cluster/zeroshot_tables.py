@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_text as atomic_write
-from .results import BOOTSTRAP_RESAMPLES
+from .results import BOOTSTRAP_RESAMPLES, save_figure, value_with_interval
 
 PAPER_SOURCE = (
     "IDGenRec paper, Table 7 (zero-shot): the foundation model pretrained for one epoch on the 'Fusion' corpus "
@@ -75,11 +75,6 @@ def reference_rows(records: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def _cell(x: dict[str, Any], m: str) -> str:
-    ci = (x.get("intervals") or {}).get(m)
-    return f"{x['metrics'][m]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-
-
 def zeroshot_markdown(records: list[dict[str, Any]]) -> str:
     """Our measurements (with intervals, random and most-popular rows), the ID tables' quality, and — in a
     separate section that says what they were measured on — the paper's Table 7 numbers."""
@@ -90,7 +85,7 @@ def zeroshot_markdown(records: list[dict[str, Any]]) -> str:
         for kind, x in _rows_of(r):
             timing = f"{x['seconds']:.1f} | {x['users_per_s']:.2f}" if kind != "random" else "|"
             lines.append(f"| {r['dataset']} | {r.get('scenario', '') if kind == 'ours' else ''} | "
-                         f"{_row_label(r, kind)} | " + " | ".join(_cell(x, m) for m in METRICS)
+                         f"{_row_label(r, kind)} | " + " | ".join(value_with_interval(x, m) for m in METRICS)
                          + f" | {x['users']} | {timing} |")  # fmt: skip
     lines += ["", f"[lo, hi]: {INTERVAL}. users: the number of users every figure of the row averages over.",
               "random ranking: the exact expected value of a uniformly random ranking of each user's candidates "
@@ -163,8 +158,4 @@ def plot_zeroshot(records: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(f"{metric} (n = {', '.join(str(r['users']) for r in records)})", fontsize=8)
     axes[0].legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fusionrec.fileio import atomic_target
+from fusionrec.cluster.results import save_figure
 
 
 def read_scalars(tb_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -52,8 +52,4 @@ def plot_training_curves(tb_dir: str | Path, path: str | Path, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_target(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
