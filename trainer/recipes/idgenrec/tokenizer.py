@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fusionrec.trainer.idgen.config import normalize_id
 from fusionrec.trainer.models.tokenizer import load_tokenizer, reduce_vocab, train_tokenizer
 from fusionrec.trainer.prompts import TEMPLATES
 
@@ -57,6 +58,18 @@ def materialize_tokenizer(
 
         src = cfg.pretrained_tokenizer or cfg.tokenizer.path
         AutoTokenizer.from_pretrained(src).save_pretrained(str(folder))
-    else:  # item texts + templates + digits: prompt words and number suffixes are never <unk>
-        corpus = list(texts.values()) + list(TEMPLATES) * 20 + [" ".join("0123456789")] * 20
-        train_tokenizer(corpus, folder, cfg.tokenizer.vocab_size)
+    else:
+        train_tokenizer(tokenizer_corpus(texts), folder, cfg.tokenizer.vocab_size)
+
+
+def tokenizer_corpus(texts: Mapping[str, str]) -> list[str]:
+    """What a run's own tokenizer is trained on: the item texts, the same texts ID-normalised, the prompt
+    templates and the digits (so prompt words and number suffixes are never <unk>).
+
+    Textual IDs are normalised words (lower case, no punctuation: `normalize_id`), and prompts and labels are
+    made of them. Trained on the raw texts alone, a word that the texts only hold capitalised never becomes a
+    piece in its ID form: on the demo world "kids" encoded as k|i|ds and a line name as five pieces, which
+    doubled the tokens per ID and made copying a brand or product line from the history a many-token task.
+    """
+    raw = list(texts.values())
+    return raw + [normalize_id(t) for t in raw] + list(TEMPLATES) * 20 + [" ".join("0123456789")] * 20
