@@ -35,6 +35,7 @@ def _cell(line: dict[str, Any], col: str) -> str:
         value = line.get("ours", line.get("HR@10"))  # some lines name their figure
     elif col == "bench":
         value = line["bench"] + (f" ({line['model']})" if "model" in line else "")
+        value += f" [{line['dataset']}]" if "dataset" in line else ""
     elif col == "ci95":
         value = line.get("ci95") or line.get("ours_ci95")
     else:
@@ -56,7 +57,11 @@ def section(path: Path) -> str:
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     rows = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     rows += ["| " + " | ".join(_cell(line, c) for c in COLUMNS) + " |" for line in lines]
-    return f"## {path.stem}\n\nSource: `docs/results/{path.name}` ({len(lines)} lines).\n\n" + "\n".join(rows) + "\n"
+    return (
+        f"## {path.stem}\n\nSource: `docs/results/{path.name}` ({len(lines)} lines).\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def render(results: Path = RESULTS) -> str:
