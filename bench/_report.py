@@ -36,6 +36,9 @@ def _cell(line: dict[str, Any], col: str) -> str:
     elif col == "bench":
         value = line["bench"] + (f" ({line['model']})" if "model" in line else "")
         value += f" [{line['dataset']}]" if "dataset" in line else ""
+    elif col == "ci95" and "difference_ci95" in line:  # a paired comparison: the interval of the difference
+        lo, hi = line["difference_ci95"]
+        return f"diff {line['difference']:+.4g} [{lo:+.4g}, {hi:+.4g}]"
     elif col == "ci95":
         value = line.get("ci95") or line.get("ours_ci95")
     else:

@@ -4,7 +4,7 @@ One bench run = one demo run in a fresh folder (a subprocess, timed): every mode
 becomes a line, measured on the same seeded users in the same run:
 
 - `demo_hr10` (one per pretraining platform and pair): ours = model A's HR@10, baseline = model B's,
-  `difference` with its paired 95% bootstrap interval over users (`ci95`), `outcome` as the verdict says it;
+  `difference` with its paired 95% bootstrap interval over users (`difference_ci95`), `outcome` as the verdict says it;
 - `demo_zeroshot_hr10` (one per held-out platform): ours = zero-shot HR@10 with its 95% interval, baseline =
   the exact random expectation (k / #items);
 - `demo_seconds`: wall seconds of the whole demo (no install: the venv exists) and of each stage.
@@ -59,9 +59,9 @@ def lines_from_verdict(verdict: dict[str, Any], ctx: dict[str, Any]) -> list[dic
     out = []
     for v in verdict["pretraining"]:
         out.append({"bench": "demo_hr10", "model": f"{v['model_a']} vs {v['model_b']}", "dataset": v["dataset"],
-                    "ours": v["a"], "baseline": v["b"], "difference": v["difference"], "ci95": v["interval"],
+                    "ours": v["a"], "baseline": v["b"], "difference": v["difference"], "difference_ci95": v["interval"],
                     "users": v["users"], "outcome": v["outcome"],
-                    "unit": "HR@10 (ci95: paired interval of ours - baseline)", **ctx})  # fmt: skip
+                    "unit": "HR@10 (interval: of ours - baseline, paired over users)", **ctx})  # fmt: skip
     for z in verdict["zeroshot"]:
         out.append({"bench": "demo_zeroshot_hr10", "model": "idgenrec zero-shot", "dataset": z["dataset"],
                     "ours": z["value"], "ci95": z["interval"], "baseline": z["random"], "ratio": z["ratio"],

@@ -83,3 +83,26 @@ def test_training_curves_png_from_tensorboard(tmp_path: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob(".curves*"))
     with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
         read_scalars(tmp_path / "nothing")
+
+
+def test_bench_demo_lines_carry_the_verdict_unchanged():
+    """bench demo turns each verdict comparison into one line; numbers are copied, never recomputed."""
+    from fusionrec.bench.demo import _stage_seconds, lines_from_verdict
+
+    verdict = {
+        "pretraining": [{"dataset": "toys", "model_a": "idgenrec", "model_b": "most_popular", "a": 0.25, "b": 0.03,
+                         "difference": 0.22, "interval": [0.19, 0.25], "users": 1000, "outcome": "x beats y"}],
+        "zeroshot": [{"dataset": "yelp", "value": 0.018, "interval": [0.011, 0.026], "random": 0.0087,
+                      "ratio": 2.07, "users": 1000, "outcome": "above random"}],
+    }  # fmt: skip
+    pre, zs = lines_from_verdict(verdict, {"commit": "abc"})
+    assert (pre["ours"], pre["baseline"], pre["difference"], pre["difference_ci95"]) == (
+        0.25,
+        0.03,
+        0.22,
+        [0.19, 0.25],
+    )
+    assert pre["model"] == "idgenrec vs most_popular" and pre["commit"] == "abc" and "ci95" not in pre
+    assert (zs["ours"], zs["ci95"], zs["baseline"], zs["users"]) == (0.018, [0.011, 0.026], 0.0087, 1000)
+    out = "x\n   stage times:  1/7 5s, 2/7 11s, 3/7 123s\n"
+    assert _stage_seconds(out) == {"1/7": 5.0, "2/7": 11.0, "3/7": 123.0}
