@@ -123,7 +123,7 @@ def probe(corpus: Path, args: argparse.Namespace, plan: dict[str, int], workdir:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))
     mp, n = _most_popular_hr10(s["train"], s["valid"]), len(s["valid"])
-    ctx = {"corpus": str(corpus), "lr": args.lr, "history": args.history, "batch": args.batch,
+    ctx = {"model": f"lr={args.lr:g} history={args.history} d={args.d_model}", "corpus": str(corpus), "lr": args.lr, "history": args.history, "batch": args.batch,
            "d_model": args.d_model, "title_words": args.title_words, "users_split": "valid", **provenance()}  # fmt: skip
     train, rng, lines, losses, seconds, step = list(s["train"]), random.Random(0), [], [], 0.0, 0
     while step < plan["steps"]:
