@@ -104,7 +104,9 @@ def _valid_hits(model: Any, s: dict[str, Any], trie: Any, prompt: Any) -> int:
     return int(sums.rank_counts[:10].sum())
 
 
-def probe(corpus: Path, args: argparse.Namespace, plan: dict[str, int], workdir: Path) -> list[dict]:
+def probe(
+    corpus: Path, args: argparse.Namespace, plan: dict[str, int], workdir: Path, dataset: str
+) -> list[dict]:
     import torch
     from fusionrec.trainer.prompts import PromptBuilder, PromptConfig
     from fusionrec.trainer.recipes.idgenrec.artefacts import build_trie
@@ -123,7 +125,8 @@ def probe(corpus: Path, args: argparse.Namespace, plan: dict[str, int], workdir:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))
     mp, n = _most_popular_hr10(s["train"], s["valid"]), len(s["valid"])
-    ctx = {"model": f"lr={args.lr:g} history={args.history} d={args.d_model}", "corpus": str(corpus), "lr": args.lr, "history": args.history, "batch": args.batch,
+    ctx = {"model": f"lr={args.lr:g} history={args.history} d={args.d_model}", "dataset": dataset,
+           "corpus": str(corpus), "lr": args.lr, "history": args.history, "batch": args.batch,
            "d_model": args.d_model, "title_words": args.title_words, "users_split": "valid", **provenance()}  # fmt: skip
     train, rng, lines, losses, seconds, step = list(s["train"]), random.Random(0), [], [], 0.0, 0
     while step < plan["steps"]:
@@ -168,7 +171,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     plan = dict(QUICK if args.quick else FULL, **({"steps": args.steps} if args.steps else {}))
     workdir = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "rec_probe"
     corpus = Path(args.corpus).resolve() if args.corpus else _demo_corpus(workdir / "world")
-    return probe(corpus, args, plan, workdir)
+    return probe(corpus, args, plan, workdir, dataset=Path(args.corpus).name if args.corpus else "demo world")
 
 
 def main() -> None:
