@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from datetime import UTC
 from pathlib import Path
@@ -31,7 +33,9 @@ def provenance() -> dict:
 
     root = Path(__file__).resolve().parents[1]
     git = ["git", "-C", str(root)]
-    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     dirty = bool(subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                 text=True).stdout.strip())  # fmt: skip
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
@@ -61,3 +65,20 @@ def record(lines: list[dict], path: str | Path) -> Path:
     old = path.read_text() if path.is_file() else ""
     atomic_write_text(path, old + "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
     return path
+
+
+def cli_parser(doc: str, quick_help: str = "smoke run: smaller inputs") -> argparse.ArgumentParser:
+    """The command line every `python -m fusionrec.bench.NAME` shares (--quick, --record); the module adds
+    its own options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
+    return parser
+
+
+def emit(lines: list[dict], record_path: str = "") -> None:
+    """Print the lines as JSON (one per line) and, given a path, append them to that committed JSONL file."""
+    for line in lines:
+        print(json.dumps(line), flush=True)
+    if record_path:
+        record(lines, record_path)

@@ -16,7 +16,6 @@ becomes a line, measured on the same seeded users in the same run:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusionrec.bench import provenance, record
+from fusionrec.bench import cli_parser, emit, provenance
 
 QUICK = ["--users", "300", "--items", "150", "idgenrec.rec_steps=30"]
 STAGE = re.compile(r"^\s*stage times:\s*(.*)$", re.MULTILINE)
@@ -86,15 +85,9 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: a tiny world and 30 steps")
-    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
+    parser = cli_parser(__doc__, "smoke run: a tiny world and 30 steps")
     args = parser.parse_args()
-    lines = run(args.quick)
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    if args.record:
-        record(lines, args.record)
+    emit(run(args.quick), args.record)
 
 
 if __name__ == "__main__":

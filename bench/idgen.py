@@ -18,12 +18,10 @@ baseline runs every attempt, as the reference loop does. `--quick` uses 256 item
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
-from fusionrec.bench import find_shared, provenance, record
+from fusionrec.bench import cli_parser, emit, find_shared, provenance
 from fusionrec.trainer.idgen.generator import IDGenConfig, assign_ids_sequential, generate_ids
 from fusionrec.trainer.models import ModelConfig, build_seq2seq, load_tokenizer
 
@@ -88,17 +86,11 @@ def run(quick: bool = False, items: int | None = None, baseline_items: int = 256
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = cli_parser(__doc__)
     parser.add_argument("--items", type=int, default=None, help="items for ours (default: all 12,101)")
     parser.add_argument("--baseline-items", type=int, default=256, help="prefix the baseline loop runs on")
-    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
     args = parser.parse_args()
-    lines = run(args.quick, args.items, args.baseline_items)
-    for line in lines:
-        print(json.dumps(line))
-    if args.record:
-        record(lines, args.record)
+    emit(run(args.quick, args.items, args.baseline_items), args.record)
 
 
 if __name__ == "__main__":

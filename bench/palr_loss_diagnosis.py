@@ -16,8 +16,6 @@ and on (fine-tuned), per task:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import statistics
@@ -140,17 +138,11 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    from fusionrec.bench import record
+    from fusionrec.bench import cli_parser, emit
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
+    parser = cli_parser(__doc__)
     args = parser.parse_args()
-    lines = run(args.quick)
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    if args.record:
-        record(lines, args.record)
+    emit(run(args.quick), args.record)
 
 
 if __name__ == "__main__":

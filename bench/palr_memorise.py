@@ -16,8 +16,6 @@ EOS). The line reports what was reached either way, and the base model's exact c
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import sys
@@ -132,18 +130,12 @@ def run(quick: bool = False, epochs: int | None = None) -> list[dict]:
 
 
 def main() -> None:
-    from fusionrec.bench import record
+    from fusionrec.bench import cli_parser, emit
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = cli_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
     args = parser.parse_args()
-    lines = run(args.quick, args.epochs)
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    if args.record:
-        record(lines, args.record)
+    emit(run(args.quick, args.epochs), args.record)
 
 
 if __name__ == "__main__":

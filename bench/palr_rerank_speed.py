@@ -20,8 +20,6 @@ tokens/s counts prompt + candidate tokens per user (what the model processes). T
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import sys
@@ -168,18 +166,12 @@ def run(quick: bool = False, n_users: int | None = None) -> list[dict]:
 
 
 def main() -> None:
-    from fusionrec.bench import record
+    from fusionrec.bench import cli_parser, emit
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = cli_parser(__doc__)
     parser.add_argument("--users", type=int, default=None, help=f"users for ours (default {FULL.users})")
-    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
     args = parser.parse_args()
-    lines = run(args.quick, args.users)
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    if args.record:
-        record(lines, args.record)
+    emit(run(args.quick, args.users), args.record)
 
 
 if __name__ == "__main__":

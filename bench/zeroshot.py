@@ -20,7 +20,6 @@ paper's Table 7 for Toys: IDGenRec .0215, UniSRec .0175 (19 Amazon datasets in p
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusionrec.bench import find_shared, provenance, record
+from fusionrec.bench import cli_parser, emit, find_shared, provenance
 
 CONFIG = Path(__file__).resolve().parents[1] / "launch" / "configs" / "zeroshot_toys_cpu.toml"
 PAPER_TOYS = {"source": "IDGenRec paper Table 7: pretrained on 19 other Amazon datasets, full Toys test set",
@@ -119,16 +118,10 @@ def run(quick: bool = False, steps: int | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, 100 users")
+    parser = cli_parser(__doc__, "smoke run: 20 steps, 100 users")
     parser.add_argument("--steps", type=int, default=None, help="recommender steps (default 1500)")
-    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
     args = parser.parse_args()
-    lines = run(args.quick, args.steps)
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    if args.record:
-        record(lines, args.record)
+    emit(run(args.quick, args.steps), args.record)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ exact random ranking k / #items).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusionrec.bench import provenance, record
+from fusionrec.bench import cli_parser, emit, provenance
 
 BUDGET_S = 1200
 FULL = {"items": 20000, "users": 30000, "sample": 2000, "steps": 1500}
@@ -124,16 +123,10 @@ def run(quick: bool = False, steps: int | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1,200 items, 1,500 users, 20 steps")
+    parser = cli_parser(__doc__, "smoke run: 1,200 items, 1,500 users, 20 steps")
     parser.add_argument("--steps", type=int, default=None, help="recommender steps (default 1500)")
-    parser.add_argument("--record", default="", help="also append the lines to this JSONL file")
     args = parser.parse_args()
-    lines = run(args.quick, args.steps)
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    if args.record:
-        record(lines, args.record)
+    emit(run(args.quick, args.steps), args.record)
 
 
 if __name__ == "__main__":
