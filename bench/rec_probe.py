@@ -5,7 +5,7 @@ batch, width) are measured here, before a recipe changes, on *validation* users 
 loop (no DeepSpeed: the probe is about the model and data, not the engine) runs the production pieces: the
 run's tokenizer as a fresh run trains it (`tokenizer_corpus`), title IDs (`title_table`), the prompt builder and
 collator, the tiny T5, AdamW with the trainer's warm-up, and the real trie-constrained beam search
-(20 beams). Every `--every` steps one JSON line: valid HR@10 with a 95% bootstrap interval over users, and
+(20 beams). Every `--every` steps one JSON line: valid HR@10 with a 95% bootstrap interval over users (`metric_intervals`), and
 most-popular on the same users (each dataset's most frequent training targets) as the baseline of the same run.
 
 Default data: the demo world (`[synth]` of launch/configs/demo.toml, generated into the bench cache);
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fusionrec.bench import provenance, record
+from fusionrec.bench import cli_parser, emit, provenance
 
 FULL = {"steps": 3000, "users": 1000, "every": 1000}
 QUICK = {"steps": 200, "users": 200, "every": 100}
@@ -41,12 +41,6 @@ def _demo_corpus(cache: Path) -> Path:
         synthesize(cfg, cache, None, None)
         prepare_corpus(cfg)
     return Path(cfg.corpus_dir())
-
-
-def _interval(hits: int, n: int, seed: int = 0) -> list[float]:
-    """95% percentile bootstrap of a hit rate over users: resampling n users' 0/1 hits is Binomial(n, hits/n)."""
-    draws = np.random.default_rng(seed).binomial(n, hits / n, size=2000) / n
-    return [round(float(x), 4) for x in np.quantile(draws, [0.025, 0.975])]
 
 
 def _most_popular_hr10(train: list[dict], valid: list[dict]) -> float:
@@ -91,7 +85,7 @@ def _model(args: argparse.Namespace, tok: Any) -> Any:
     return build_seq2seq(cfg, tokenizer=tok)
 
 
-def _valid_hits(model: Any, s: dict[str, Any], trie: Any, prompt: Any) -> int:
+def _valid_metrics(model: Any, s: dict[str, Any], trie: Any, prompt: Any) -> Any:
     import torch
     from fusionrec.trainer.recipes.idgenrec.artefacts import evaluate
     from fusionrec.trainer.recipes.idgenrec.config import RankingConfig
@@ -101,13 +95,14 @@ def _valid_hits(model: Any, s: dict[str, Any], trie: Any, prompt: Any) -> int:
         sums = evaluate(model, s["tok"], s["table"], trie, s["valid"], RankingConfig(ks=[10], batch_size=64),
                         prompt=prompt, tokens=s["tokens"])  # fmt: skip
     model.train()
-    return int(sums.rank_counts[:10].sum())
+    return sums
 
 
 def probe(
     corpus: Path, args: argparse.Namespace, plan: dict[str, int], workdir: Path, dataset: str
 ) -> list[dict]:
     import torch
+    from fusionrec.cluster.results import metric_intervals
     from fusionrec.trainer.prompts import PromptBuilder, PromptConfig
     from fusionrec.trainer.recipes.idgenrec.artefacts import build_trie
     from fusionrec.trainer.recipes.idgenrec.data import IDGenRecCollator
@@ -140,8 +135,9 @@ def probe(
             seconds, step = seconds + time.perf_counter() - t0, step + 1
             losses.append(loss.item())
             if step % plan["every"] == 0 or step == plan["steps"]:
-                hits = _valid_hits(model, s, trie, prompt)
-                lines.append({"bench": "rec_probe", "ours": round(hits / n, 4), "ci95": _interval(hits, n),
+                sums = _valid_metrics(model, s, trie, prompt)
+                ci95 = [round(x, 4) for x in metric_intervals(sums, ["HR@10"])["HR@10"]]
+                lines.append({"bench": "rec_probe", "ours": round(sums.to_dict()["HR@10"], 4), "ci95": ci95,
                               "baseline": round(mp, 4), "unit": "valid HR@10 (baseline: most-popular, same users)",
                               "users": n, "step": step, "train_minutes": round(seconds / 60, 2),
                               "loss": round(float(np.mean(losses[-100:])), 4), **ctx})  # fmt: skip
@@ -152,8 +148,7 @@ def probe(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 200 steps, 200 users")
+    p = cli_parser(__doc__, "smoke run: 200 steps, 200 users")
     p.add_argument("--corpus", default="", help="a prepared corpus (default: the demo world)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--history", type=int, default=1, help="prompt history items (the most recent)")
@@ -162,7 +157,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--title-words", type=int, default=3)
     p.add_argument("--vocab", type=int, default=3000, help="the run's own tokenizer size")
-    p.add_argument("--record", default="", help="also append the lines to this JSONL file")
     return p
 
 
@@ -170,18 +164,16 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     args = _parser().parse_args([*(argv or []), *(["--quick"] if quick else [])])
     plan = dict(QUICK if args.quick else FULL, **({"steps": args.steps} if args.steps else {}))
     workdir = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "rec_probe"
-    corpus = Path(args.corpus).resolve() if args.corpus else _demo_corpus(workdir / "world")
-    return probe(corpus, args, plan, workdir, dataset=Path(args.corpus).name if args.corpus else "demo world")
+    if args.corpus:
+        corpus, dataset = Path(args.corpus).resolve(), Path(args.corpus).name
+    else:
+        corpus, dataset = _demo_corpus(workdir / "world"), "demo world"
+    return probe(corpus, args, plan, workdir, dataset)
 
 
 def main() -> None:
     argv = sys.argv[1:]
-    args = _parser().parse_args(argv)
-    lines = run(argv=argv)
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    if args.record:
-        record(lines, args.record)
+    emit(run(argv=argv), _parser().parse_args(argv).record)
 
 
 if __name__ == "__main__":
