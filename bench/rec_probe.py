@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=int, default=1, help="prompt history items (the most recent)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--every", type=int, default=None, help="steps between validation lines")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--title-words", type=int, default=3)
     p.add_argument("--vocab", type=int, default=3000, help="the run's own tokenizer size")
@@ -163,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     args = _parser().parse_args([*(argv or []), *(["--quick"] if quick else [])])
     plan = dict(QUICK if args.quick else FULL, **({"steps": args.steps} if args.steps else {}))
+    plan.update({"every": args.every} if args.every else {})
     workdir = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "rec_probe"
     if args.corpus:
         corpus, dataset = Path(args.corpus).resolve(), Path(args.corpus).name

@@ -258,3 +258,48 @@ def test_progress_bar_counts_the_phase_plan_not_max_steps(tmp_path) -> None:
     # 512 samples / micro 8 = 64 micro-batches = 32 steps per epoch: 2 epochs + 3 steps = 67, not 100,000.
     assert r0["steps"] == 67
     assert r0["seen"] == [(67, 0), (67, 64), (67, 67)]
+
+
+def _budget_run(run_dir: str) -> dict:
+    import time
+
+    import fusionrec.trainer.loop as loop
+    from fusionrec.trainer.callbacks import CheckpointCallback
+    from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
+    from fusionrec.trainer.recipes.toy.data import ToyBatches, make_regression
+    from fusionrec.trainer.recipes.toy.module import ToyModule
+    from fusionrec.trainer.strategy import DeepspeedStrategy
+
+    ds = DeepSpeedConfig(zero_stage=1, micro_batch_size=8, grad_accum=1)
+    strategy = DeepspeedStrategy(ds)
+    strategy.setup()
+    x, y = make_regression(512, 16, 4, seed=0)
+    r, w = strategy.rank, strategy.world_size
+    calls = {"n": 0}
+
+    def skewed() -> float:  # rank 1's clock: one hour passes per call; rank 0's: none
+        calls["n"] += 1
+        return 3600.0 * calls["n"] if r == 1 else 0.0
+
+    out = {}
+    for name, minutes, clock in (("budget", 5.0, skewed), ("resumed", 0.0, time.perf_counter)):
+        loop._now = clock
+        cfg = TrainConfig(run_dir=run_dir, max_steps=12, max_minutes=minutes, log_every=4, deepspeed=ds,
+                          optim=OptimConfig(lr=1e-2))  # fmt: skip
+        cfg.checkpoint.resume = "auto"
+        data = ToyBatches({"x": x, "y": y}, 8, r, w)
+        state = loop.Trainer(cfg, strategy, ToyModule(), data, [CheckpointCallback()]).fit()
+        out[name] = {"step": state.step, "seconds": state.train_seconds}
+    return out
+
+
+@pytest.mark.distributed
+def test_time_budget_stops_every_rank_at_the_same_step_and_resumes(tmp_path) -> None:
+    r0, r1 = run_distributed_test(_budget_run, world_size=2, run_dir=str(tmp_path))
+    # Only rank 1 is over budget (its clock); the agreed check at the first log boundary stops both, no hang.
+    assert r0["budget"]["step"] == r1["budget"]["step"] == 4
+    assert r0["budget"]["seconds"] == 0.0 and r1["budget"]["seconds"] >= 3600.0
+    # max_minutes = 0: no budget; the resumed run finishes the 12 steps from the saved step 4.
+    assert r0["resumed"]["step"] == r1["resumed"]["step"] == 12
+    # The saved rank-0 seconds (0.0) plus this run's: a resumed clock continues the checkpoint's count.
+    assert 0.0 < r1["resumed"]["seconds"] < 3600.0

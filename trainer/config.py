@@ -161,12 +161,14 @@ class TrainConfig:
     """The loop: how long, how often to log/validate, where the run lives, plus the engine sub-configs.
 
     ``max_steps`` counts optimizer steps over the whole run (all phases); a phase's own length comes from the
-    TrainModule's plan. ``log_every`` controls how often losses are all-reduced (one collective per log
+    TrainModule's plan. ``max_minutes`` (0 = none) is a wall-clock training budget over the whole run, resumes
+    included: the ranks agree at every ``log_every`` boundary whether it is spent, and stop together there. ``log_every`` controls how often losses are all-reduced (one collective per log
     interval, not per step, to keep the step fast).
     """
 
     run_dir: str = "runs/default"
     max_steps: int = 100
+    max_minutes: float = 0.0
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0
@@ -179,6 +181,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.max_minutes < 0:
+            raise ValueError(f"train.max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
         if self.log_every < 1:
             raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.eval_every < 0:

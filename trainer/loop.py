@@ -20,6 +20,10 @@ Contracts worth knowing:
   state goes into every checkpoint and is restored after ``on_phase_start`` (which may rebuild the loader)
   on the same world size. A loader with ``set_epoch(e)`` gets ``e`` = number of exhausted passes so far
   after each pass (one ``iter()`` = the rest of one epoch).
+* ``max_minutes`` is checked with one scalar all-reduce (max) per ``log_every`` steps: the ranks' clocks
+  differ, so a rank-local check would let one rank stop while the others wait in a collective. Training
+  seconds (``state.train_seconds``: the loop's wall time, checkpoint saves and in-loop validation included)
+  are saved in every checkpoint, so a resumed run spends only what is left of the budget.
 * At the end of an epoch-based phase a partial accumulation cycle (micro-batches per epoch not a multiple
   of grad_accum) stays in that engine's gradient buffers and joins its next step; the count is reported
   in ``state.skipped["carried_partial_accumulation"]``.
@@ -54,6 +58,7 @@ class TrainState:
     epochs_done: int = 0  # exhausted loader passes over the whole run (drives loader.set_epoch)
     samples_seen: int = 0  # global (all ranks)
     tokens_seen: int = 0
+    train_seconds: float = 0.0  # wall seconds inside fit() over all runs (the max_minutes budget)
     skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,12 +89,15 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self._pending_rank_state: dict[str, Any] | None = None
         self._window = _Window()
+        self._clock_start = 0.0
+        self._time_up = False
 
     # ------------------------------------------------------------------ fit
     def fit(self) -> TrainState:
         self._setup_engines()
         self._plan_phases()
         self._restore_checkpoint()
+        self._clock_start = _now() - self.state.train_seconds
         self._emit("on_fit_start")
         while self._has_more_phases():
             self._run_phase(self.phases[self.state.phase_index])
@@ -126,7 +134,8 @@ class Trainer:
             log.info("resumed from %s at step %d", path, self.state.step)
 
     def _has_more_phases(self) -> bool:
-        return self.state.phase_index < len(self.phases) and self.state.step < self.cfg.max_steps
+        in_budget = self.state.step < self.cfg.max_steps and not self._time_up
+        return self.state.phase_index < len(self.phases) and in_budget
 
     # ------------------------------------------------------------------ phases and epochs
     def _run_phase(self, phase: Phase) -> None:
@@ -151,8 +160,8 @@ class Trainer:
         return self.state.phase_epoch >= phase.epochs
 
     def _phase_done(self, phase: Phase) -> bool:
-        """Complete, or stopped by the run's step budget (then the phase resumes in a later run)."""
-        return self.state.step >= self.cfg.max_steps or self._phase_complete(phase)
+        """Complete, or stopped by the run's step or time budget (then the phase resumes in a later run)."""
+        return self.state.step >= self.cfg.max_steps or self._time_up or self._phase_complete(phase)
 
     def _run_epoch(self, phase: Phase) -> None:
         engine = self.engines[phase.engine]
@@ -214,6 +223,10 @@ class Trainer:
     def _after_optimizer_step(self, phase: Phase) -> None:
         self.state.step += 1
         self.state.phase_step += 1
+        self.state.train_seconds = _now() - self._clock_start
+        if self.cfg.max_minutes and self.state.step % self.cfg.log_every == 0:
+            spent = self.state.train_seconds >= 60 * self.cfg.max_minutes
+            self._time_up = bool(self.strategy.all_reduce(float(spent), op="max").item())
         if self.state.step % self.cfg.log_every == 0 or self._phase_done(phase):
             self._emit("on_log", self._reduce_metrics(phase))
         self._emit("on_step_end", phase)
@@ -348,6 +361,11 @@ def _finish_val(strategy: DeepspeedStrategy, sums: dict[str, torch.Tensor]) -> d
             out[f"val/{key}"] = value
     out["val/count"] = count or 0.0
     return out
+
+
+def _now() -> float:
+    """The training clock (a function so a test can skew one rank's clock)."""
+    return time.perf_counter()
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,291 @@
+"""`fusionrec bench quality`: recommendation quality on real Amazon Beauty in one stated budget, resumable by stage.
+
+Stages (each leaves STAGE.json in the bench cache, written atomically; a rerun skips the finished ones, so an
+interrupted run resumes: the IDGenRec trainer itself resumes from its last checkpoint and spends only what is
+left of its wall-clock budget, `train.max_minutes`):
+
+1. ``corpus``: ../shared/data/amazon_beauty prepared once (P5 format, the papers' exact statistics).
+2. ``sasrec``: SASRec-CE (cluster.baselines' loop, the fast Beauty setting); every 2 epochs validation
+   NDCG@10 on all validation users picks the state and stops training after 2 checks without gain.
+3. ``idgenrec-VARIANT``: `fusionrec train idgenrec --config idgenrec_beauty_cpu --nproc 2` (2 DeepSpeed
+   ranks) for ``--minutes`` of training wall time, a checkpoint every ``--every`` steps. Variants: ``titles``
+   (the shipped recipe: fixed title IDs, the recommender alone) and ``idgen`` (IDGenRec's method: the ID
+   generator phase alternating with the recommender, ``--rounds`` rounds sharing the budget).
+4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
+   same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
+   For ``idgen``, the share of items whose ID changed in each ID phase.
+5. ``test-VARIANT``: the selected checkpoint, SASRec's selected state, most-popular and a random ranking (exact)
+   on ALL test users, full ranking over the 12,101 items, history not masked, no user IDs (the recipe's
+   prompt holds item IDs only): HR/NDCG@5/10 with 95% bootstrap intervals over users; paired differences.
+
+Training minutes are the trainer's own clock (`state.train_seconds`); evaluation seconds are reported apart.
+``--quick`` is a smoke run (0.5 training minute, 100 validation and 300 test users) that shows nothing.
+
+    python -m fusionrec.bench.quality [--minutes 60] [--variant titles] [--set KEY=VALUE ...] [--record F]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from fusionrec.bench import cli_parser, emit, find_shared, provenance
+from fusionrec.bench.idgenrec_beauty import CONFIG, _env, _prepare
+from fusionrec.fileio import atomic_write_text
+
+DATASET = "amazon_beauty"
+FULL = {"minutes": 60.0, "every": 2000, "valid_users": 1000, "test_users": 0, "sasrec_epochs": 200}
+QUICK = {"minutes": 0.5, "every": 100, "valid_users": 100, "test_users": 300, "sasrec_epochs": 2}
+# The budget, not an epoch count, ends a run: titles trains one long recommender phase; idgen alternates one
+# ID-generator epoch (regenerating all 12,101 IDs) with one recommender epoch, for as many rounds as fit.
+VARIANTS = {
+    "titles": ["idgenrec.rec_epochs=1000"],
+    "idgen": [
+        'idgenrec.order=["id","rec"]',
+        "idgenrec.rounds=100",
+        "idgenrec.id_epochs=1",
+        "idgenrec.rec_epochs=1",
+    ],
+}
+METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+
+def _stage(cache: Path, name: str, fn, *args: Any) -> dict[str, Any]:
+    """Run a stage once: its JSON result is the marker that it finished (written last, atomically)."""
+    path = cache / f"{name}.json"
+    if path.is_file():
+        print(f"[quality] {name}: done before, reusing {path}", file=sys.stderr, flush=True)
+        return json.loads(path.read_text())
+    print(f"[quality] {name} ...", file=sys.stderr, flush=True)
+    result = fn(*args)
+    atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ SASRec-CE
+
+
+def train_sasrec(corpus: Path, out: Path, epochs: int) -> dict[str, Any]:
+    """SASRec-CE with validation selection; its curve is valid HR@10 (all validation users) per check."""
+    from fusionrec.cluster.baselines import load_corpus, save_sasrec, train_sasrec, train_sequences
+    from fusionrec.cluster.evaluator import EvalSet
+    from fusionrec.launch.palr_retriever import fast_sasrec_config
+
+    seqs, items, name = load_corpus(corpus / "processed" / DATASET)
+    valid = EvalSet.from_sequences(seqs, "valid", name, items)
+    cfg = fast_sasrec_config(epochs, threads=2)
+    model, history = train_sasrec(train_sequences(seqs, items), len(items), cfg, valid, log=lambda _: None)
+    save_sasrec(out, model, items, cfg)
+    curve = [{"minutes": e["seconds"] / 60, "epoch": e["epoch"], "HR@10": e["valid"]["HR@10"]}
+             for e in history["epochs"] if "valid" in e]  # fmt: skip
+    best = max(curve, key=lambda p: p["HR@10"])  # ~ the state kept (it is chosen by NDCG@10)
+    return {"checkpoint": str(out), "train_minutes": history["seconds"] / 60, "curve": curve,
+            "valid_users": len(valid), "selected": best, "epochs": len(history["epochs"]),
+            "setting": f"loss ce, lr {cfg.lr}, batch {cfg.batch_size}, hidden {cfg.hidden}, validation every "
+                       f"{cfg.eval_every} epochs, patience {cfg.patience}"}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ IDGenRec
+
+
+def idgenrec_overrides(
+    run_dir: Path, corpus: Path, tokenizer: Path, plan: dict, extra: list[str]
+) -> list[str]:
+    """The shipped CPU recipe, run for a wall-clock budget with a checkpoint every `plan["every"]` steps
+    (all kept: they are the learning curve); `extra` = the variant's and the user's --set overrides."""
+    return [
+        f'train.run_dir="{run_dir}"', f'idgenrec.data.corpus="{corpus}"',
+        f'idgenrec.pretrained_tokenizer="{tokenizer}"', "train.progress=false", "train.eval_every=0",
+        f"train.max_minutes={plan['minutes']}",
+        f"train.checkpoint.every_steps={plan['every']}", "train.checkpoint.keep_last=1000", *extra,
+    ]  # fmt: skip
+
+
+def train_idgenrec(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Train (or resume) the run; the trainer stops all ranks together when the budget is spent."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "fusionrec.launch.cli",
+        "train",
+        "idgenrec",
+        "--config",
+        CONFIG,
+        "--nproc",
+        "2",
+    ]
+    subprocess.run([*cmd, *overrides], check=True, env=_env())
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    return {"run_dir": str(run_dir), "overrides": overrides, "steps": summary["step"],
+            "train_minutes": summary["train_seconds"] / 60, "samples": summary["samples_seen"]}  # fmt: skip
+
+
+def id_changes(run_dir: Path) -> list[dict[str, Any]]:
+    """Share of items whose textual ID differs between consecutive ID tables (r0 -> r1 -> ...)."""
+    tables = sorted((run_dir / "id_tables").glob("r*.json"), key=lambda p: int(p.name[1:].split("-")[0]))
+    out = []
+    for old, new in zip(tables, tables[1:], strict=False):
+        a, b = (json.loads(p.read_text()).get("ids", {}) for p in (old, new))
+        common = set(a) & set(b)
+        changed = sum(a[i] != b[i] for i in common)
+        out.append({"from": old.name, "to": new.name, "items": len(common),
+                    "changed_share": changed / len(common) if common else 0.0})  # fmt: skip
+    return out
+
+
+def _scored(ckpt: Path, corpus: Path, split: str, users: int, out: Path, sasrec: str = "") -> list[dict]:
+    from fusionrec.cluster.generative import EvaluateConfig, evaluate_checkpoint
+
+    shutil.rmtree(out, ignore_errors=True)  # a half-finished earlier attempt of this stage
+    cfg = EvaluateConfig(sasrec={DATASET: sasrec} if sasrec else {})
+    cfg.evaluator.progress = False
+    return evaluate_checkpoint(ckpt, corpus, cfg, split=split, max_users=users, num_actors=2, results_dir=out)
+
+
+def curve(run_dir: Path, corpus: Path, users: int) -> dict[str, Any]:
+    """Valid HR@10 of every checkpoint (the same seeded validation users each time); the best is selected."""
+    from fusionrec.trainer.checkpoint_reader import list_checkpoints, read_trainer_state
+
+    points = []
+    for step, ckpt in list_checkpoints(run_dir / "checkpoints"):
+        recs = {r["model"]: r for r in _scored(ckpt, corpus, "valid", users, run_dir / "valid-eval")}
+        ours = recs["idgenrec"]
+        points.append({"step": step, "checkpoint": str(ckpt), "HR@10": ours["metrics"]["HR@10"],
+                       "ci95": ours["intervals"]["HR@10"], "users": ours["users"],
+                       "minutes": read_trainer_state(ckpt)["state"].get("train_seconds", 0.0) / 60,
+                       "most_popular_HR@10": recs["most_popular"]["metrics"]["HR@10"],
+                       "eval_seconds": ours["seconds"]})  # fmt: skip
+        print(f"[quality] step {step}: valid HR@10 {points[-1]['HR@10']:.4f}", file=sys.stderr, flush=True)
+    if not points:
+        raise RuntimeError(f"{run_dir}/checkpoints: no complete checkpoint to select from")
+    return {"points": points, "selected": select(points), "id_changes": id_changes(run_dir)}
+
+
+def select(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint with the best validation HR@10; a tie goes to the earlier (cheaper) one."""
+    return max(points, key=lambda p: (p["HR@10"], -p["step"]))
+
+
+def test(ckpt: str, corpus: Path, sasrec: str, users: int, out: Path) -> dict[str, Any]:
+    """All test users (or `users`): the selected checkpoint beside SASRec, most-popular and random."""
+    records = _scored(Path(ckpt), corpus, "test", users, out, sasrec)
+    return {"records": records}
+
+
+# ------------------------------------------------------------------------------------------------ lines
+
+
+def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict, meta: dict) -> list[dict]:
+    """Per model the test line, the paired differences, the learning curves and the ID changes."""
+    from fusionrec.cluster.results import paired_difference
+
+    recs = {r["model"]: r for r in tst["records"]}
+    pop = recs["most_popular"]["metrics"]["HR@10"]
+    out = []
+    for model, rec in recs.items():
+        trained = {"idgenrec": train["train_minutes"], "sasrec": sas["train_minutes"]}.get(model)
+        out.append({"bench": "quality_test", "model": model, "ours": round(rec["metrics"]["HR@10"], 5),
+                    "ci95": _round(rec.get("intervals", {}).get("HR@10")), "baseline": round(pop, 5),
+                    "unit": "test HR@10, full ranking (baseline: most-popular, same users)",
+                    "users": rec["users"], "metrics": {m: round(rec["metrics"][m], 5) for m in METRICS},
+                    "intervals": {m: _round(v) for m, v in rec.get("intervals", {}).items() if m in METRICS},
+                    "train_minutes": trained and round(trained, 2), "eval_seconds": round(rec["seconds"], 1),
+                    **meta})  # fmt: skip
+    for a, b in (("idgenrec", "sasrec"), ("idgenrec", "most_popular"), ("sasrec", "most_popular")):
+        d = paired_difference(recs[a]["ranks"], recs[b]["ranks"], "HR@10")
+        out.append({"bench": "quality_paired", "model": f"{a} vs {b}", "ours": round(d["a"], 5),
+                    "baseline": round(d["b"], 5), "difference": round(d["difference"], 5),
+                    "difference_ci95": _round(d["interval"]), "users": d["users"],
+                    "unit": "test HR@10 (interval: of ours - baseline, paired over users)", **meta})  # fmt: skip
+    out += _curve_lines(sas, cur, meta)
+    return out
+
+
+def _curve_lines(sas: dict, cur: dict, meta: dict) -> list[dict]:
+    out = [{"bench": "quality_curve", "model": "idgenrec", "ours": round(p["HR@10"], 5), "ci95": _round(p["ci95"]),
+            "baseline": round(p["most_popular_HR@10"], 5), "users": p["users"], "step": p["step"],
+            "train_minutes": round(p["minutes"], 2), "selected": p["step"] == cur["selected"]["step"],
+            "unit": f"valid HR@10 after {p['minutes']:.1f} training min (baseline: most-popular)", **meta}
+           for p in cur["points"]]  # fmt: skip
+    out += [{"bench": "quality_curve", "model": "sasrec", "ours": round(p["HR@10"], 5), "users": sas["valid_users"],
+             "epoch": p["epoch"], "train_minutes": round(p["minutes"], 2),
+             "unit": f"valid HR@10 after {p['minutes']:.1f} training min (all validation users)", **meta}
+            for p in sas["curve"]]  # fmt: skip
+    for c in cur["id_changes"]:
+        out.append({"bench": "quality_id_changes", "ours": round(c["changed_share"], 4), "items": c["items"],
+                    "unit": f"share of items whose ID changed, {c['from']} -> {c['to']}", **meta})  # fmt: skip
+    return out
+
+
+def _round(v: list[float] | None) -> list[float] | None:
+    return [round(x, 5) for x in v] if v else None
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def _parser():
+    p = cli_parser(__doc__, "smoke run: 0.5 training minute, 100 validation / 300 test users")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="titles")
+    p.add_argument(
+        "--minutes", type=float, default=None, help="IDGenRec training budget (wall-clock minutes)"
+    )
+    p.add_argument("--every", type=int, default=None, help="optimizer steps between checkpoints (the curve)")
+    p.add_argument("--valid-users", type=int, default=None)
+    p.add_argument("--test-users", type=int, default=None, help="0 = all test users")
+    p.add_argument("--set", action="append", default=[], help="a config override for the IDGenRec run")
+    p.add_argument("--cache", default="", help="stage folder (default $FUSIONREC_BENCH_DIR/quality)")
+    return p
+
+
+def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
+    args = _parser().parse_args([*(argv or []), *(["--quick"] if quick else [])])
+    beauty = find_shared("data/amazon_beauty/user_sequence.txt")
+    t5 = find_shared("assets/t5-tokenizer/tokenizer.json")
+    if beauty is None or t5 is None:
+        return [
+            {"bench": "quality", "skipped": "../shared data/amazon_beauty or assets/t5-tokenizer missing"}
+        ]
+    plan = dict(QUICK if args.quick else FULL)
+    for key in ("minutes", "every", "valid_users", "test_users"):
+        plan[key] = getattr(args, key) if getattr(args, key) is not None else plan[key]
+    root = Path(args.cache or Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")) / "quality").resolve()
+    cache = root / ("quick" if args.quick else "full")
+    cache.mkdir(parents=True, exist_ok=True)
+    v, extra = args.variant, [*VARIANTS[args.variant], *args.set]
+    meta = {
+        "dataset": DATASET,
+        "variant": v,
+        "budget_minutes": plan["minutes"],
+        "setting": " ".join(extra),
+        **provenance(),
+    }  # at the start: the code that ran, not the code at the end
+    overrides = idgenrec_overrides(cache / f"idgenrec-{v}", root / "corpus", t5.parent, plan, extra)
+    _check_config(overrides)  # a bad --set fails here, before any training
+    corpus = _prepare(beauty.parent, root / "corpus")
+    sas = _stage(cache, "sasrec", train_sasrec, corpus, cache / "sasrec", plan["sasrec_epochs"])
+    tr = _stage(cache, f"idgenrec-{v}", train_idgenrec, cache / f"idgenrec-{v}", overrides)
+    cur = _stage(cache, f"curve-{v}", curve, cache / f"idgenrec-{v}", corpus, plan["valid_users"])
+    tst = _stage(cache, f"test-{v}", test, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
+                 plan["test_users"], cache / f"test-eval-{v}")  # fmt: skip
+    return lines(v, plan, sas, tr, cur, tst, meta)
+
+
+def _check_config(overrides: list[str]) -> None:
+    from fusionrec.launch.config import load_config
+
+    load_config(CONFIG, overrides)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    emit(run(argv=argv), _parser().parse_args(argv).record)
+
+
+if __name__ == "__main__":
+    main()
