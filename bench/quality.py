@@ -8,7 +8,7 @@ left of its wall-clock budget, `train.max_minutes`):
 2. ``sasrec``: SASRec-CE (cluster.baselines' loop, the fast Beauty setting); every 2 epochs validation
    NDCG@10 on all validation users picks the state and stops training after 2 checks without gain.
 3. ``idgenrec-VARIANT``: `fusionrec train idgenrec --config idgenrec_beauty_cpu --nproc 2` (2 DeepSpeed
-   ranks) for ``--minutes`` of training wall time, a checkpoint every ``--every`` steps. Variants: ``titles``
+   ranks; ``--config idgenrec_beauty_gpu --nproc 1`` on a GPU) for ``--minutes`` of training wall time, a checkpoint every ``--every`` steps. Variants: ``titles``
    (the shipped recipe: fixed title IDs, the recommender alone) and ``idgen`` (IDGenRec's method: the ID
    generator phase alternating with the recommender, ``--rounds`` rounds sharing the budget).
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
@@ -106,19 +106,10 @@ def idgenrec_overrides(
     ]  # fmt: skip
 
 
-def train_idgenrec(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+def train_idgenrec(run_dir: Path, overrides: list[str], config: str, nproc: int) -> dict[str, Any]:
     """Train (or resume) the run; the trainer stops all ranks together when the budget is spent."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "fusionrec.launch.cli",
-        "train",
-        "idgenrec",
-        "--config",
-        CONFIG,
-        "--nproc",
-        "2",
-    ]
+    cmd = [sys.executable, "-m", "fusionrec.launch.cli", "train", "idgenrec", "--config", config]
+    cmd += ["--nproc", str(nproc)]
     subprocess.run([*cmd, *overrides], check=True, env=_env())
     summary = json.loads((run_dir / "train_summary.json").read_text())
     return {"run_dir": str(run_dir), "overrides": overrides, "steps": summary["step"],
@@ -127,10 +118,12 @@ def train_idgenrec(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
 
 def id_changes(run_dir: Path) -> list[dict[str, Any]]:
     """Share of items whose textual ID differs between consecutive ID tables (r0 -> r1 -> ...)."""
+    from fusionrec.trainer.idgen.id_table import IDTable
+
     tables = sorted((run_dir / "id_tables").glob("r*.json"), key=lambda p: int(p.name[1:].split("-")[0]))
     out = []
     for old, new in zip(tables, tables[1:], strict=False):
-        a, b = (json.loads(p.read_text()).get("ids", {}) for p in (old, new))
+        a, b = IDTable.load(old).as_dict(), IDTable.load(new).as_dict()
         common = set(a) & set(b)
         changed = sum(a[i] != b[i] for i in common)
         out.append({"from": old.name, "to": new.name, "items": len(common),
@@ -239,6 +232,8 @@ def _parser():
     p.add_argument("--valid-users", type=int, default=None)
     p.add_argument("--test-users", type=int, default=None, help="0 = all test users")
     p.add_argument("--set", action="append", default=[], help="a config override for the IDGenRec run")
+    p.add_argument("--config", default=CONFIG, help="the IDGenRec recipe (idgenrec_beauty_gpu on a GPU)")
+    p.add_argument("--nproc", type=int, default=2, help="training processes (1 per GPU)")
     p.add_argument("--cache", default="", help="stage folder (default $FUSIONREC_BENCH_DIR/quality)")
     return p
 
@@ -255,10 +250,11 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     for key in ("minutes", "every", "valid_users", "test_users"):
         plan[key] = getattr(args, key) if getattr(args, key) is not None else plan[key]
     root = Path(args.cache or Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")) / "quality").resolve()
-    cache = root / ("quick" if args.quick else "full")
+    cache = root / (args.config + ("-quick" if args.quick else ""))  # stages of one recipe and size
     cache.mkdir(parents=True, exist_ok=True)
     v, extra = args.variant, [*VARIANTS[args.variant], *args.set]
     meta = {
+        "config": args.config,
         "dataset": DATASET,
         "variant": v,
         "budget_minutes": plan["minutes"],
@@ -266,20 +262,22 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
         **provenance(),
     }  # at the start: the code that ran, not the code at the end
     overrides = idgenrec_overrides(cache / f"idgenrec-{v}", root / "corpus", t5.parent, plan, extra)
-    _check_config(overrides)  # a bad --set fails here, before any training
+    _check_config(args.config, overrides)  # a bad --set fails here, before any training
     corpus = _prepare(beauty.parent, root / "corpus")
     sas = _stage(cache, "sasrec", train_sasrec, corpus, cache / "sasrec", plan["sasrec_epochs"])
-    tr = _stage(cache, f"idgenrec-{v}", train_idgenrec, cache / f"idgenrec-{v}", overrides)
+    tr = _stage(
+        cache, f"idgenrec-{v}", train_idgenrec, cache / f"idgenrec-{v}", overrides, args.config, args.nproc
+    )
     cur = _stage(cache, f"curve-{v}", curve, cache / f"idgenrec-{v}", corpus, plan["valid_users"])
     tst = _stage(cache, f"test-{v}", test, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
                  plan["test_users"], cache / f"test-eval-{v}")  # fmt: skip
     return lines(v, plan, sas, tr, cur, tst, meta)
 
 
-def _check_config(overrides: list[str]) -> None:
+def _check_config(config: str, overrides: list[str]) -> None:
     from fusionrec.launch.config import load_config
 
-    load_config(CONFIG, overrides)
+    load_config(config, overrides)
 
 
 def main() -> None:

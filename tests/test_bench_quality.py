@@ -1,0 +1,86 @@
+"""bench quality's own logic: stage resumption, checkpoint selection, ID-change shares, the result lines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fusionrec.bench import quality
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_finished_stage_is_not_run_again(tmp_path) -> None:
+    calls = []
+
+    def stage(x):
+        calls.append(x)
+        return {"x": x}
+
+    assert quality._stage(tmp_path, "s", stage, 1) == {"x": 1}
+    assert quality._stage(tmp_path, "s", stage, 2) == {"x": 1}  # the marker file answers; fn is not called
+    assert calls == [1] and json.loads((tmp_path / "s.json").read_text()) == {"x": 1}
+
+
+def test_a_failed_stage_leaves_no_marker(tmp_path) -> None:
+    def broken():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        quality._stage(tmp_path, "s", broken)
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_selection_takes_the_best_validation_point_and_the_earlier_of_a_tie() -> None:
+    pts = [{"step": 1, "HR@10": 0.01}, {"step": 2, "HR@10": 0.03}, {"step": 3, "HR@10": 0.03}]
+    assert quality.select(pts)["step"] == 2
+    assert quality.select(pts[:1])["step"] == 1
+
+
+def test_id_change_shares_between_consecutive_tables(tmp_path) -> None:
+    from fusionrec.trainer.idgen.id_table import IDTable
+
+    rounds = [
+        {"a": "x a", "b": "x b", "c": "y c", "d": "z d"},
+        {"a": "x a", "b": "q b", "c": "y c", "d": "z d"},  # 1 of 4 changed
+        {"a": "n a", "b": "n b", "c": "n c", "d": "z d"},  # 3 of 4 changed
+    ]
+    for r, ids in enumerate(rounds + [rounds[-1]] * 8):  # r10 must sort after r2 (numeric order)
+        IDTable(ids, "generative", r).save(tmp_path / "id_tables" / f"r{r}-{r:04d}.json")
+    shares = [c["changed_share"] for c in quality.id_changes(tmp_path)]
+    assert shares == [0.25, 0.75] + [0.0] * 8
+    assert quality.id_changes(tmp_path)[-1]["to"].startswith("r10-")
+
+
+def _record(model: str, ranks: list[int]) -> dict:
+    hits = np.asarray([0 <= r < 10 for r in ranks], dtype=float)
+    m = {"HR@5": 0.0, "HR@10": float(hits.mean()), "NDCG@5": 0.0, "NDCG@10": 0.0}
+    return {"model": model, "metrics": m, "ranks": ranks, "users": len(ranks), "seconds": 1.0,
+            "intervals": {"HR@10": [0.0, 1.0]}}  # fmt: skip
+
+
+def test_lines_pair_the_models_on_the_same_users() -> None:
+    tst = {"records": [
+        _record("idgenrec", [0, -1, 3, 12]),  # hits users 0 and 2
+        _record("sasrec", [0, 1, -1, -1]),  # hits users 0 and 1
+        _record("most_popular", [-1, -1, -1, 9]),  # hits user 3
+        {"model": "random (exact)", "metrics": {"HR@5": 0.1, "HR@10": 0.2, "NDCG@5": 0.0, "NDCG@10": 0.0},
+         "users": 4, "seconds": 0.0},
+    ]}  # fmt: skip
+    cur = {"points": [{"step": 10, "HR@10": 0.5, "ci95": [0.1, 0.9], "users": 4, "minutes": 1.0,
+                       "most_popular_HR@10": 0.25}], "selected": {"step": 10}, "id_changes": []}  # fmt: skip
+    sas = {"train_minutes": 2.0, "valid_users": 4, "curve": [{"minutes": 0.5, "epoch": 2, "HR@10": 0.25}]}
+    out = quality.lines("titles", {"minutes": 1.0}, sas, {"train_minutes": 1.5}, cur, tst, {"dataset": "d"})
+    by = {(x["bench"], x["model"]): x for x in out}
+    assert (
+        by[("quality_test", "idgenrec")]["ours"] == 0.5
+        and by[("quality_test", "idgenrec")]["baseline"] == 0.25
+    )
+    assert by[("quality_test", "sasrec")]["train_minutes"] == 2.0
+    assert by[("quality_test", "random (exact)")]["ci95"] is None
+    pair = by[("quality_paired", "idgenrec vs sasrec")]
+    assert pair["difference"] == 0.0 and pair["users"] == 4  # one user each way: +1, -1 over 4 users
+    assert by[("quality_paired", "idgenrec vs most_popular")]["difference"] == 0.25  # (1 + 1 - 1) / 4
+    curve = [x for x in out if x["bench"] == "quality_curve"]
+    assert [c["model"] for c in curve] == ["idgenrec", "sasrec"] and curve[0]["selected"] is True
