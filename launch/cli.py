@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=None, help="synthetic items per dataset (default: [synth])")
     _add_overrides(p)
 
+    p = sub.add_parser(
+        "dmpo-data", help="many-shot DMPO preference files from a prepared dataset's sequences"
+    )
+    p.add_argument("--data", required=True, help="a prepared corpus' processed/<dataset> folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--k", type=int, nargs="+", default=[1, 3, 5], help="negatives per prompt, one file each")
+    p.add_argument("--eval-users", type=int, default=1000, help="held-out users (one eval pair each)")
+    p.add_argument("--train-users", type=int, default=0, help="training users (0 = all not held out)")
+    p.add_argument("--max-history", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("export", help="write a checkpoint's models as HF save_pretrained folders")
     p.add_argument("source", nargs="?", metavar="RUN_OR_CHECKPOINT",
                    help="a run dir (its newest checkpoint) or RUN/checkpoints/step-N")  # fmt: skip
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
-        return _commands()[args.command](args)
+        return _commands()[args.command.replace("-", "_")](args)
     except KeyboardInterrupt:
         print("fusionrec: interrupted", file=sys.stderr)
         return 130

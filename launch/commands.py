@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fusionrec.launch.config import dumps_toml, load_config
 
-COMMANDS = ("synth", "prepare", "inspect", "export", "evaluate", "zeroshot", "demo")
+COMMANDS = ("synth", "prepare", "inspect", "export", "evaluate", "zeroshot", "demo", "dmpo_data")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -119,4 +119,17 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
         )
     records = run_zeroshot(checkpoint, corpus, cfg=zs)
     print(zeroshot_markdown(records))
+    return 0
+
+
+def cmd_dmpo_data(args: argparse.Namespace) -> int:
+    from fusionrec.trainer.recipes.dmpo.implicit import ImplicitPromptConfig, build_files
+
+    cfg = ImplicitPromptConfig(k=max(args.k), max_history=args.max_history, eval_users=args.eval_users,
+                               train_users=args.train_users, seed=args.seed)  # fmt: skip
+    manifest = build_files(args.data, args.out, cfg, sorted(set(args.k)))
+    print(
+        f"wrote {manifest['groups']} training prompts and {manifest['eval_pairs']} held-out pairs to {args.out}"
+    )
+    print(f"  files: {', '.join(manifest['files'].values())}; skipped: {json.dumps(manifest['skipped'])}")
     return 0

@@ -25,6 +25,9 @@ from fusionrec.data_pipeline.errors import DataError
 HEAD = "You are an assistant working on {domain} recommendations. Here is the user's history of {noun} they have {verb}: "
 MIDDLE = ". Rank the likelihood of the user {verbing} the two {noun} "
 DEFAULT_WORDS = {"domain": "movie", "noun": "movies", "verb": "watched", "verbing": "watching"}
+# Our many-shot sets from purchase sequences (implicit.py) use the same template with product words.
+PRODUCT_WORDS = {"domain": "product", "noun": "products", "verb": "bought", "verbing": "buying"}
+WORD_SETS = (DEFAULT_WORDS, PRODUCT_WORDS)
 _ITEM = re.compile(r" <Title:.*?> (?= <Title:|$)")
 
 
@@ -86,16 +89,16 @@ def answer(first: str, second: str) -> str:
 
 def parse_instruction(text: str, where: str) -> RankingPrompt:
     """Split a DMPO instruction into history items and candidates; the split must re-render exactly."""
-    head = HEAD.format(**DEFAULT_WORDS)
-    mid = MIDDLE.format(**DEFAULT_WORDS)
-    if not text.startswith(head) or mid not in text:
+    words = next((w for w in WORD_SETS if text.startswith(HEAD.format(**w))), None)
+    head, mid = (HEAD.format(**words), MIDDLE.format(**words)) if words else ("", "")
+    if words is None or mid not in text:
         raise DataError(where, None, f"instruction does not follow the DMPO template: {text[:80]!r}...")
     hist_text, _, tail = text[len(head) :].rpartition(mid)
     history = _ITEM.findall(hist_text)
     m = re.fullmatch(r"( <Title:.*?> ) and ( <Title:.*> )\.", tail)
     if "".join(history) != hist_text or m is None:
         raise DataError(where, None, f"cannot split history/candidates of instruction: {text[:80]!r}...")
-    prompt = RankingPrompt(history=history, candidates=(m.group(1), m.group(2)))
+    prompt = RankingPrompt(history=history, candidates=(m.group(1), m.group(2)), words=dict(words))
     if prompt.render() != text:
         raise DataError(where, None, "instruction does not re-render identically after parsing")
     return prompt
