@@ -17,6 +17,8 @@ left of its wall-clock budget, `train.max_minutes`):
 5. ``test-VARIANT``: the selected checkpoint, SASRec's selected state, most-popular and a random ranking (exact)
    on ALL test users, full ranking over the 12,101 items, history not masked, no user IDs (the recipe's
    prompt holds item IDs only): HR/NDCG@5/10 with 95% bootstrap intervals over users; paired differences.
+6. ``transitions-test``: item-to-item transition counts (cluster/transitions.py: what the last items alone
+   predict, no learning) on the same test users, paired with both learned models.
 
 Training minutes are the trainer's own clock (`state.train_seconds`); evaluation seconds are reported apart.
 ``--quick`` is a smoke run (0.5 training minute, 100 validation and 300 test users) that shows nothing.
@@ -62,7 +64,8 @@ def _stage(cache: Path, name: str, fn, *args: Any) -> dict[str, Any]:
         print(f"[quality] {name}: done before, reusing {path}", file=sys.stderr, flush=True)
         return json.loads(path.read_text())
     print(f"[quality] {name} ...", file=sys.stderr, flush=True)
-    result = fn(*args)
+    commit = provenance()["commit"]  # the code that computes this stage (a rerun may reuse it later)
+    result = {**fn(*args), "_commit": commit}
     atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
     return result
 
@@ -170,6 +173,26 @@ def test(ckpt: str, corpus: Path, sasrec: str, users: int, out: Path) -> dict[st
     return {"records": records}
 
 
+def transitions_test(corpus: Path, users: int, out: Path) -> dict[str, Any]:
+    """The item-to-item transitions baseline (cluster/transitions.py) on the test stage's users (the same
+    seeded selection `evaluate_checkpoint` makes), on the same Ray actor pool."""
+    from fusionrec.cluster.evaluator import EvaluatorConfig, evaluate
+    from fusionrec.cluster.generative import GenerativeEvalConfig, load_evalset, sample_users
+    from fusionrec.cluster.results import metric_intervals
+    from fusionrec.cluster.transitions import transitions_for
+
+    gen = GenerativeEvalConfig(split="test", max_users=users)
+    ds = corpus / "processed" / DATASET
+    data, selection = sample_users(load_evalset(ds, "test", DATASET), gen.max_users, gen.seed)
+    shutil.rmtree(out, ignore_errors=True)
+    factory = transitions_for(ds, out / "model", gen.top_k, gen.exclude_history)
+    cfg = EvaluatorConfig(num_actors=2, progress=False)
+    res = evaluate(data, factory, cfg, scorer_desc={"model": "transitions"}, results_dir=out / "units")
+    names = [m for m in res.metrics if m.startswith(("HR@", "NDCG@"))]
+    return {"records": [{**res.as_dict(), "model": "transitions", "ranks": res.ranks.tolist(),
+                         "intervals": metric_intervals(res.sums, names), "users_selection": selection}]}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ lines
 
 
@@ -189,7 +212,9 @@ def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict
                     "intervals": {m: _round(v) for m, v in rec.get("intervals", {}).items() if m in METRICS},
                     "train_minutes": trained and round(trained, 2), "eval_seconds": round(rec["seconds"], 1),
                     **meta})  # fmt: skip
-    for a, b in (("idgenrec", "sasrec"), ("idgenrec", "most_popular"), ("sasrec", "most_popular")):
+    pairs = [("idgenrec", "sasrec"), ("idgenrec", "most_popular"), ("sasrec", "most_popular")]
+    pairs += [(m, "transitions") for m in ("idgenrec", "sasrec") if "transitions" in recs]
+    for a, b in pairs:
         d = paired_difference(recs[a]["ranks"], recs[b]["ranks"], "HR@10")
         out.append({"bench": "quality_paired", "model": f"{a} vs {b}", "ours": round(d["a"], 5),
                     "baseline": round(d["b"], 5), "difference": round(d["difference"], 5),
@@ -271,6 +296,12 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     cur = _stage(cache, f"curve-{v}", curve, cache / f"idgenrec-{v}", corpus, plan["valid_users"])
     tst = _stage(cache, f"test-{v}", test, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
                  plan["test_users"], cache / f"test-eval-{v}")  # fmt: skip
+    trans = _stage(
+        cache, "transitions-test", transitions_test, corpus, plan["test_users"], cache / "transitions-eval"
+    )
+    stages = {"sasrec": sas, "idgenrec": tr, "curve": cur, "test": tst, "transitions": trans}
+    meta["stage_commits"] = {k: st.get("_commit", "not recorded") for k, st in stages.items()}
+    tst = {"records": tst["records"] + trans["records"]}
     return lines(v, plan, sas, tr, cur, tst, meta)
 
 

@@ -18,9 +18,10 @@ def test_a_finished_stage_is_not_run_again(tmp_path) -> None:
         calls.append(x)
         return {"x": x}
 
-    assert quality._stage(tmp_path, "s", stage, 1) == {"x": 1}
-    assert quality._stage(tmp_path, "s", stage, 2) == {"x": 1}  # the marker file answers; fn is not called
-    assert calls == [1] and json.loads((tmp_path / "s.json").read_text()) == {"x": 1}
+    first = quality._stage(tmp_path, "s", stage, 1)
+    assert first["x"] == 1 and first["_commit"]  # the code that computed it is kept with it
+    assert quality._stage(tmp_path, "s", stage, 2) == first  # the marker file answers; fn is not called
+    assert calls == [1] and json.loads((tmp_path / "s.json").read_text()) == first
 
 
 def test_a_failed_stage_leaves_no_marker(tmp_path) -> None:

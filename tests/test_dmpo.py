@@ -266,3 +266,21 @@ def test_dmpo_stage_starts_at_ln2_and_learns(tmp_path, reference):
     assert losses[0] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     assert losses[-1] < losses[0] - 0.05, losses
     assert logs[-1]["dmpo/reward_accuracy"] > 0.5
+
+
+@pytest.mark.unit
+def test_auc_interval_and_paired_difference() -> None:
+    from fusionrec.trainer.recipes.dmpo.loss import AUCResult, auc_interval
+
+    perfect = AUCResult(1.0, 1.0, 4, 0, pos=[0.9, 0.8, 0.7, 0.6], neg=[0.1, 0.2, 0.3, 0.4])
+    assert auc_interval(perfect) == [1.0, 1.0]
+    assert auc_interval(perfect, perfect) == [0.0, 0.0]  # the same records scored alike: no difference
+    flipped = AUCResult(0.0, 0.0, 4, 0, pos=perfect.neg, neg=perfect.pos)
+    assert auc_interval(perfect, flipped) == [1.0, 1.0]  # AUC 1 - AUC 0 on every resample
+    mixed = AUCResult(0.5, 0.5, 4, 0, pos=[0.9, 0.1, 0.9, 0.1], neg=[0.5, 0.5, 0.5, 0.5])
+    lo, hi = auc_interval(mixed, resamples=500)
+    assert 0.0 <= lo < 0.5 < hi <= 1.0
+    with pytest.raises(ValueError, match="per-record scores"):
+        auc_interval(AUCResult(0.5, 0.5, 0, 0))
+    with pytest.raises(ValueError, match="same records"):
+        auc_interval(perfect, AUCResult(0.5, 0.5, 2, 0, pos=[1.0, 0.0], neg=[0.0, 1.0]))

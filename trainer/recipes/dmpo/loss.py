@@ -12,7 +12,7 @@ model when the SFT adapter was merged before DMPO).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +140,29 @@ class AUCResult:
     pairwise: float  # share of records whose preferred answer outscores the dispreferred one (ties ½)
     n: int
     truncated: int  # prompts whose oldest history items were dropped to fit the context window
+    pos: list[float] = field(default_factory=list)  # per record, in record order: for intervals
+    neg: list[float] = field(default_factory=list)
+
+
+def auc_interval(
+    res: AUCResult, other: AUCResult | None = None, resamples: int = 1000, seed: int = 0
+) -> list[float]:
+    """95% percentile bootstrap interval over records of `res`'s AUC, or, given `other` (scored on the SAME
+    records in the same order), of the paired difference AUC(res) - AUC(other): each resample draws record
+    indices once and recomputes both AUCs on them, so shared record difficulty cancels."""
+    if not res.pos or (other is not None and len(other.pos) != len(res.pos)):
+        raise ValueError("auc_interval needs per-record scores of the same records (AUCResult.pos/neg)")
+    rng = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(resamples):
+        idx = torch.randint(0, len(res.pos), (len(res.pos),), generator=rng).tolist()
+        a = auc([res.pos[i] for i in idx], [res.neg[i] for i in idx])
+        b = auc([other.pos[i] for i in idx], [other.neg[i] for i in idx]) if other is not None else 0.0
+        values.append(a - b)
+    lo, hi = torch.tensor(values, dtype=torch.float64).quantile(
+        torch.tensor([0.025, 0.975], dtype=torch.float64)
+    )
+    return [float(lo), float(hi)]
 
 
 @torch.no_grad()
@@ -172,4 +195,4 @@ def evaluate_auc(
         neg.append(vals[1])
     pairwise = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p, q in zip(pos, neg, strict=True)) / len(pos)
     # Each record's prompt is encoded for both answers: count truncation per record, not per encoding.
-    return AUCResult(auc(pos, neg), pairwise, len(pos), stats.truncated // 2)
+    return AUCResult(auc(pos, neg), pairwise, len(pos), stats.truncated // 2, pos, neg)
