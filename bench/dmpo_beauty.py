@@ -3,7 +3,7 @@
 The paper's files are few-shot (Movie, ML-1M); here the preference sets come from real Amazon Beauty purchase
 sequences (`trainer/recipes/dmpo/implicit.py`, the builder of `fusionrec dmpo-data`): 1,000 held-out users
 give one eval pair each (their test item vs a never-bought item), the other users' training prompts hold 5
-nested never-bought negatives. Through the real recipe (DMPOModule on a DeepSpeed engine, the generic Trainer,
+nested never-bought negatives; titles cut to their first 10 words. Through the real recipe (DMPOModule on a DeepSpeed engine, the generic Trainer,
 SmolLM2-135M + LoRA on CPU): base model -> SFT on ``n_sft`` training prompts -> from the merged SFT model, DMPO
 with k = 1, 3, 5 on the same ``n_groups`` prompts (reference log-probs precomputed).
 
@@ -48,6 +48,7 @@ class Plan:
 FULL = Plan(n_eval=1000, n_paper=200, n_sft=256, n_groups=128)
 QUICK = Plan(n_eval=24, n_paper=0, n_sft=8, n_groups=8, log_every=1)
 KS = (1, 3, 5)
+TITLE_WORDS = 10  # Beauty titles run to 40+ tokens: two candidates + answers must fit max_length with history
 PAPER = ("Amazon_Movie", "data_ml_1m")
 
 
@@ -56,11 +57,12 @@ def _files(cache: Path) -> Path:
     from fusionrec.bench.idgenrec_beauty import _prepare
     from fusionrec.trainer.recipes.dmpo.implicit import ImplicitPromptConfig, build_files
 
-    out = cache / "files"
+    out = cache / f"files-t{TITLE_WORDS}"
     if not (out / "rec_amazon_beauty_manifest.json").is_file():
         beauty = find_shared("data/amazon_beauty/user_sequence.txt")
         corpus = _prepare(beauty.parent, cache / "corpus")
-        build_files(corpus / "processed" / "amazon_beauty", out, ImplicitPromptConfig(k=max(KS)), KS)
+        cfg = ImplicitPromptConfig(k=max(KS), title_words=TITLE_WORDS)
+        build_files(corpus / "processed" / "amazon_beauty", out, cfg, KS)
     return out
 
 

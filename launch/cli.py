@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-users", type=int, default=1000, help="held-out users (one eval pair each)")
     p.add_argument("--train-users", type=int, default=0, help="training users (0 = all not held out)")
     p.add_argument("--max-history", type=int, default=20)
+    p.add_argument("--title-words", type=int, default=0, help="cut titles to N words (0 = full titles)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("export", help="write a checkpoint's models as HF save_pretrained folders")

@@ -126,7 +126,7 @@ def cmd_dmpo_data(args: argparse.Namespace) -> int:
     from fusionrec.trainer.recipes.dmpo.implicit import ImplicitPromptConfig, build_files
 
     cfg = ImplicitPromptConfig(k=max(args.k), max_history=args.max_history, eval_users=args.eval_users,
-                               train_users=args.train_users, seed=args.seed)  # fmt: skip
+                               train_users=args.train_users, title_words=args.title_words, seed=args.seed)  # fmt: skip
     manifest = build_files(args.data, args.out, cfg, sorted(set(args.k)))
     print(
         f"wrote {manifest['groups']} training prompts and {manifest['eval_pairs']} held-out pairs to {args.out}"

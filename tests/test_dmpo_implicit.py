@@ -84,3 +84,15 @@ def test_cli_builds_files_from_a_prepared_dataset(tmp_path) -> None:
     manifest = json.loads((tmp_path / "out" / "rec_toy_manifest.json").read_text())
     assert manifest["eval_pairs"] == 2 and manifest["ks"] == [1, 2] and manifest["skipped"]["too_short"] == 1
     assert main(["dmpo-data", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_titles_can_be_cut_to_their_first_words() -> None:
+    titles = {i: f"Brand {i} long descriptive words here" for i in ITEMS}
+    prefs = build_implicit_preferences(
+        _sequences(), titles, ImplicitPromptConfig(k=1, eval_users=2, title_words=2)
+    )
+    assert all(
+        c.startswith(" <Title:Brand i") and c.count(" ") == 3
+        for r in prefs.eval_records
+        for c in r.prompt.candidates
+    )

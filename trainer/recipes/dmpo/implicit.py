@@ -48,14 +48,18 @@ class ImplicitPromptConfig:
     max_history: int = 20
     eval_users: int = 1000
     train_users: int = 0  # 0 = every user not held out
+    title_words: int = 0  # > 0: titles cut to their first N words (prompt cost; 0 = full titles)
     seed: int = 0
     words: dict[str, str] = field(default_factory=lambda: dict(PRODUCT_WORDS))
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.max_history < 1:
             raise ValueError(f"k={self.k} and max_history={self.max_history} must be >= 1")
-        if self.eval_users < 0 or self.train_users < 0:
-            raise ValueError(f"eval_users={self.eval_users} and train_users={self.train_users} must be >= 0")
+        if self.eval_users < 0 or self.train_users < 0 or self.title_words < 0:
+            raise ValueError(
+                f"eval_users={self.eval_users}, train_users={self.train_users} and "
+                f"title_words={self.title_words} must be >= 0"
+            )
 
 
 def _negatives(rng: random.Random, catalogue: Sequence[str], seen: set[str], titles, pos_title: str, k: int):
@@ -90,6 +94,8 @@ def build_implicit_preferences(
     Users with fewer than 4 items, or whose positive has no title, are counted in `skipped`; history items
     without a title are left out of the prompt and counted."""
     skipped = {"too_short": 0, "positive_no_title": 0, "history_items_no_title": 0}
+    if cfg.title_words:
+        titles = {i: " ".join(t.split()[: cfg.title_words]) for i, t in titles.items()}
     catalogue = sorted(i for i, t in titles.items() if t)
     rng = random.Random(cfg.seed)
     users = sorted(u for u, s in sequences.items() if len(s) >= MIN_ITEMS)
