@@ -167,7 +167,7 @@ def select(points: list[dict[str, Any]]) -> dict[str, Any]:
     return max(points, key=lambda p: (p["HR@10"], -p["step"]))
 
 
-def test(ckpt: str, corpus: Path, sasrec: str, users: int, out: Path) -> dict[str, Any]:
+def score_test_users(ckpt: str, corpus: Path, sasrec: str, users: int, out: Path) -> dict[str, Any]:
     """All test users (or `users`): the selected checkpoint beside SASRec, most-popular and random."""
     records = _scored(Path(ckpt), corpus, "test", users, out, sasrec)
     return {"records": records}
@@ -294,7 +294,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
         cache, f"idgenrec-{v}", train_idgenrec, cache / f"idgenrec-{v}", overrides, args.config, args.nproc
     )
     cur = _stage(cache, f"curve-{v}", curve, cache / f"idgenrec-{v}", corpus, plan["valid_users"])
-    tst = _stage(cache, f"test-{v}", test, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
+    tst = _stage(cache, f"test-{v}", score_test_users, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
                  plan["test_users"], cache / f"test-eval-{v}")  # fmt: skip
     trans = _stage(
         cache, "transitions-test", transitions_test, corpus, plan["test_users"], cache / "transitions-eval"
