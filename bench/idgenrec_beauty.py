@@ -60,7 +60,10 @@ def _prepare(beauty: Path, out: Path) -> Path:
     if (out / "manifest.json").is_file():
         return out
     cmd = ["prepare", "--input", str(beauty), "--format", "p5", "--out", str(out)]
-    subprocess.run([sys.executable, "-m", "fusionrec.launch.cli", *cmd], check=True, env=_env())
+    # stdout=stderr: a bench's stdout is its JSON lines only
+    subprocess.run(
+        [sys.executable, "-m", "fusionrec.launch.cli", *cmd], check=True, env=_env(), stdout=sys.stderr
+    )
     return out
 
 
