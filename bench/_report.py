@@ -41,6 +41,9 @@ def _cell(line: dict[str, Any], col: str) -> str:
         return f"diff {line['difference']:+.4g} [{lo:+.4g}, {hi:+.4g}]"
     elif col == "ci95":
         value = line.get("ci95") or line.get("ours_ci95")
+    elif col == "commit" and "stage_commits" in line:  # a resumed bench: which code computed its stages
+        other = sorted(set(line["stage_commits"].values()) - {line["commit"]})
+        return str(line["commit"]) + (f" (stages: {', '.join(other)})" if other else "")
     else:
         value = line.get(col)
     if value is None:
