@@ -106,13 +106,15 @@ def _evals(files: Path, plan: Plan) -> dict[str, list]:
     return evals
 
 
-def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
+def run(quick: bool = False, base_only: bool = False) -> list[dict]:
+    """The whole comparison; `base_only`: only the base model's held-out AUC and its scoring speed."""
     from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, build_causal_lm, load_tokenizer
     from fusionrec.trainer.recipes.dmpo.config import DMPOConfig, DMPORecipeConfig
 
     if find_shared("data/amazon_beauty/user_sequence.txt") is None:
         return [{"bench": "dmpo_beauty", "skipped": "../shared/data/amazon_beauty not found"}]
     plan, meta = QUICK if quick else FULL, {"quick": quick, **provenance()}
+    plan = replace(plan, n_paper=0) if base_only else plan  # the 1,000 held-out pairs of one file only
     cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "dmpo_beauty"
     files = _files(cache)
     evals = _evals(files, plan)
@@ -121,6 +123,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     tok = load_tokenizer(base_cfg)
     scores, train_logs, seconds = {"base": _score(build_causal_lm(base_cfg), tok, evals, plan)}, {}, {}
     gc.collect()
+    if base_only:
+        return _lines(scores, train_logs, seconds, plan, {**meta, "base_only": True})
     with tempfile.TemporaryDirectory(prefix="dmpo-beauty-") as tmp:
         sft = DMPORecipeConfig(stage="sft", sft_file=str(files / "rec_amazon_beauty_sft_ranking.json"),
                                limit=plan.n_sft, model=base_cfg)  # fmt: skip
@@ -175,8 +179,10 @@ def _lines(scores: dict, logs: dict, seconds: dict, plan: Plan, meta: dict) -> l
 
 
 def main() -> None:
-    args = cli_parser(__doc__, "smoke run: 8 prompts per stage, 24 held-out pairs").parse_args()
-    emit(run(quick=args.quick), args.record)
+    parser = cli_parser(__doc__, "smoke run: 8 prompts per stage, 24 held-out pairs")
+    parser.add_argument("--base-only", action="store_true", help="only the base model's AUC and speed")
+    args = parser.parse_args()
+    emit(run(quick=args.quick, base_only=args.base_only), args.record)
 
 
 if __name__ == "__main__":
