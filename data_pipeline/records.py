@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -47,3 +48,18 @@ class RawDataset:
             raise ValueError(f"{self.name}: interactions schema {self.interactions.schema} != contract")
         if not self.items.schema.equals(ITEM_SCHEMA):
             raise ValueError(f"{self.name}: items schema {self.items.schema} != contract")
+
+
+def read_processed(data_dir: str | Path, column: str) -> tuple[dict[str, list[str]], dict[str, str | None]]:
+    """A processed dataset folder (`processed/<name>`, written by `prepare`): each user's items in time order
+    and one `items.parquet` column per item (None where the item has no value)."""
+    import pyarrow.parquet as pq
+
+    d = Path(data_dir)
+    for name in ("items.parquet", "sequences.parquet"):
+        if not (d / name).is_file():
+            raise ValueError(f"{d}: missing {name} (expected a processed dataset folder)")
+    items = pq.read_table(d / "items.parquet", columns=["item_id", column]).to_pydict()
+    seqs = pq.read_table(d / "sequences.parquet", columns=["user_id", "item_ids"]).to_pydict()
+    values = dict(zip(items["item_id"], items[column], strict=True))
+    return dict(zip(seqs["user_id"], seqs["item_ids"], strict=True)), values

@@ -272,14 +272,23 @@ def _user_group(
     pos = positives[-1]
     held = {pos, *negatives}
     history = [render_item(titles[i]) for _, i, _ in rows if i not in held][-cfg.max_history :]
-    group_rows = []
+    negs = [titles[n] for n in negatives]
+    return preference_group(user, history, titles[pos], negs, cfg.words, rng)
+
+
+def preference_group(
+    user: str, history: list[str], positive: str, negatives: list[str], words: dict[str, str], rng
+) -> PreferenceGroup:
+    """One row per negative title: the rendered history, the positive vs that negative in random order
+    (paper Table 1; one `rng.shuffle` per row), preferred answer = positive first."""
+    rows = []
     for j, neg in enumerate(negatives):
-        pair = [render_item(titles[pos]), render_item(titles[neg])]
+        pair = [render_item(positive), render_item(neg)]
         chosen, rejected = answer(pair[0], pair[1]), answer(pair[1], pair[0])
-        rng.shuffle(pair)  # candidate order in the instruction is randomised (paper Table 1)
-        prompt = RankingPrompt(history, (pair[0], pair[1]), dict(cfg.words))
-        group_rows.append(PreferenceRecord(prompt, chosen, rejected, f"user {user} negative {j}"))
-    return PreferenceGroup(group_rows)
+        rng.shuffle(pair)
+        prompt = RankingPrompt(history, (pair[0], pair[1]), dict(words))
+        rows.append(PreferenceRecord(prompt, chosen, rejected, f"user {user} negative {j}"))
+    return PreferenceGroup(rows)
 
 
 def build_corpus_preferences(

@@ -31,9 +31,8 @@ from fusionrec.trainer.recipes.dmpo.data import (
     CorpusPreferences,
     PreferenceGroup,
     PreferenceRecord,
-    RankingPrompt,
-    answer,
     load_dmpo_file,
+    preference_group,
     render_item,
 )
 
@@ -72,20 +71,6 @@ def _negatives(rng: random.Random, catalogue: Sequence[str], seen: set[str], tit
     return out
 
 
-def _group(
-    user: str, history: Sequence[str], pos: str, negs: Sequence[str], titles, cfg, rng
-) -> PreferenceGroup:
-    hist = [render_item(titles[i]) for i in history if titles.get(i)][-cfg.max_history :]
-    rows = []
-    for j, neg in enumerate(negs):
-        pair = [render_item(titles[pos]), render_item(titles[neg])]
-        chosen, rejected = answer(pair[0], pair[1]), answer(pair[1], pair[0])
-        rng.shuffle(pair)  # candidate order in the instruction is random (paper Table 1)
-        prompt = RankingPrompt(hist, (pair[0], pair[1]), dict(cfg.words))
-        rows.append(PreferenceRecord(prompt, chosen, rejected, f"user {user} negative {j}"))
-    return PreferenceGroup(rows)
-
-
 def build_implicit_preferences(
     sequences: Mapping[str, Sequence[str]], titles: Mapping[str, str], cfg: ImplicitPromptConfig
 ) -> CorpusPreferences:
@@ -112,8 +97,9 @@ def build_implicit_preferences(
                 skipped["positive_no_title"] += 1
                 continue
             skipped["history_items_no_title"] += sum(not titles.get(i) for i in history)
-            negs = _negatives(rng, catalogue, set(seq), titles, titles[pos], k)
-            out[side].append(_group(user, history, pos, negs, titles, cfg, rng))
+            negs = [titles[n] for n in _negatives(rng, catalogue, set(seq), titles, titles[pos], k)]
+            hist = [render_item(titles[i]) for i in history if titles.get(i)][-cfg.max_history :]
+            out[side].append(preference_group(user, hist, titles[pos], negs, cfg.words, rng))
     return CorpusPreferences(out["train"], [g.rows[0] for g in out["eval"]], skipped)
 
 
@@ -161,17 +147,11 @@ def write_dmpo_files(
 
 
 def corpus_sequences(dataset_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Time-ordered item sequences per user and item titles of a prepared dataset folder (processed/<name>)."""
-    import pyarrow.parquet as pq
+    """Time-ordered item sequences per user and item titles ("" where none) of a processed dataset folder."""
+    from fusionrec.data_pipeline.records import read_processed
 
-    d = Path(dataset_dir)
-    for f in ("sequences.parquet", "items.parquet"):
-        if not (d / f).is_file():
-            raise FileNotFoundError(f"{d / f}: missing; give a prepared corpus' processed/<dataset> folder")
-    seq = pq.read_table(d / "sequences.parquet", columns=["user_id", "item_ids"]).to_pydict()
-    items = pq.read_table(d / "items.parquet", columns=["item_id", "title"]).to_pydict()
-    titles = {i: (t or "").strip() for i, t in zip(items["item_id"], items["title"], strict=True)}
-    return dict(zip(seq["user_id"], seq["item_ids"], strict=True)), titles
+    sequences, titles = read_processed(dataset_dir, "title")
+    return sequences, {i: (t or "").strip() for i, t in titles.items()}
 
 
 def build_files(

@@ -33,17 +33,11 @@ from fusionrec.trainer.strategy import DeepspeedStrategy, Engine
 
 
 def load_processed(data_dir: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """sequences (user → items, time order) and item text from a processed dataset folder."""
-    import pyarrow.parquet as pq
+    """sequences (user → items, time order) and item text (the item id where it has none)."""
+    from fusionrec.data_pipeline.records import read_processed
 
-    d = Path(data_dir)
-    for name in ("items.parquet", "sequences.parquet"):
-        if not (d / name).is_file():
-            raise ValueError(f"{d}: missing {name} (expected a processed dataset folder)")
-    items = pq.read_table(d / "items.parquet", columns=["item_id", "text"]).to_pydict()
-    seqs = pq.read_table(d / "sequences.parquet", columns=["user_id", "item_ids"]).to_pydict()
-    text = {i: (t or i) for i, t in zip(items["item_id"], items["text"], strict=True)}
-    return dict(zip(seqs["user_id"], seqs["item_ids"], strict=True)), text
+    sequences, text = read_processed(data_dir, "text")
+    return sequences, {i: (t or i) for i, t in text.items()}
 
 
 class PALRModule(BaseTrainModule):
