@@ -67,21 +67,13 @@ def _files(cache: Path) -> Path:
 
 
 def _train(recipe: Any, run_dir: Path, plan: Plan) -> tuple[Any, float, list[dict]]:
-    """One recipe run (1 process, ZeRO-0); the module, wall seconds and the logged training metrics."""
+    """bench ranker's recipe run; the module, wall seconds and the metrics logged every `log_every` steps."""
+    from fusionrec.bench.ranker import train_recipe
     from fusionrec.trainer.callbacks import HistoryCallback
-    from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
-    from fusionrec.trainer.loop import Trainer
-    from fusionrec.trainer.recipes.dmpo.module import DMPOModule
-    from fusionrec.trainer.strategy import DeepspeedStrategy
 
-    cfg = TrainConfig(run_dir=str(run_dir), max_steps=100_000, log_every=plan.log_every, tensorboard=False,
-                      progress=False, deepspeed=DeepSpeedConfig(zero_stage=0, micro_batch_size=plan.micro_batch),
-                      optim=OptimConfig(lr=plan.lr, warmup_steps=2))  # fmt: skip
-    cfg.checkpoint.save_at_end = False
-    module, history = DMPOModule(recipe), HistoryCallback()
-    t0 = time.perf_counter()
-    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, train_loader=[], callbacks=[history]).fit()
-    return module, time.perf_counter() - t0, history.logs
+    history = HistoryCallback()
+    module, seconds, _ = train_recipe(recipe, run_dir, plan, plan.log_every, [history])
+    return module, seconds, history.logs
 
 
 def _score(model: Any, tok: Any, evals: dict[str, list], plan: Plan) -> dict[str, tuple[Any, float]]:

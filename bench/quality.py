@@ -74,21 +74,17 @@ def _stage(cache: Path, name: str, fn, *args: Any) -> dict[str, Any]:
 
 
 def train_sasrec(corpus: Path, out: Path, epochs: int) -> dict[str, Any]:
-    """SASRec-CE with validation selection; its curve is valid HR@10 (all validation users) per check."""
-    from fusionrec.cluster.baselines import load_corpus, save_sasrec, train_sasrec, train_sequences
-    from fusionrec.cluster.evaluator import EvalSet
-    from fusionrec.launch.palr_retriever import fast_sasrec_config
+    """SASRec-CE with validation selection (the retriever's trainer); its curve is valid HR@10 (all
+    validation users) per check, the selected point the state kept (the first best NDCG@10)."""
+    from fusionrec.launch.palr_retriever import fast_sasrec_config, train_and_save_sasrec
 
-    seqs, items, name = load_corpus(corpus / "processed" / DATASET)
-    valid = EvalSet.from_sequences(seqs, "valid", name, items)
+    summary = train_and_save_sasrec(corpus / "processed" / DATASET, out, epochs, threads=2)
     cfg = fast_sasrec_config(epochs, threads=2)
-    model, history = train_sasrec(train_sequences(seqs, items), len(items), cfg, valid, log=lambda _: None)
-    save_sasrec(out, model, items, cfg)
-    curve = [{"minutes": e["seconds"] / 60, "epoch": e["epoch"], "HR@10": e["valid"]["HR@10"]}
-             for e in history["epochs"] if "valid" in e]  # fmt: skip
-    best = max(curve, key=lambda p: p["HR@10"])  # ~ the state kept (it is chosen by NDCG@10)
-    return {"checkpoint": str(out), "train_minutes": history["seconds"] / 60, "curve": curve,
-            "valid_users": len(valid), "selected": best, "epochs": len(history["epochs"]),
+    curve = [{"minutes": p["seconds"] / 60, "epoch": p["epoch"], "HR@10": p["HR@10"], "NDCG@10": p["NDCG@10"]}
+             for p in summary["valid_curve"]]  # fmt: skip
+    return {"checkpoint": str(out), "train_minutes": summary["seconds"] / 60, "curve": curve,
+            "valid_users": summary["valid_users"], "selected": max(curve, key=lambda p: p["NDCG@10"]),
+            "epochs": summary["epochs"],
             "setting": f"loss ce, lr {cfg.lr}, batch {cfg.batch_size}, hidden {cfg.hidden}, validation every "
                        f"{cfg.eval_every} epochs, patience {cfg.patience}"}  # fmt: skip
 

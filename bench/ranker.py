@@ -57,8 +57,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _train(recipe, run_dir: Path, plan: BenchPlan) -> tuple[object, float, int]:
-    """One recipe run (1 process, ZeRO-0 engine): returns the module, seconds and tokens trained on."""
+def train_recipe(
+    recipe, run_dir: Path, plan: BenchPlan, log_every: int = 1_000_000, callbacks: list | None = None
+) -> tuple[object, float, int]:
+    """One recipe run (1 process, ZeRO-0 engine): returns the module, seconds and tokens trained on.
+
+    `plan` needs `micro_batch` and `lr`; `callbacks` see the metrics logged every `log_every` steps."""
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.recipes.dmpo.module import DMPOModule
@@ -67,7 +71,7 @@ def _train(recipe, run_dir: Path, plan: BenchPlan) -> tuple[object, float, int]:
     cfg = TrainConfig(
         run_dir=str(run_dir),
         max_steps=10_000,
-        log_every=1_000_000,
+        log_every=log_every,
         tensorboard=False,
         progress=False,
         deepspeed=DeepSpeedConfig(zero_stage=0, micro_batch_size=plan.micro_batch),
@@ -76,7 +80,7 @@ def _train(recipe, run_dir: Path, plan: BenchPlan) -> tuple[object, float, int]:
     cfg.checkpoint.save_at_end = False
     module = DMPOModule(recipe)
     strategy = DeepspeedStrategy(cfg.deepspeed)
-    trainer = Trainer(cfg, strategy, module, train_loader=[], callbacks=[])
+    trainer = Trainer(cfg, strategy, module, train_loader=[], callbacks=callbacks or [])
     t0 = time.perf_counter()
     trainer.fit()
     seconds = time.perf_counter() - t0
@@ -147,7 +151,7 @@ def run_auc(quick: bool = False) -> list[dict]:
         tmp = Path(tmp)
         sft_file = str(data / "rec_Amazon_Movie_sft_ranking.json")
         sft = DMPORecipeConfig(stage="sft", sft_file=sft_file, limit=plan.n_sft, model=base_cfg)
-        module, sft_s, sft_tokens = _train(sft, tmp / "sft", plan)
+        module, sft_s, sft_tokens = train_recipe(sft, tmp / "sft", plan)
         sft_dir = module.export(tmp / "sft-merged")
         sft_trunc = module.truncation.as_dict()
         sft_auc = {
@@ -169,7 +173,7 @@ def run_auc(quick: bool = False) -> list[dict]:
             )
             # ~4 sequences per micro-batch whatever k is: a group holds 1 + k of them (bounds activation memory)
             dmpo_plan = replace(plan, micro_batch=max(1, plan.micro_batch // (1 + k)))
-            module, s, tokens = _train(cfg, tmp / f"dmpo-k{k}", dmpo_plan)
+            module, s, tokens = train_recipe(cfg, tmp / f"dmpo-k{k}", dmpo_plan)
             lines.append(
                 _speed(f"ranker-dmpo-k{k}-tokens-per-s", tokens / s, s, f"DMPO k={k}, precomputed ref")
                 | {"train_truncation": module.truncation.as_dict()}

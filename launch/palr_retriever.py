@@ -63,8 +63,11 @@ def train_and_save_sasrec(data_dir: str | Path, out: Path, epochs: int, threads:
     finally:
         torch.set_num_threads(before)  # train_sasrec sets the thread count; the LM ranker runs after it
     save_sasrec(out, model, items, cfg)
+    curve = [{"epoch": e["epoch"], "seconds": e["seconds"], "HR@10": e["valid"]["HR@10"],
+              "NDCG@10": e["valid"]["NDCG@10"]} for e in history["epochs"] if "valid" in e]  # fmt: skip
     summary = {"seconds": history["seconds"], "epochs": len(history["epochs"]), "threads": threads,
-               "best_valid_ndcg@10": history["best_valid_ndcg@10"], "users": len(train), "items": len(items)}  # fmt: skip
+               "best_valid_ndcg@10": history["best_valid_ndcg@10"], "users": len(train), "items": len(items),
+               "valid_users": len(valid), "valid_curve": curve}  # fmt: skip
     atomic_write_text(out.parent / f"{out.name}.train.json", json.dumps(summary, indent=2))
     return summary
 
