@@ -157,18 +157,25 @@ def measure(s: Setting, plan: SpeedPlan, sft_file: str, dpo_file: str, work: Pat
     cfg = load_config("dmpo_tiny", overrides(s, plan, sft_file, dpo_file, run_dir))
     resolved = write_resolved(cfg, run_dir)
     out = run_dir / "speed.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(plan.nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "fusionrec.bench.ranker_speed", "--rank-entry", str(resolved), str(out), str(s.model.warmup)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    t0 = time.perf_counter()
     log = run_dir / "launch.log"
-    with log.open("w") as fh:
-        code = subprocess.call(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
-    if code != 0 or not out.is_file():
-        errors = [ln for ln in log.read_text().splitlines() if "Error" in ln]
-        raise RuntimeError(f"speed setting {s.key} failed (exit {code}); see {log}: {errors[-3:]}")
+    for attempt in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(plan.nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               "-m", "fusionrec.bench.ranker_speed", "--rank-entry", str(resolved), str(out), str(s.model.warmup)]  # fmt: skip
+        t0 = time.perf_counter()
+        with log.open("w") as fh:
+            code = subprocess.call(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+        if code == 0 and out.is_file():
+            break
+        text = log.read_text()
+        # The port was free when picked but taken before the rendezvous store bound it: a race, not a
+        # failure of the setting, so one retry on a new port (the launch's own errors are never retried).
+        if attempt == 1 and "EADDRINUSE" in text:
+            continue
+        tail = [ln for ln in text.splitlines() if ln.strip()][-6:]
+        raise RuntimeError(f"speed setting {s.key} failed (exit {code}); see {log}; its last lines: {tail}")
     return Measured(**json.loads(out.read_text()), wall_s=wall)
 
 

@@ -44,6 +44,7 @@ def test_speed_matrix_lines_count_real_tokens(tmp_path):
     real, padded = _hand_count(str(dpo))
     assert real < padded  # the groups' sequences differ in length, so counting padding would show
     for setting, r in results.items():
+        assert not isinstance(r, str), f"{setting.key}: the launch failed: {r}"
         assert (r.tokens, r.steps) == (real, 1), setting.key
         assert r.losses[0] == pytest.approx(math.log(2), abs=1e-5)
         assert len(r.rss_mb_per_rank) == 2 and r.peak_rss_mb == max(r.rss_mb_per_rank)
