@@ -62,7 +62,8 @@ def train_recipe(
 ) -> tuple[object, float, int]:
     """One recipe run (1 process, ZeRO-0 engine): returns the module, seconds and tokens trained on.
 
-    `plan` needs `micro_batch` and `lr`; `callbacks` see the metrics logged every `log_every` steps."""
+    `plan` needs `micro_batch` and `lr` (and may set `precision`, default fp32); `callbacks` see the metrics
+    logged every `log_every` steps."""
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.recipes.dmpo.module import DMPOModule
@@ -74,7 +75,9 @@ def train_recipe(
         log_every=log_every,
         tensorboard=False,
         progress=False,
-        deepspeed=DeepSpeedConfig(zero_stage=0, micro_batch_size=plan.micro_batch),
+        deepspeed=DeepSpeedConfig(
+            zero_stage=0, micro_batch_size=plan.micro_batch, precision=getattr(plan, "precision", "fp32")
+        ),
         optim=OptimConfig(lr=plan.lr, warmup_steps=2),
     )
     cfg.checkpoint.save_at_end = False
