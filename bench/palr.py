@@ -3,21 +3,25 @@
 Stages, each through the project's real path, timed:
 1. the processed Beauty folder (P5 files of ../shared/data/amazon_beauty; leave-one-out: train items[:-2],
    valid items[-2], test items[-1]); item text = the title cut to `title_words` words (prompt cost);
-2. `fusionrec train palr --nproc 2` (torchrun, 2 CPU ranks, DeepSpeed engine, LoRA on SmolLM2-135M) with
+2. `fusionrec train palr --nproc 2` (torchrun, 2 CPU ranks, DeepSpeed engine, LoRA on SmolLM2-135M, bf16) with
    the recipe's default retriever: rank 0 trains SASRec-CE on the training split (launch/palr_retriever.py,
-   the fast Beauty setting), rank 1 waits and loads it; the Recommend + Recommend_Retrieval examples of a
-   `finetune_share` of users (paper: 20%; here what fits on CPU) are fine-tuned on for one epoch;
+   the fast Beauty setting), rank 1 waits and loads it; the Recommend + Recommend_Retrieval examples of the
+   paper's 20% of users are fine-tuned on for at most `max_minutes` of training (`train.max_minutes`: one
+   epoch takes hours on 2 cores, so the run states how many examples it reached). The run folder is kept
+   under $FUSIONREC_BENCH_DIR/palr/run: its TensorBoard events are the training curve;
 3. `fusionrec export` of the run (LoRA merged) and the SASRec the run trained;
 4. evaluation on test users: a seeded random permutation of all users is walked until `n_retrieved` users
-   have their test target inside SASRec's top-50 (history items excluded, the Retriever contract). The LM
-   scores only those (re-ranking cannot move a target that was not retrieved: for the others every metric
-   is 0 for both orders), so the metrics over *all* walked users are the retrieved-subset metrics times
-   n_retrieved / n_walked, exactly. Both sets are reported. The zero-shot SmolLM2 (no fine-tuning) re-ranks
-   the first `n_zero_shot` retrieved users as a second reference.
+   have their test target inside SASRec's top-50 (history items excluded, the Retriever contract). The
+   fine-tuned and the zero-shot SmolLM2 both re-rank exactly those users (re-ranking cannot move a target
+   that was not retrieved: for the others every order misses), so the figures over *all* walked users
+   follow exactly, with -1 ranks for the rest. Re-ranking in bf16.
 
-Lines: `palr-<set>-<metric>` with ours = fine-tuned PALR, baseline = SASRec's own order on the same users,
-`palr-zeroshot-retrieved-<metric>` (ours = base SmolLM2), `palr-sasrec-test-full` (SASRec over all test
-users, for context: paper Table 2 SASRec HR@10 .0617), and `palr-stage-seconds`.
+Lines: `palr-<set>-<metric>` for set = retrieved | all, one per comparison (fine-tuned vs SASRec order,
+zero-shot vs SASRec order, fine-tuned vs zero-shot): both figures with 95% bootstrap intervals over users and
+the paired difference with its interval; `palr-sasrec-test-full` (SASRec over all test users, for context:
+paper Table 2 SASRec HR@10 .0617) and `palr-stage-seconds` (stage times, users/s, the loss curve).
+
+    python -m fusionrec.bench.palr [--quick] [--record docs/results/palr.jsonl]
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:  # torch-free at import: the callback module is only named here
     from fusionrec.trainer.callbacks import HistoryCallback
 
@@ -44,23 +50,28 @@ METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 @dataclass
 class Plan:
     n_retrieved: int  # test users with the target in SASRec's top-50 that the LM re-ranks
-    n_zero_shot: int  # of those, how many the zero-shot base model re-ranks
     finetune_share: float  # share of users fine-tuned on (paper: 0.2)
     sasrec_epochs: int
     max_steps: int  # cap on optimizer steps (one epoch otherwise)
+    max_minutes: float = 0.0  # wall-clock fine-tuning budget (the Trainer's train.max_minutes; 0 = none)
     micro_batch: int = 2  # per rank; 2 ranks -> 4 examples per step
     lr: float = 5e-4
     n_targets: int = 1  # answer items per example (paper: 10); the evaluation asks for the next item
     negatives: int = 9
     title_words: int = 6
     nproc: int = 2
+    # bf16 weights, DeepSpeed bf16 (fp32 master weights) and bf16 re-ranking: oneDNN's AMX/AVX512-BF16 matmuls
+    # re-rank 2.5x faster than fp32 on the 2-core Xeon (bench palr_rerank_speed: 1.54 users/s)
+    precision: str = "bf16"
     seed: int = 0
 
 
-# Sized on the 2-core box: re-ranking 50 candidates takes 8-12 s per user, fine-tuning ~0.3-0.8 examples/s
-# over both ranks. FULL measured 20.4 min wall: SASRec 5.0, LM fine-tuning (incl. start-up) 8.0, re-ranking 7.1.
-FULL = Plan(n_retrieved=40, n_zero_shot=16, finetune_share=0.005, sasrec_epochs=8, max_steps=60, lr=1e-3)
-QUICK = Plan(n_retrieved=3, n_zero_shot=2, finetune_share=0.001, sasrec_epochs=1, max_steps=3)
+# The paper's 20% of users (~4,470 users, ~8,900 examples), fine-tuned for as long as `max_minutes` allows
+# (one epoch would take hours on 2 cores); 1,000 retrieved test users re-ranked by the fine-tuned AND the
+# zero-shot model (~11 min each at ~1.5 users/s).
+FULL = Plan(n_retrieved=1000, finetune_share=0.2, sasrec_epochs=8, max_steps=100_000,
+            max_minutes=15, lr=5e-4)  # fmt: skip
+QUICK = Plan(n_retrieved=3, finetune_share=0.001, sasrec_epochs=1, max_steps=3)
 
 
 def _beauty() -> Path | None:
@@ -88,6 +99,10 @@ def write_processed(src: Path, out: Path, title_words: int) -> tuple[dict[str, l
     return dict(zip(users, seqs["item_ids"].to_pylist(), strict=True)), dict(zip(ids, text, strict=True))
 
 
+def _dtype(plan: Plan) -> str:
+    return "bfloat16" if plan.precision == "bf16" else "float32"
+
+
 def _overrides(plan: Plan, data_dir: Path, run_dir: Path) -> list[str]:
     return [
         f'palr.data_dir="{data_dir}"', 'palr.retriever="sasrec"', f"palr.retriever_epochs={plan.sasrec_epochs}",
@@ -95,10 +110,11 @@ def _overrides(plan: Plan, data_dir: Path, run_dir: Path) -> list[str]:
         "palr.model.lora.rank=16", "palr.model.lora.alpha=32", 'palr.model.lora.targets="all-linear"',
         f"palr.palr.finetune_share={plan.finetune_share}", f"palr.palr.negatives={plan.negatives}",
         f"palr.palr.tasks.n_targets={plan.n_targets}", f"palr.palr.seed={plan.seed}",
-        f'train.run_dir="{run_dir}"', f"train.max_steps={plan.max_steps}", "train.log_every=1",
-        "train.tensorboard=false", "train.progress=false", "train.deepspeed.zero_stage=0",
+        f'palr.model.dtype="{_dtype(plan)}"', f'train.deepspeed.precision="{plan.precision}"',
+        f'train.run_dir="{run_dir}"', f"train.max_steps={plan.max_steps}", f"train.max_minutes={plan.max_minutes}",
+        "train.log_every=1", "train.tensorboard=true", "train.progress=false", "train.deepspeed.zero_stage=0",
         f"train.deepspeed.micro_batch_size={plan.micro_batch}", f"train.optim.lr={plan.lr}",
-        "train.optim.warmup_steps=5",
+        "train.optim.warmup_steps=10",
     ]  # fmt: skip
 
 
@@ -156,7 +172,7 @@ def rerank(model_path: str, users: list, text: dict[str, str], retriever, plan: 
     from fusionrec.trainer.recipes.palr.data import PALRConfig, PALRTaskConfig
     from fusionrec.trainer.recipes.palr.rerank import rerank_ranks
 
-    cfg = CausalLMConfig(name_or_path=model_path)
+    cfg = CausalLMConfig(name_or_path=model_path, dtype=_dtype(plan))
     model, tok = build_causal_lm(cfg).eval(), load_tokenizer(cfg)
     # The instruction must read as in fine-tuning (same task config as the recipe's).
     palr = PALRConfig(top_n=50, tasks=PALRTaskConfig(n_targets=plan.n_targets))
@@ -165,13 +181,42 @@ def rerank(model_path: str, users: list, text: dict[str, str], retriever, plan: 
     return ranks, time.perf_counter() - t0
 
 
-def _metric_lines(name: str, summary: dict, scale: float, what: str, extra: dict) -> list[dict]:
-    """One line per metric: ours = LM order, baseline = SASRec order (both times `scale`)."""
+COMPARISONS = (("finetuned", "sasrec"), ("zeroshot", "sasrec"), ("finetuned", "zeroshot"))
+SETS = {"retrieved": "test users with the target in SASRec's top-50",
+        "all": "all walked test users (seeded random sample; a target SASRec did not retrieve is a miss for every order)"}  # fmt: skip
+
+
+def rank_arrays(finetuned: list, zeroshot: list, n_walked: int) -> dict[str, dict[str, np.ndarray]]:
+    """0-based target ranks per user of SASRec's order and of both LMs' re-rankings, on the retrieved users
+    and on all walked users (-1 for a target outside the top-50: no re-ranking can reach it)."""
+    assert [r for r, _ in finetuned] == [r for r, _ in zeroshot], "both LMs must re-rank the same users"
+    retrieved = {"sasrec": [r for r, _ in finetuned], "finetuned": [r for _, r in finetuned],
+                 "zeroshot": [r for _, r in zeroshot]}  # fmt: skip
+    pad = [-1] * (n_walked - len(finetuned))
+    return {
+        "retrieved": {k: np.asarray(v, dtype=np.int64) for k, v in retrieved.items()},
+        "all": {k: np.asarray(v + pad, dtype=np.int64) for k, v in retrieved.items()},
+    }
+
+
+def comparison_lines(ranks: dict[str, dict[str, np.ndarray]], extra: dict) -> list[dict]:
+    """One line per (set, A vs B, metric): both figures with their 95% bootstrap intervals over users and the
+    paired difference A - B with its interval (A beats B when it excludes zero)."""
+    from fusionrec.cluster.results import paired_difference, rank_interval
+
+    def r4(xs: list[float]) -> list[float]:
+        return [round(x, 4) for x in xs]
+
     lines = []
-    for m in METRICS:
-        ours, base = summary["llm"][m] * scale, summary["retriever"][m] * scale
-        lines.append({"bench": f"palr-{name}-{m}", "ours": round(ours, 4), "baseline": round(base, 4),
-                      "ratio": round(ours / base, 3) if base else None, "unit": f"{m.upper()} ({what})", **extra})  # fmt: skip
+    for name, orders in ranks.items():
+        for a, b in COMPARISONS:
+            for m in METRICS if name == "retrieved" else ("HR@10", "NDCG@10"):
+                d = paired_difference(orders[a], orders[b], m)
+                lines.append({"bench": f"palr-{name}-{m}", "model": a, "baseline_model": b, "ours": round(d["a"], 4),
+                              "ci95": r4(rank_interval(orders[a], m)), "baseline": round(d["b"], 4),
+                              "baseline_ci95": r4(rank_interval(orders[b], m)), "difference": round(d["difference"], 4),
+                              "difference_ci95": r4(d["interval"]), "users": d["users"],
+                              "unit": f"{m} ({SETS[name]}; ours: {a}, baseline: {b}, same users)", **extra})  # fmt: skip
     return lines
 
 
@@ -201,67 +246,71 @@ def loss_curve(losses: list[float], window: int = 10, ema: float = 0.1) -> dict:
 def _train_facts(run_dir: Path, n_users: int, plan: Plan) -> dict:
     summary = json.loads((run_dir / "train_summary.json").read_text())
     logs = [log for log in summary["logs"] if "palr/loss" in log]
-    return {"steps": summary.get("step"), "finetune_users": max(1, int(n_users * plan.finetune_share)),
+    users = max(1, int(n_users * plan.finetune_share))
+    return {"steps": summary.get("step"), "finetune_users": users, "finetune_examples": 2 * users,
+            "examples_trained": (summary.get("step") or 0) * plan.micro_batch * plan.nproc,
             "first_log": logs[0] if logs else None, "last_log": logs[-1] if logs else None,
-            "loss_curve": loss_curve([log["palr/loss"] for log in logs])}  # fmt: skip
+            "loss_curve": loss_curve([log["palr/loss"] for log in logs]),
+            "tensorboard": str(run_dir / "tensorboard")}  # fmt: skip
+
+
+def _run_dir(quick: bool) -> Path:
+    """The fine-tuning run's folder, kept after the bench (its TensorBoard events are the training curve)."""
+    import shutil
+
+    root = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "palr"
+    run_dir = root / ("run-quick" if quick else "run")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time: one curve per folder
+    return run_dir
 
 
 def run(quick: bool = False) -> list[dict]:
+    from fusionrec.bench import provenance
     from fusionrec.cluster.baselines import load_sasrec
     from fusionrec.launch.export import export_checkpoint
     from fusionrec.launch.palr_retriever import RETRIEVER_DIR
-    from fusionrec.trainer.recipes.palr.rerank import SASRecRetriever, rank_summary
+    from fusionrec.trainer.recipes.palr.rerank import SASRecRetriever
 
     plan, beauty = (QUICK if quick else FULL), _beauty()
     if beauty is None:
         return [{"bench": "palr", "skipped": "../shared/data/amazon_beauty not found"}]
     sec: dict[str, float] = {}
-    t_start = time.perf_counter()
+    t_start, run_dir = time.perf_counter(), _run_dir(quick)
     with tempfile.TemporaryDirectory(prefix="palr-bench-") as tmp:
         tmp, t0 = Path(tmp), time.perf_counter()
         sequences, text = write_processed(beauty, tmp / "beauty", plan.title_words)
         sec["data"] = time.perf_counter() - t0
-        sec["train_cli_total"] = finetune(plan, tmp / "beauty", tmp / "run")
-        sasrec = json.loads((tmp / "run" / RETRIEVER_DIR.parent / "sasrec.train.json").read_text())
+        sec["train_cli_total"] = finetune(plan, tmp / "beauty", run_dir)
+        sasrec = json.loads((run_dir / RETRIEVER_DIR.parent / "sasrec.train.json").read_text())
         sec["sasrec_train_in_rank0"] = sasrec["seconds"]
         t0 = time.perf_counter()
-        ranker = export_checkpoint(tmp / "run", tmp / "export")["ranker"]
+        ranker = export_checkpoint(run_dir, tmp / "export")["ranker"]
         sec["export"] = time.perf_counter() - t0
-        retriever = SASRecRetriever(*load_sasrec(tmp / "run" / RETRIEVER_DIR))
+        retriever = SASRecRetriever(*load_sasrec(run_dir / RETRIEVER_DIR))
         t0 = time.perf_counter()
         full, walk = sasrec_full_test(sequences, retriever), walk_users(sequences, retriever, plan)
         sec["sasrec_eval"] = time.perf_counter() - t0
         ft, sec["rerank_finetuned"] = rerank(str(ranker), walk["retrieved"], text, retriever, plan)
-        zs_users = walk["retrieved"][: plan.n_zero_shot]
-        zs, sec["rerank_zeroshot"] = rerank("smollm2-135m", zs_users, text, retriever, plan)
-        facts = _train_facts(tmp / "run", len(sequences), plan)
-    n_ret, n_all = len(ft), walk["walked"]
-    ctx = {"quick": quick, "steps": facts["steps"], "finetune_users": facts["finetune_users"]}
-    ks = (1, 5, 10)
-    lines = _metric_lines("retrieved", rank_summary(ft, ks), 1.0, "test users with the target in SASRec's top-50; "
-                          "ours: fine-tuned SmolLM2-135M re-ranking, baseline: SASRec order", ctx | {"users": n_ret})  # fmt: skip
-    lines += _metric_lines("all", rank_summary(ft, ks), n_ret / max(1, n_all), "all walked test users (random "
-                           "sample); ours: fine-tuned re-ranking, baseline: SASRec order", ctx | {"users": n_all})  # fmt: skip
-    zs_ctx = {
-        "quick": quick,
-        "users": len(zs),
-        "finetuned_on_same_users": rank_summary(ft[: len(zs)], ks)["llm"],
-    }
-    lines += _metric_lines("zeroshot-retrieved", rank_summary(zs, ks), 1.0, "first retrieved users; ours: "
-                           "zero-shot SmolLM2-135M (no fine-tuning), baseline: SASRec order", zs_ctx)  # fmt: skip
+        zs, sec["rerank_zeroshot"] = rerank("smollm2-135m", walk["retrieved"], text, retriever, plan)
+    facts = _train_facts(run_dir, len(sequences), plan)
+    meta = {"quick": quick, "precision": plan.precision, **provenance()}
+    ctx = {"steps": facts["steps"], "finetune_users": facts["finetune_users"], **meta}
+    lines = comparison_lines(rank_arrays(ft, zs, walk["walked"]), ctx)
     lines.append({"bench": "palr-sasrec-test-full", "ours": round(full["HR@10"], 4), "baseline": 0.0617,
                   "ratio": round(full["HR@10"] / 0.0617, 3), "unit": "HR@10 (SASRec retriever, all test users, "
-                  "history excluded; baseline: paper Table 2 SASRec)", **full, "quick": quick, "sasrec_train": sasrec})  # fmt: skip
+                  "history excluded; baseline: paper Table 2 SASRec)", **full, "sasrec_train": sasrec, **meta})  # fmt: skip
     lines.append({"bench": "palr-stage-seconds", "ours": round(time.perf_counter() - t_start, 1), "unit": "s (wall, "
                   "whole benchmark; train_cli_total includes sasrec_train_in_rank0)", **{k: round(v, 1) for k, v in sec.items()},
-                  "per_user_rerank_s": round(sec["rerank_finetuned"] / max(1, n_ret), 2), "load_avg_1m":
-                  round(os.getloadavg()[0], 2), "quick": quick, "plan": asdict(plan), **facts})  # fmt: skip
+                  "users_per_s": {m: round(len(ft) / max(sec[f"rerank_{m}"], 1e-9), 3) for m in ("finetuned", "zeroshot")},
+                  "walked_users": walk["walked"], "plan": asdict(plan), **facts, **meta})  # fmt: skip
     return lines
 
 
 def main() -> None:
-    for line in run(quick="--quick" in sys.argv):
-        print(json.dumps(line), flush=True)
+    from fusionrec.bench import cli_parser, emit
+
+    args = cli_parser(__doc__, "smoke run: 3 retrieved users, 3 fine-tuning steps").parse_args()
+    emit(run(quick=args.quick), args.record)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,25 @@ def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"no per-user value for metric {metric!r} (HR@k and NDCG@k only)")
 
 
+def _bootstrap_mean(values: np.ndarray, level: float, resamples: int, seed: int) -> list[float]:
+    """Percentile bootstrap interval of the mean of per-user `values` (users resampled with replacement)."""
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    means = values[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+def rank_interval(
+    ranks: np.ndarray, metric: str, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> list[float]:
+    """95% bootstrap interval over users of `metric` from per-user 0-based target ranks (-1 = not ranked):
+    `metric_intervals` for a model whose per-user ranks are at hand rather than merged counts."""
+    values = per_user_metric(ranks, metric)
+    if len(values) == 0:
+        raise ValueError("no users were evaluated: no interval")
+    return _bootstrap_mean(values, level, resamples, seed)
+
+
 def paired_difference(
     ranks_a: np.ndarray,
     ranks_b: np.ndarray,
@@ -81,9 +100,7 @@ def paired_difference(
     if len(a) != len(b) or len(a) == 0:
         raise ValueError(f"paired comparison needs the same non-empty users, got {len(a)} and {len(b)}")
     diff = a - b
-    idx = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    lo, hi = _bootstrap_mean(diff, level, resamples, seed)
     return {"metric": metric, "a": float(a.mean()), "b": float(b.mean()), "difference": float(diff.mean()),
             "interval": [float(lo), float(hi)], "users": len(diff), "level": level}  # fmt: skip
 

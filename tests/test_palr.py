@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -160,3 +161,33 @@ def test_palr_engine_optimises_exactly_the_lora_weights_with_warmup(tmp_path):
     assert in_optimizer == lora_ids and len(lora_ids) == 2 * 7 * CausalLMConfig().tiny.num_layers
     assert all(p.requires_grad == ("lora_" in n) for n, p in named.items())
     assert engine.lr == pytest.approx(1e-3 / 4)  # step 0 of the warmup already moves the weights
+
+
+@pytest.mark.unit
+def test_bench_comparison_lines_hand_computed():
+    """Three retrieved users (SASRec ranks 0, 5, 12) of 5 walked; the fine-tuned LM moves user 2's target to
+    rank 1, the zero-shot LM moves user 1's to rank 30. HR@10 on retrieved users: SASRec 2/3, fine-tuned 3/3,
+    zero-shot 1/3; on all walked users the two unretrieved users miss for every order."""
+    from fusionrec.bench.palr import comparison_lines, rank_arrays
+    from fusionrec.cluster.results import rank_interval
+
+    finetuned = [(0, 0), (5, 5), (12, 1)]
+    zeroshot = [(0, 0), (5, 30), (12, 12)]
+    ranks = rank_arrays(finetuned, zeroshot, n_walked=5)
+    assert ranks["all"]["finetuned"].tolist() == [0, 5, 1, -1, -1]
+    lines = {(ln["bench"], ln["model"], ln["baseline_model"]): ln for ln in comparison_lines(ranks, {})}
+    hr = lines[("palr-retrieved-HR@10", "finetuned", "sasrec")]
+    assert (hr["ours"], hr["baseline"], hr["difference"], hr["users"]) == (1.0, 0.6667, 0.3333, 3)
+    assert hr["ci95"] == [1.0, 1.0] and hr["difference_ci95"][0] >= 0.0  # user 2's +1 is the only change
+    zs = lines[("palr-all-HR@10", "zeroshot", "sasrec")]
+    assert (zs["ours"], zs["baseline"], zs["difference"], zs["users"]) == (0.2, 0.4, -0.2, 5)
+    ndcg = lines[
+        ("palr-retrieved-NDCG@5", "finetuned", "zeroshot")
+    ]  # 1 + 1/log2(3) vs 1 (rank 5 is outside @5)
+    assert ndcg["ours"] == pytest.approx(round((1 + 1 / math.log2(3)) / 3, 4))
+    assert ndcg["baseline"] == pytest.approx(round(1 / 3, 4))
+    assert len(lines) == 3 * 5 + 3 * 2  # retrieved: 5 metrics, all walked: HR@10 and NDCG@10
+    lo, hi = rank_interval(np.array([0, -1, 3, 20]), "HR@10")
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    with pytest.raises(AssertionError, match="same users"):
+        rank_arrays(finetuned, zeroshot[:2], 5)
