@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from datetime import UTC
 from pathlib import Path
 
@@ -47,7 +48,20 @@ def provenance() -> dict:
         threads = None
     return {"commit": commit + ("-dirty" if dirty else ""), "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "hardware": f"{cpu or platform.machine()} x{os.cpu_count()}", "threads": threads,
-            "load_avg": round(os.getloadavg()[0], 2)}  # fmt: skip
+            "load_avg": round(os.getloadavg()[0], 2), "command": command()}  # fmt: skip
+
+
+def command() -> str:
+    """The command line of this process as a user types it (`python -m fusionrec.bench.NAME ...` for a bench)."""
+    import shlex
+
+    script, args = Path(sys.argv[0]), sys.argv[1:]
+    bench_dir = Path(__file__).resolve().parent
+    if script.suffix == ".py" and script.resolve().parent == bench_dir:
+        head = ["python", "-m", f"fusionrec.bench.{script.stem}"]
+    else:
+        head = [script.name]
+    return shlex.join(head + args)
 
 
 def _cpuinfo() -> list[str]:

@@ -28,3 +28,34 @@ def test_a_row_shows_its_interval_and_sample_size(tmp_path):
         "users": 2000, "commit": "abc", "date": "2026-12-04T22:00:00+00:00", "hardware": "cpu x2"}) + "\n")  # fmt: skip
     text = _report.render(tmp_path)
     assert "| b | 0.0123 | [0.01, 0.015] | 0.0008 | 15.4 | HR@10 | 2000 | abc | 2026-12-04 | cpu x2 |" in text
+
+
+def test_docs_result_blocks_are_what_their_lines_render():
+    for doc in _report.DOCS:
+        text = doc.read_text()
+        assert _report.BLOCK.search(text), f"{doc} is listed in DOCS but has no result block"
+        assert text == _report.fill_blocks(text), f"{doc} is stale: run python -m fusionrec.bench._report"
+
+
+def test_a_result_block_keeps_its_bench_prefix_and_names_its_command(tmp_path):
+    rows = [{"bench": "a-x", "ours": 0.5, "commit": "c1", "date": "2026-12-06T00:00:00+00:00", "hardware": "cpu x2",
+             "command": "python -m fusionrec.bench.a --record f"},
+            {"bench": "b-y", "ours": 0.25, "commit": "c1", "date": "2026-12-06T00:00:00+00:00", "hardware": "cpu x2"}]  # fmt: skip
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = "intro\n<!-- results: r bench=a- -->\nold text 0.99\n<!-- /results -->\nafter\n"
+    out = _report.fill_blocks(doc, tmp_path)
+    assert out.startswith(
+        "intro\n<!-- results: r bench=a- -->\nGenerated from `docs/results/r.jsonl`, benches `a-*`"
+    )
+    assert (
+        "| a-x | 0.5 |" in out
+        and "b-y" not in out
+        and "0.99" not in out
+        and out.endswith("<!-- /results -->\nafter\n")
+    )
+    assert "Command: `python -m fusionrec.bench.a --record f`." in out
+    assert _report.fill_blocks(out, tmp_path) == out  # idempotent
+    with pytest.raises(ValueError, match="starting with 'c-'"):
+        _report.fill_blocks("<!-- results: r bench=c- -->\n<!-- /results -->", tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        _report.fill_blocks("<!-- results: nope -->\n<!-- /results -->", tmp_path)
