@@ -17,6 +17,8 @@ What is measured (rank 0's clock; ranks are in lock-step through ZeRO collective
 
 JSON lines compare two settings measured in the same run: ZeRO-3 (ours) vs ZeRO-2 (baseline) of each stage,
 and precomputed (ours) vs model (baseline) reference at each ZeRO stage; each as tokens/s and as peak RSS.
+
+    python -m fusionrec.bench.ranker_speed [--quick] [--record docs/results/ranker_speed.jsonl]
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fusionrec.bench import cli_parser, emit, provenance
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -393,12 +397,13 @@ def run(quick: bool = False, data_dir: Path | None = None) -> list[dict]:
         )
     out.append({"bench": "ranker-speed-matrix-seconds", "ours": time.perf_counter() - t0, "unit": "s",
                 "settings": len(settings(plan)), "quick": quick})  # fmt: skip
-    return out
+    meta = provenance()
+    return [{**line, **meta} for line in out]
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--rank-entry"]:
         _rank_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
-        for line in run(quick="--quick" in sys.argv):
-            print(json.dumps(line), flush=True)
+        args = cli_parser(__doc__, "tiny model only").parse_args()
+        emit(run(quick=args.quick), args.record)
