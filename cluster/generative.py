@@ -20,6 +20,9 @@ Which users a figure covers is always recorded (`users_selection`): all test use
 (generative evaluation is ~1000x slower than a full-ranking baseline, so samples are common).
 
 Reading the checkpoint (tokenizer, ID generator, run section) is cluster/checkpoint_io.py.
+
+GenRec runs (`fusionrec train genrec`) are scored by `GenRecScorerFactory` (cluster/genrec_eval.py) in the
+same harness; `evaluate_checkpoint` picks the factory from the run's resolved config (RUN/config.json).
 """
 
 from __future__ import annotations
@@ -340,8 +343,10 @@ def evaluate_checkpoint(
     ray_address: str | None = None,
     results_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate an IDGenRec checkpoint on every dataset of a prepared corpus (`OUT/processed/*`) on Ray actors,
-    beside most-popular (fit on the same training split) and SASRec (when `cfg.sasrec` names a checkpoint).
+    """Evaluate an IDGenRec or GenRec checkpoint on every dataset of a prepared corpus (`OUT/processed/*`) on
+    Ray actors, beside most-popular (fit on the same training split) and SASRec (when `cfg.sasrec` names a
+    checkpoint). The run's config.json says which recipe trained it; its records are named "idgenrec" or
+    "genrec".
 
     Keyword arguments override the matching `cfg` fields. Writes RESULTS/<dataset>.json (all models of that
     dataset) as each dataset finishes, then RESULTS/results.{md,csv,png}; RESULTS defaults to RUN/eval.
@@ -350,7 +355,7 @@ def evaluate_checkpoint(
     cfg = _with_overrides(cfg or EvaluateConfig(), split, num_actors, max_users, ray_address, results_dir)
     check_ray_address(cfg.ray)
     ckpt = checkpoint_path(checkpoint)
-    module_state(ckpt)  # a checkpoint without its ID table fails here, before any actor starts
+    _check_checkpoint(ckpt)  # no ID table / vocabulary: fails here, before any actor starts
     corpus = Path(corpus_dir).resolve()
     names = sorted(p.name for p in (corpus / "processed").glob("*") if (p / "sequences.parquet").is_file())
     if not names:
@@ -387,9 +392,8 @@ def _evaluate_dataset(ckpt: Path, ds_dir: Path, name: str, cfg: EvaluateConfig, 
     full = load_evalset(ds_dir, gen.split, name)
     data, selection = sample_users(full, gen.max_users, gen.seed)
     factories: dict[str, tuple[Any, dict]] = {}
-    g = IDGenRecScorerFactory(str(ckpt), str(ds_dir), gen.top_k, gen.num_beams, gen.batch_size,
-                              gen.exclude_history, threads=gen.threads)  # fmt: skip
-    factories["idgenrec"] = (g, g.describe())
+    model, g = _generative_factory(ckpt, ds_dir, gen)
+    factories[model] = (g, g.describe())
     if cfg.most_popular:
         f, _ = most_popular_for(
             ds_dir, out / "baselines" / f"most_popular-{name}", gen.top_k, gen.exclude_history
@@ -409,6 +413,29 @@ def _evaluate_dataset(ckpt: Path, ds_dir: Path, name: str, cfg: EvaluateConfig, 
            "finished_unix": time.time(), "results": records}  # fmt: skip
     atomic_write(out / f"{name}.json", json.dumps(doc, indent=2, sort_keys=True, default=str))
     return records
+
+
+def _check_checkpoint(ckpt: Path) -> None:
+    """The checkpoint carries what its scorer needs (IDGenRec: the ID table; GenRec: the vocabulary and a
+    valid [genrec] section to rebuild the model and tokenizer from)."""
+    from .genrec_eval import genrec_section, genrec_vocab, run_recipe
+
+    if run_recipe(ckpt) == "genrec":
+        genrec_vocab(ckpt)
+        genrec_section(ckpt)
+    else:
+        module_state(ckpt)
+
+
+def _generative_factory(ckpt: Path, ds_dir: Path, gen: GenerativeEvalConfig) -> tuple[str, Any]:
+    """(record model name, scorer factory) of the recipe that trained the run (RUN/config.json's section)."""
+    from .genrec_eval import GenRecScorerFactory, run_recipe
+
+    genrec = run_recipe(ckpt) == "genrec"
+    factory = GenRecScorerFactory if genrec else IDGenRecScorerFactory
+    scorer = factory(str(ckpt), str(ds_dir), gen.top_k, gen.num_beams, gen.batch_size, gen.exclude_history,
+                     threads=gen.threads)  # fmt: skip
+    return ("genrec" if genrec else "idgenrec"), scorer
 
 
 def _random_record(data: EvalSet, name: str, selection: dict, cfg: EvaluateConfig) -> dict[str, Any]:

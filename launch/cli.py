@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="an IDGenRec run dir (its newest complete checkpoint) or RUN/checkpoints/step-N",
+        help="an IDGenRec or GenRec run dir (its newest complete checkpoint) or RUN/checkpoints/step-N",
     )
     p.add_argument("--data", required=True, help="a prepared corpus (every OUT/processed/* dataset)")
     p.add_argument("--actors", type=int, default=None, help="evaluator actors (default: eval.evaluator)")

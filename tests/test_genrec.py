@@ -446,6 +446,19 @@ def test_config_rejects_bad_values():
 
 
 @pytest.mark.unit
+def test_val_loader_gives_every_validation_the_same_batches(corpus, tok_dir, vocab):
+    """The Trainer iterates its val_loader at every validation; a one-pass ShardLoader made every validation
+    after the first empty."""
+    cfg = GenRecConfig(model=ModelConfig(name_or_path="tiny-bart", d_model=64, d_ff=128), eval_batch_size=8)
+    module = build_genrec_module(cfg, corpus, tokenizer=load_tokenizer(tok_dir), vocab=vocab)
+    loader = module.val_loader("test")
+    passes = [[b["input_ids"] for b in loader] for _ in range(2)]
+    assert len(passes[0]) > 0 and len(passes[0]) == len(passes[1])
+    assert all(torch.equal(a, b) for a, b in zip(*passes, strict=True))
+    one_pass = module.eval_loader("test")
+    assert len(list(one_pass)) == len(passes[0]) and list(one_pass) == []  # the bug this guards against
+
+
 def test_module_state_carries_vocab_and_rejects_another(corpus, tok_dir, vocab):
     cfg = GenRecConfig()
     module = build_genrec_module(cfg, corpus, tokenizer=load_tokenizer(tok_dir), vocab=vocab)

@@ -19,7 +19,7 @@ def _module(cfg: Any) -> Any:
 def build(cfg: Any, strategy: Any) -> Built:
     """GenRec (BART + user/item ID embeddings): its phases bring their own loaders; validation = beam search."""
     module = _module(cfg)
-    return Built(module=module, train_loader=[], val_loader=module.eval_loader())
+    return Built(module=module, train_loader=[], val_loader=module.val_loader())
 
 
 def export(checkpoint: Path, cfg: Any, out: Path) -> dict[str, Path]:

@@ -18,7 +18,7 @@ so a rank whose last batch is all padding still takes part in the step.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,12 @@ class GenRecModule(BaseTrainModule):
         dataset = ShardDataset(self.corpus_dir, cfg, rank=rank, world_size=world)
         return ShardLoader(dataset, FinetuneCollate(self.encoder, with_eval=True))
 
+    def val_loader(self, split: str | None = None) -> Iterable[dict[str, torch.Tensor]]:
+        """For ``Trainer(val_loader=...)``, which iterates it at every validation: a fresh `eval_loader` per
+        pass. One ShardLoader is one pass (it records what it consumed, for exactly-once resumption), so
+        reusing it made every validation after the first empty."""
+        return _EachPass(lambda: self.eval_loader(split))
+
     # ------------------------------------------------------------------ training
     def train_batch(self, batch: Mapping[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
@@ -218,6 +224,16 @@ class GenRecModule(BaseTrainModule):
                 "embedding rows would name different users/items"
             )
         self.skipped = dict(state.get("skipped", {}))
+
+
+class _EachPass:
+    """An iterable that calls `make()` for a new iterator at every `iter()`."""
+
+    def __init__(self, make: Callable[[], Iterable[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.make())
 
 
 def build_genrec_module(
