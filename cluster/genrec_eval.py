@@ -83,7 +83,7 @@ def run_recipe(checkpoint: str | Path) -> str:
 
 def genrec_section(checkpoint: str | Path) -> GenRecConfig:
     """The run's `[genrec]` section as a typed `GenRecConfig` (checked keys and values)."""
-    from ..launch.configtree import from_dict
+    from ..configtree import from_dict
     from ..trainer.recipes.genrec.config import GenRecConfig
 
     section = run_config(checkpoint).get("genrec")

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusionrec.data_pipeline.config import DataConfig
-from fusionrec.launch.configtree import (
+from fusionrec.configtree import (
     ConfigError,
     apply_overrides,
     dumps_toml,
@@ -24,6 +23,7 @@ from fusionrec.launch.configtree import (
     load_toml,
     write_resolved,
 )
+from fusionrec.data_pipeline.config import DataConfig
 from fusionrec.trainer.config import TrainConfig
 from fusionrec.trainer.recipes import Recipe, discover
 

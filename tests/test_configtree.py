@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from fusionrec.launch.configtree import (
+from fusionrec.configtree import (
     ConfigError,
     apply_overrides,
     config_sha256,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fusionrec.configtree import ConfigError, from_dict, load_toml
 from fusionrec.data_pipeline.loader import LoaderConfig, ShardDataset, ShardLoader
-from fusionrec.launch.configtree import ConfigError, from_dict, load_toml
 from fusionrec.trainer.config import TrainConfig
 from fusionrec.trainer.decoding import constrained_beam_search
 from fusionrec.trainer.models.genrec import GenRecForConditionalGeneration

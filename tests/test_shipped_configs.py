@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from fusionrec.configtree import to_dict
 from fusionrec.launch.config import CONFIG_DIR, Config, ConfigError, load_config, recipes, write_resolved
-from fusionrec.launch.configtree import to_dict
 
 pytestmark = pytest.mark.unit
 

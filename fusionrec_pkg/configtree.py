@@ -1,7 +1,9 @@
 """Typed dataclass config trees: TOML in, dotted overrides, strict validation, resolved TOML out.
 
-The root `Config` (launch/config.py) composes each package's own sub-config dataclasses; this module is the
-generic machinery and knows nothing about fusionrec's fields. Design choices:
+Lives beside `fileio` because launch (the root `Config`, launch/config.py) and cluster (reading a run's saved
+sections) both need it, and cluster must not import launch. The root `Config` composes each package's own
+sub-config dataclasses; this module is the generic machinery and knows nothing about fusionrec's fields.
+Design choices:
 
 * Unknown keys are errors with the full dotted path and a "did you mean" hint: a typo such as
   `train.lrr=1e-3` must never be silently ignored.
