@@ -34,15 +34,21 @@ def module_state(checkpoint: str | Path) -> dict[str, Any]:
     return verified_module_state(checkpoint_path(checkpoint))
 
 
-def run_section(checkpoint: str | Path) -> dict[str, Any]:
-    """The `[idgenrec]` section of the run's resolved config (RUN/config.json beside RUN/checkpoints)."""
+def run_config(checkpoint: str | Path) -> dict[str, Any]:
+    """The run's resolved config (RUN/config.json beside RUN/checkpoints) as a dict."""
     path = checkpoint_path(checkpoint).parent.parent / "config.json"
     if not path.is_file():
         raise ValueError(
             f"{path}: missing; a checkpoint must sit in RUN/checkpoints/step-N of a fusionrec run"
         )
-    section = json.loads(path.read_text()).get("idgenrec")
+    return json.loads(path.read_text())
+
+
+def run_section(checkpoint: str | Path) -> dict[str, Any]:
+    """The `[idgenrec]` section of the run's resolved config (RUN/config.json beside RUN/checkpoints)."""
+    section = run_config(checkpoint).get("idgenrec")
     if not isinstance(section, dict):
+        path = checkpoint_path(checkpoint).parent.parent / "config.json"
         raise ValueError(f"{path}: no [idgenrec] section; {checkpoint} is not an IDGenRec run")
     return section
 

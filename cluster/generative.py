@@ -226,14 +226,8 @@ class IDGenRecScorerFactory:
 
     def describe(self) -> dict[str, Any]:
         """What identifies this scorer in a run fingerprint (the table by version, not by content)."""
-        ckpt = checkpoint_path(self.checkpoint)
-        marker = ckpt / "COMPLETE.json"
         desc = {k: v for k, v in dataclasses.asdict(self).items() if k != "id_table"}
-        desc["checkpoint"] = str(ckpt)
-        desc["type"] = type(self).__name__
-        desc["checkpoint_marker_sha256"] = (
-            hashlib.sha256(marker.read_bytes()).hexdigest() if marker.exists() else None
-        )
+        desc |= checkpoint_identity(self.checkpoint, type(self).__name__)
         desc["id_table"] = self.id_table.version if self.id_table is not None else "checkpoint"
         return desc
 
@@ -256,6 +250,15 @@ class IDGenRecScorerFactory:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def checkpoint_identity(checkpoint: str, scorer_type: str) -> dict[str, Any]:
+    """The fields every scorer factory's `describe()` shares: the resolved checkpoint, the scorer type and the
+    hash of the checkpoint's COMPLETE marker (a retrained checkpoint at the same path is another scorer)."""
+    ckpt = checkpoint_path(checkpoint)
+    marker = ckpt / "COMPLETE.json"
+    sha = hashlib.sha256(marker.read_bytes()).hexdigest() if marker.exists() else None
+    return {"checkpoint": str(ckpt), "type": scorer_type, "checkpoint_marker_sha256": sha}
 
 
 def sample_users(data: EvalSet, max_users: int, seed: int) -> tuple[EvalSet, dict[str, Any]]:

@@ -23,7 +23,6 @@ corpus each dataset is ranked over its own items (as `IDGenRecScorer` and the ba
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .checkpoint_io import _offline, checkpoint_path
+from .checkpoint_io import _offline, checkpoint_path, run_config
 from .evaluator import UserBatch
-from .generative import GenerativeEvalConfig, dataset_item_ids
+from .generative import GenerativeEvalConfig, checkpoint_identity, dataset_item_ids
 
 if TYPE_CHECKING:  # the recipe's modules import torch/transformers: loaded where used, not on import
     from ..trainer.models.genrec import GenRecForConditionalGeneration
@@ -46,16 +45,6 @@ RECIPES = ("genrec", "idgenrec")  # the recipes `fusionrec evaluate` can score
 
 
 # ------------------------------------------------------------------------------------------------ run
-
-
-def run_config(checkpoint: str | Path) -> dict[str, Any]:
-    """The run's resolved config (RUN/config.json beside RUN/checkpoints) as a dict."""
-    path = checkpoint_path(checkpoint).parent.parent / "config.json"
-    if not path.is_file():
-        raise ValueError(
-            f"{path}: missing; a checkpoint must sit in RUN/checkpoints/step-N of a fusionrec run"
-        )
-    return json.loads(path.read_text())
 
 
 def run_recipe(checkpoint: str | Path) -> str:
@@ -243,15 +232,7 @@ class GenRecScorerFactory:
 
     def describe(self) -> dict[str, Any]:
         """What identifies this scorer in a run fingerprint (the checkpoint by its marker's hash)."""
-        ckpt = checkpoint_path(self.checkpoint)
-        marker = ckpt / "COMPLETE.json"
-        desc = dataclasses.asdict(self)
-        desc["checkpoint"] = str(ckpt)
-        desc["type"] = type(self).__name__
-        desc["checkpoint_marker_sha256"] = (
-            hashlib.sha256(marker.read_bytes()).hexdigest() if marker.exists() else None
-        )
-        return desc
+        return dataclasses.asdict(self) | checkpoint_identity(self.checkpoint, type(self).__name__)
 
     def __call__(self) -> GenRecScorer:
         _offline()
