@@ -14,7 +14,10 @@ figures, the DMPO module's reward accuracy and chosen-minus-rejected margin on t
 every ``log_every`` steps (the optimiser works, whether or not it generalises). Budgets are wall-clock seconds
 per stage; evaluation speed is reported as pairs/s.
 
-    python -m fusionrec.bench.dmpo_beauty [--quick] [--record F]
+``--fit`` is the optimiser check (FIT): DMPO k=3 for 4 epochs over the same 32 prompts, every prompt's reward
+accuracy and margin probed after each epoch (``dmpo_fit_probe`` lines), held-out AUC beside it (``dmpo_fit_auc``).
+
+    python -m fusionrec.bench.dmpo_beauty [--quick] [--fit] [--record F]
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ class Plan:
     micro_batch: int = 4
     lr: float = 3e-4
     log_every: int = 4
+    epochs: int = 1  # DMPO epochs over the same `n_groups` prompts
     # bf16 weights and DeepSpeed bf16 (fp32 master weights): oneDNN runs bf16 matmuls on AMX/AVX512-BF16 CPUs
     # (2.5x the re-ranking speed of fp32 on the 2-core Xeon); every model, base included, is scored in it.
     precision: str = "bf16"
@@ -51,6 +55,12 @@ class Plan:
 FULL = Plan(n_eval=1000, n_paper=1000, n_sft=256, n_groups=128)
 QUICK = Plan(n_eval=24, n_paper=0, n_sft=8, n_groups=8, log_every=1)
 KS = (1, 3, 5)
+# --fit, the optimiser check: DMPO k=3 over the same 32 training prompts for 4 epochs, every prompt's reward
+# accuracy and margin probed before training and after each epoch (paired across epochs), held-out Beauty AUC
+# of the result vs SFT. One epoch over 128 prompts (FULL) showed no rise: each window held prompts not yet seen.
+FIT = Plan(n_eval=1000, n_paper=0, n_sft=256, n_groups=32, log_every=1, epochs=4)
+FIT_QUICK = Plan(n_eval=8, n_paper=0, n_sft=4, n_groups=4, log_every=1, epochs=2)
+FIT_KS = (3,)
 TITLE_WORDS = 10  # Beauty titles run to 40+ tokens: two candidates + answers must fit max_length with history
 PAPER = ("Amazon_Movie", "data_ml_1m")
 
@@ -69,14 +79,49 @@ def _files(cache: Path) -> Path:
     return out
 
 
-def _train(recipe: Any, run_dir: Path, plan: Plan) -> tuple[Any, float, list[dict]]:
+def _train(recipe: Any, run_dir: Path, plan: Plan, probe: Any = None) -> tuple[Any, float, list[dict]]:
     """bench ranker's recipe run; the module, wall seconds and the metrics logged every `log_every` steps."""
     from fusionrec.bench.ranker import train_recipe
     from fusionrec.trainer.callbacks import HistoryCallback
 
     history = HistoryCallback()
-    module, seconds, _ = train_recipe(recipe, run_dir, plan, plan.log_every, [history])
+    callbacks = [history, *([probe] if probe is not None else [])]
+    module, seconds, _ = train_recipe(recipe, run_dir, plan, plan.log_every, callbacks)
     return module, seconds, history.logs
+
+
+def _probe_callback() -> Any:
+    """A Trainer callback that scores every training group with the policy (eval mode, no dropout) before
+    training and after each epoch: per-group reward accuracy (positive's implicit reward above the negatives'
+    mean, as the loss's `accuracy`) and margin. The same groups every time, so epochs are paired."""
+    from fusionrec.trainer.callbacks import Callback
+    from fusionrec.trainer.llm.scoring import score_pairs
+    from fusionrec.trainer.recipes.dmpo.loss import dmpo_loss, flatten_groups, split_flat
+
+    class TrainingPromptProbe(Callback):
+        def __init__(self) -> None:
+            self.epochs: list[dict[str, list[float]]] = []
+
+        def on_fit_start(self, trainer: Any) -> None:
+            self._probe(trainer.module)
+
+        def on_epoch_end(self, trainer: Any, phase: Any) -> None:
+            self._probe(trainer.module)
+
+        def _probe(self, m: Any) -> None:
+            import torch
+
+            totals = score_pairs(
+                m.engines["policy"], flatten_groups(m.examples), m.tokenizer.pad_token_id
+            ).total
+            chosen, rejected = split_flat(totals, m.cfg.dmpo.k)
+            ref_c = torch.tensor([g.ref_chosen for g in m.examples])
+            ref_r = torch.tensor([g.ref_rejected for g in m.examples])
+            out = dmpo_loss(chosen.float(), rejected.float(), ref_c, ref_r, m.cfg.dmpo.beta)
+            margin = out.chosen_reward - out.rejected_reward
+            self.epochs.append({"accuracy": (margin > 0).float().tolist(), "margin": margin.tolist()})
+
+    return TrainingPromptProbe()
 
 
 def _merged(module: Any) -> Any:
@@ -107,55 +152,132 @@ def _evals(files: Path, plan: Plan) -> dict[str, list]:
     return evals
 
 
+@dataclass
+class Results:
+    scores: dict = field(default_factory=dict)  # model -> eval set -> (AUC result, seconds)
+    logs: dict = field(default_factory=dict)  # model -> metrics logged during training
+    seconds: dict = field(default_factory=dict)  # model -> training wall seconds
+
+
+def _base(plan: Plan) -> tuple[Any, Any]:
+    """SmolLM2-135M with a LoRA r16 on all linear layers, in the plan's precision; and its tokenizer."""
+    from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, load_tokenizer
+
+    lora = LoRAConfig(rank=16, alpha=32, targets="all-linear")
+    dtype = "bfloat16" if plan.precision == "bf16" else "float32"
+    cfg = CausalLMConfig(name_or_path="smollm2-135m", max_length=plan.max_length, lora=lora, dtype=dtype)
+    return cfg, load_tokenizer(cfg)
+
+
+def _sft(base_cfg: Any, tok: Any, files: Path, evals: dict, plan: Plan, tmp: Path, res: Results) -> Path:
+    """SFT on `n_sft` prompts, scored; returns the merged SFT model's folder (DMPO's start and reference)."""
+    from fusionrec.trainer.recipes.dmpo.config import DMPORecipeConfig
+
+    sft = DMPORecipeConfig(stage="sft", sft_file=str(files / "rec_amazon_beauty_sft_ranking.json"),
+                           limit=plan.n_sft, model=base_cfg)  # fmt: skip
+    module, res.seconds["sft"], res.logs["sft"] = _train(sft, tmp / "sft", plan)
+    sft_dir = module.export(tmp / "sft-merged")
+    res.scores["sft"] = _score(_merged(module), tok, evals, plan)
+    del module
+    gc.collect()
+    return sft_dir
+
+
+def _dmpo(k: int, base_cfg: Any, sft_dir: Path, tok: Any, files: Path, evals: dict, plan: Plan, tmp: Path,
+          res: Results, probe: Any = None, beta: float = 0.1, name: str = "", keep: bool = False) -> Any:  # fmt: skip
+    """DMPO with k negatives from the SFT model on `n_groups` prompts for `epochs` epochs at `plan.lr`, scored
+    on `evals`; `keep`: return the merged model (else it is dropped)."""
+    from fusionrec.trainer.recipes.dmpo.config import DMPOConfig, DMPORecipeConfig
+
+    cfg = DMPORecipeConfig(
+        stage="dmpo", dpo_file=str(files / f"rec_amazon_beauty_dpo_ranking_{k}.json"), limit=plan.n_groups,
+        model=replace(base_cfg, name_or_path=str(sft_dir)), dmpo=DMPOConfig(k=k, beta=beta), epochs=plan.epochs,
+    )  # fmt: skip
+    k_plan = replace(plan, micro_batch=max(1, plan.micro_batch // (1 + k)))  # ~4 sequences per batch
+    name = name or f"dmpo_k{k}"
+    module, res.seconds[name], res.logs[name] = _train(cfg, tmp / name, k_plan, probe)
+    model = _merged(module)
+    res.scores[name] = _score(model, tok, evals, plan)
+    print(f"[dmpo_beauty] {name}: " + ", ".join(f"{e} {r.auc:.4f}" for e, (r, _) in res.scores[name].items()),
+          file=sys.stderr)  # fmt: skip
+    del module
+    gc.collect()
+    return model if keep else None
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "dmpo_beauty"
+
+
 def run(quick: bool = False, base_only: bool = False) -> list[dict]:
     """The whole comparison; `base_only`: only the base model's held-out AUC and its scoring speed."""
-    from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, build_causal_lm, load_tokenizer
-    from fusionrec.trainer.recipes.dmpo.config import DMPOConfig, DMPORecipeConfig
+    from fusionrec.trainer.models.causal_lm import build_causal_lm
 
     if find_shared("data/amazon_beauty/user_sequence.txt") is None:
         return [{"bench": "dmpo_beauty", "skipped": "../shared/data/amazon_beauty not found"}]
     plan = QUICK if quick else FULL
     meta = {"quick": quick, "precision": plan.precision, **provenance()}
     plan = replace(plan, n_paper=0) if base_only else plan  # the 1,000 held-out pairs of one file only
-    cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "dmpo_beauty"
-    files = _files(cache)
-    evals = _evals(files, plan)
-    lora = LoRAConfig(rank=16, alpha=32, targets="all-linear")
-    dtype = "bfloat16" if plan.precision == "bf16" else "float32"
-    base_cfg = CausalLMConfig(name_or_path="smollm2-135m", max_length=plan.max_length, lora=lora, dtype=dtype)
-    tok = load_tokenizer(base_cfg)
-    scores, train_logs, seconds = {"base": _score(build_causal_lm(base_cfg), tok, evals, plan)}, {}, {}
+    files = _files(_cache())
+    evals, (base_cfg, tok), res = _evals(files, plan), _base(plan), Results()
+    res.scores["base"] = _score(build_causal_lm(base_cfg), tok, evals, plan)
     gc.collect()
     if base_only:
-        return _lines(scores, train_logs, seconds, plan, {**meta, "base_only": True})
+        return _lines(res, plan, {**meta, "base_only": True})
     with tempfile.TemporaryDirectory(prefix="dmpo-beauty-") as tmp:
-        sft = DMPORecipeConfig(stage="sft", sft_file=str(files / "rec_amazon_beauty_sft_ranking.json"),
-                               limit=plan.n_sft, model=base_cfg)  # fmt: skip
-        module, seconds["sft"], train_logs["sft"] = _train(sft, Path(tmp) / "sft", plan)
-        sft_dir = module.export(Path(tmp) / "sft-merged")
-        scores["sft"] = _score(_merged(module), tok, evals, plan)
-        del module
-        gc.collect()
+        sft_dir = _sft(base_cfg, tok, files, evals, plan, Path(tmp), res)
         for k in KS:
-            cfg = DMPORecipeConfig(
-                stage="dmpo", dpo_file=str(files / f"rec_amazon_beauty_dpo_ranking_{k}.json"), limit=plan.n_groups,
-                model=replace(base_cfg, name_or_path=str(sft_dir)),
-                dmpo=DMPOConfig(k=k),
-            )  # fmt: skip
-            k_plan = replace(plan, micro_batch=max(1, plan.micro_batch // (1 + k)))  # ~4 sequences per batch
-            module, seconds[f"dmpo_k{k}"], train_logs[f"dmpo_k{k}"] = _train(cfg, Path(tmp) / f"k{k}", k_plan)
-            scores[f"dmpo_k{k}"] = _score(_merged(module), tok, evals, plan)
-            print(
-                f"[dmpo_beauty] k={k}: {scores[f'dmpo_k{k}']['beauty_heldout'][0].auc:.4f}", file=sys.stderr
-            )
-            del module
-            gc.collect()
-    return _lines(scores, train_logs, seconds, plan, meta)
+            _dmpo(k, base_cfg, sft_dir, tok, files, evals, plan, Path(tmp), res)
+    return _lines(res, plan, meta)
 
 
-def _lines(scores: dict, logs: dict, seconds: dict, plan: Plan, meta: dict) -> list[dict]:
+def run_fit(quick: bool = False) -> list[dict]:
+    """The optimiser check: SFT, then DMPO (FIT_KS) for `epochs` epochs over the same prompts, probed."""
+    if find_shared("data/amazon_beauty/user_sequence.txt") is None:
+        return [{"bench": "dmpo_fit", "skipped": "../shared/data/amazon_beauty not found"}]
+    plan = FIT_QUICK if quick else FIT
+    meta = {"quick": quick, "precision": plan.precision, "fit": True, **provenance()}
+    files = _files(_cache())
+    evals, (base_cfg, tok), res, probes = _evals(files, plan), _base(plan), Results(), {}
+    with tempfile.TemporaryDirectory(prefix="dmpo-fit-") as tmp:
+        sft_dir = _sft(base_cfg, tok, files, evals, plan, Path(tmp), res)
+        for k in FIT_KS:
+            probes[f"dmpo_k{k}"] = _probe_callback()
+            _dmpo(k, base_cfg, sft_dir, tok, files, evals, plan, Path(tmp), res, probes[f"dmpo_k{k}"])
+    lines = _lines(res, plan, meta) + _fit_lines(probes, plan, meta)
+    return [{**x, "bench": x["bench"].replace("dmpo_beauty", "dmpo_fit")} for x in lines]  # its own run
+
+
+def _fit_lines(probes: dict, plan: Plan, meta: dict) -> list[dict]:
+    """Per epoch: mean reward accuracy and margin over all training groups with 95% bootstrap intervals over
+    groups; the last epoch vs the first, paired on the same groups."""
+    import numpy as np
+    from fusionrec.cluster.results import BOOTSTRAP_RESAMPLES, bootstrap_mean
+
+    def ci(values) -> list[float]:
+        return [round(x, 4) for x in bootstrap_mean(np.asarray(values), 0.95, BOOTSTRAP_RESAMPLES, 0)]
+
+    out = []
+    for model, probe in probes.items():
+        first, last = probe.epochs[1], probe.epochs[-1]  # epoch 0 is the reference itself: rewards ~0
+        per_epoch = [{"epoch": e, "reward_accuracy": round(float(np.mean(p["accuracy"])), 4),
+                      "accuracy_ci95": ci(p["accuracy"]), "reward_margin": round(float(np.mean(p["margin"])), 4),
+                      "margin_ci95": ci(p["margin"])} for e, p in enumerate(probe.epochs)]  # fmt: skip
+        for metric in ("accuracy", "margin"):
+            diff = np.asarray(last[metric]) - np.asarray(first[metric])
+            out.append({"bench": "dmpo_fit_probe", "model": model, "metric": f"reward_{metric}",
+                        "ours": round(float(np.mean(last[metric])), 4), "baseline": round(float(np.mean(first[metric])), 4),
+                        "difference": round(float(diff.mean()), 4), "difference_ci95": ci(diff),
+                        "unit": f"training-prompt reward {metric} after epoch {len(probe.epochs) - 1} (baseline: after "
+                        "epoch 1; interval: of the paired difference over groups; policy in eval mode)",
+                        "n_groups": len(diff), "epochs": per_epoch, "beta": 0.1, "lr": plan.lr, **meta})  # fmt: skip
+    return out
+
+
+def _lines(res: Results, plan: Plan, meta: dict) -> list[dict]:
     from fusionrec.trainer.recipes.dmpo.loss import auc_interval
 
+    scores, logs, seconds = res.scores, res.logs, res.seconds
     out = []
     for model, per_set in scores.items():
         ref = {"base": None, "sft": "base"}.get(model, "sft")
@@ -164,7 +286,7 @@ def _lines(scores: dict, logs: dict, seconds: dict, plan: Plan, meta: dict) -> l
                     "ci95": [round(x, 4) for x in auc_interval(r)], "users": r.n, "pairwise_acc": round(r.pairwise, 4),
                     "truncated_prompts": r.truncated, "eval_pairs_per_s": round(r.n / eval_s, 2),
                     "train_seconds": round(seconds.get(model, 0.0), 1), "unit": "AUC (random 0.5)", **meta}  # fmt: skip
-            if ref is not None:
+            if ref in scores:  # the fit and sweep runs score no base model
                 other = scores[ref][name][0]
                 line.update(baseline=round(other.auc, 4), baseline_model=ref, difference=round(r.auc - other.auc, 4),
                             difference_ci95=[round(x, 4) for x in auc_interval(r, other)],
@@ -177,15 +299,20 @@ def _lines(scores: dict, logs: dict, seconds: dict, plan: Plan, meta: dict) -> l
                     "ours": loss[-1][1] if loss else None, "baseline": loss[0][1] if loss else None,
                     "unit": "training loss, last vs first logged window", "reward_accuracy_margin": acc,
                     "loss_curve": loss, "train_seconds": round(seconds[model], 1),
-                    "n_prompts": plan.n_sft if model == "sft" else plan.n_groups, **meta})  # fmt: skip
+                    "n_prompts": plan.n_sft if model == "sft" else plan.n_groups,
+                    "epochs": 1 if model == "sft" else plan.epochs, **meta})  # fmt: skip
     return out
 
 
 def main() -> None:
     parser = cli_parser(__doc__, "smoke run: 8 prompts per stage, 24 held-out pairs")
     parser.add_argument("--base-only", action="store_true", help="only the base model's AUC and speed")
+    parser.add_argument(
+        "--fit", action="store_true", help="the optimiser check: DMPO k=3, 4 epochs, 32 prompts"
+    )
     args = parser.parse_args()
-    emit(run(quick=args.quick, base_only=args.base_only), args.record)
+    lines = run_fit(quick=args.quick) if args.fit else run(quick=args.quick, base_only=args.base_only)
+    emit(lines, args.record)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"no per-user value for metric {metric!r} (HR@k and NDCG@k only)")
 
 
-def _bootstrap_mean(values: np.ndarray, level: float, resamples: int, seed: int) -> list[float]:
+def bootstrap_mean(values: np.ndarray, level: float, resamples: int, seed: int) -> list[float]:
     """Percentile bootstrap interval of the mean of per-user `values` (users resampled with replacement)."""
     idx = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
     means = values[idx].mean(axis=1)
@@ -82,7 +82,7 @@ def rank_interval(
     values = per_user_metric(ranks, metric)
     if len(values) == 0:
         raise ValueError("no users were evaluated: no interval")
-    return _bootstrap_mean(values, level, resamples, seed)
+    return bootstrap_mean(values, level, resamples, seed)
 
 
 def paired_difference(
@@ -100,7 +100,7 @@ def paired_difference(
     if len(a) != len(b) or len(a) == 0:
         raise ValueError(f"paired comparison needs the same non-empty users, got {len(a)} and {len(b)}")
     diff = a - b
-    lo, hi = _bootstrap_mean(diff, level, resamples, seed)
+    lo, hi = bootstrap_mean(diff, level, resamples, seed)
     return {"metric": metric, "a": float(a.mean()), "b": float(b.mean()), "difference": float(diff.mean()),
             "interval": [float(lo), float(hi)], "users": len(diff), "level": level}  # fmt: skip
 
