@@ -7,16 +7,19 @@ left of its wall-clock budget, `train.max_minutes`):
 1. ``corpus``: ../shared/data/amazon_beauty prepared once (P5 format, the papers' exact statistics).
 2. ``sasrec``: SASRec-CE (cluster.baselines' loop, the fast Beauty setting); every 2 epochs validation
    NDCG@10 on all validation users picks the state and stops training after 2 checks without gain.
-3. ``idgenrec-VARIANT``: `fusionrec train idgenrec --config idgenrec_beauty_cpu --nproc 2` (2 DeepSpeed
-   ranks; ``--config idgenrec_beauty_gpu --nproc 1`` on a GPU) for ``--minutes`` of training wall time, a checkpoint every ``--every`` steps. Variants: ``titles``
-   (the shipped recipe: fixed title IDs, the recommender alone) and ``idgen`` (IDGenRec's method: the ID
-   generator phase alternating with the recommender, ``--rounds`` rounds sharing the budget).
+3. ``RECIPE-VARIANT``: `fusionrec train RECIPE --config CONFIG --nproc 2` (2 DeepSpeed ranks; ``--config
+   idgenrec_beauty_gpu --nproc 1`` on a GPU) for ``--minutes`` of training wall time, a checkpoint every
+   ``--every`` steps. Variants: ``titles`` (IDGenRec's shipped recipe: fixed title IDs, the recommender alone),
+   ``idgen`` (IDGenRec's method: the ID generator phase alternating with the recommender, rounds sharing the
+   budget) and ``genrec`` (GenRec, genrec_beauty_cpu: BART with user/item ID tokens, one cloze epoch, then
+   next-item fine-tuning). Stages live under the config's folder, so a variant of another config trains its
+   own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
    For ``idgen``, the share of items whose ID changed in each ID phase.
 5. ``test-VARIANT``: the selected checkpoint, SASRec's selected state, most-popular and a random ranking (exact)
-   on ALL test users, full ranking over the 12,101 items, history not masked, no user IDs (the recipe's
-   prompt holds item IDs only): HR/NDCG@5/10 with 95% bootstrap intervals over users; paired differences.
+   on ALL test users, full ranking over the 12,101 items, history not masked, no user information beyond the
+   history (IDGenRec's prompt holds item IDs only; GenRec's an arbitrary user_<n> token): HR/NDCG@5/10 with 95% bootstrap intervals over users; paired differences.
 6. ``transitions-test``: item-to-item transition counts (cluster/transitions.py: what the last items alone
    predict, no learning) on the same test users, paired with both learned models.
 
@@ -33,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +47,33 @@ from fusionrec.fileio import atomic_write_text
 DATASET = "amazon_beauty"
 FULL = {"minutes": 60.0, "every": 2000, "valid_users": 1000, "test_users": 0, "sasrec_epochs": 200}
 QUICK = {"minutes": 0.5, "every": 100, "valid_users": 100, "test_users": 300, "sasrec_epochs": 2}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One generative recipe run for the budget: which recipe, its default CPU config, its overrides."""
+
+    recipe: str  # "idgenrec" | "genrec": the `fusionrec train` recipe and the evaluator's model name
+    config: str
+    overrides: tuple[str, ...]
+
+
 # The budget, not an epoch count, ends a run: titles trains one long recommender phase; idgen alternates one
-# ID-generator epoch (regenerating all 12,101 IDs) with one recommender epoch, for as many rounds as fit.
+# ID-generator epoch (regenerating all 12,101 IDs) with one recommender epoch, for as many rounds as fit;
+# genrec (paper 000's BART with user/item ID tokens) pretrains one cloze epoch, then fine-tunes on next items.
 VARIANTS = {
-    "titles": ["idgenrec.rec_epochs=1000"],
-    "idgen": [
-        'idgenrec.order=["id","rec"]',
-        "idgenrec.rounds=100",
-        "idgenrec.id_epochs=1",
-        "idgenrec.rec_epochs=1",
-    ],
+    "titles": Variant("idgenrec", CONFIG, ("idgenrec.rec_epochs=1000",)),
+    "idgen": Variant(
+        "idgenrec",
+        CONFIG,
+        (
+            'idgenrec.order=["id","rec"]',
+            "idgenrec.rounds=100",
+            "idgenrec.id_epochs=1",
+            "idgenrec.rec_epochs=1",
+        ),
+    ),
+    "genrec": Variant("genrec", "genrec_beauty_cpu", ("genrec.finetune_epochs=1000",)),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
@@ -92,22 +113,28 @@ def train_sasrec(corpus: Path, out: Path, epochs: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ IDGenRec
 
 
-def idgenrec_overrides(
-    run_dir: Path, corpus: Path, tokenizer: Path, plan: dict, extra: list[str]
+def recipe_overrides(
+    variant: Variant, run_dir: Path, corpus: Path, tokenizer: Path, plan: dict, extra: list[str]
 ) -> list[str]:
-    """The shipped CPU recipe, run for a wall-clock budget with a checkpoint every `plan["every"]` steps
-    (all kept: they are the learning curve); `extra` = the variant's and the user's --set overrides."""
+    """The recipe's CPU config run for a wall-clock budget with a checkpoint every `plan["every"]` steps (all
+    kept: they are the learning curve); `extra` = the variant's and the user's --set overrides."""
+    data = (
+        [f'idgenrec.data.corpus="{corpus}"', f'idgenrec.pretrained_tokenizer="{tokenizer}"']
+        if variant.recipe == "idgenrec"
+        else [f'corpus="{corpus}"']
+    )
     return [
-        f'train.run_dir="{run_dir}"', f'idgenrec.data.corpus="{corpus}"',
-        f'idgenrec.pretrained_tokenizer="{tokenizer}"', "train.progress=false", "train.eval_every=0",
+        f'train.run_dir="{run_dir}"', *data, "train.progress=false", "train.eval_every=0",
         f"train.max_minutes={plan['minutes']}",
         f"train.checkpoint.every_steps={plan['every']}", "train.checkpoint.keep_last=1000", *extra,
     ]  # fmt: skip
 
 
-def train_idgenrec(run_dir: Path, overrides: list[str], config: str, nproc: int) -> dict[str, Any]:
+def train_generative(
+    run_dir: Path, overrides: list[str], recipe: str, config: str, nproc: int
+) -> dict[str, Any]:
     """Train (or resume) the run; the trainer stops all ranks together when the budget is spent."""
-    cmd = [sys.executable, "-m", "fusionrec.launch.cli", "train", "idgenrec", "--config", config]
+    cmd = [sys.executable, "-m", "fusionrec.launch.cli", "train", recipe, "--config", config]
     cmd += ["--nproc", str(nproc)]
     subprocess.run([*cmd, *overrides], check=True, env=_env())
     summary = json.loads((run_dir / "train_summary.json").read_text())
@@ -139,14 +166,14 @@ def _scored(ckpt: Path, corpus: Path, split: str, users: int, out: Path, sasrec:
     return evaluate_checkpoint(ckpt, corpus, cfg, split=split, max_users=users, num_actors=2, results_dir=out)
 
 
-def curve(run_dir: Path, corpus: Path, users: int) -> dict[str, Any]:
+def curve(run_dir: Path, corpus: Path, users: int, model: str = "idgenrec") -> dict[str, Any]:
     """Valid HR@10 of every checkpoint (the same seeded validation users each time); the best is selected."""
     from fusionrec.trainer.checkpoint_reader import list_checkpoints, read_trainer_state
 
     points = []
     for step, ckpt in list_checkpoints(run_dir / "checkpoints"):
         recs = {r["model"]: r for r in _scored(ckpt, corpus, "valid", users, run_dir / "valid-eval")}
-        ours = recs["idgenrec"]
+        ours = recs[model]
         points.append({"step": step, "checkpoint": str(ckpt), "HR@10": ours["metrics"]["HR@10"],
                        "ci95": ours["intervals"]["HR@10"], "users": ours["users"],
                        "minutes": read_trainer_state(ckpt)["state"].get("train_seconds", 0.0) / 60,
@@ -194,13 +221,14 @@ def transitions_test(corpus: Path, users: int, out: Path) -> dict[str, Any]:
 
 def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict, meta: dict) -> list[dict]:
     """Per model the test line, the paired differences, the learning curves and the ID changes."""
+    ours = VARIANTS[variant].recipe if variant in VARIANTS else "idgenrec"
     from fusionrec.cluster.results import paired_difference
 
     recs = {r["model"]: r for r in tst["records"]}
     pop = recs["most_popular"]["metrics"]["HR@10"]
     out = []
     for model, rec in recs.items():
-        trained = {"idgenrec": train["train_minutes"], "sasrec": sas["train_minutes"]}.get(model)
+        trained = {ours: train["train_minutes"], "sasrec": sas["train_minutes"]}.get(model)
         out.append({"bench": "quality_test", "model": model, "ours": round(rec["metrics"]["HR@10"], 5),
                     "ci95": _round(rec.get("intervals", {}).get("HR@10")), "baseline": round(pop, 5),
                     "unit": "test HR@10, full ranking (baseline: most-popular, same users)",
@@ -208,20 +236,20 @@ def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict
                     "intervals": {m: _round(v) for m, v in rec.get("intervals", {}).items() if m in METRICS},
                     "train_minutes": trained and round(trained, 2), "eval_seconds": round(rec["seconds"], 1),
                     **meta})  # fmt: skip
-    pairs = [("idgenrec", "sasrec"), ("idgenrec", "most_popular"), ("sasrec", "most_popular")]
-    pairs += [(m, "transitions") for m in ("idgenrec", "sasrec") if "transitions" in recs]
+    pairs = [(ours, "sasrec"), (ours, "most_popular"), ("sasrec", "most_popular")]
+    pairs += [(m, "transitions") for m in (ours, "sasrec") if "transitions" in recs]
     for a, b in pairs:
         d = paired_difference(recs[a]["ranks"], recs[b]["ranks"], "HR@10")
         out.append({"bench": "quality_paired", "model": f"{a} vs {b}", "ours": round(d["a"], 5),
                     "baseline": round(d["b"], 5), "difference": round(d["difference"], 5),
                     "difference_ci95": _round(d["interval"]), "users": d["users"],
                     "unit": "test HR@10 (interval: of ours - baseline, paired over users)", **meta})  # fmt: skip
-    out += _curve_lines(sas, cur, meta)
+    out += _curve_lines(ours, sas, cur, meta)
     return out
 
 
-def _curve_lines(sas: dict, cur: dict, meta: dict) -> list[dict]:
-    out = [{"bench": "quality_curve", "model": "idgenrec", "ours": round(p["HR@10"], 5), "ci95": _round(p["ci95"]),
+def _curve_lines(ours: str, sas: dict, cur: dict, meta: dict) -> list[dict]:
+    out = [{"bench": "quality_curve", "model": ours, "ours": round(p["HR@10"], 5), "ci95": _round(p["ci95"]),
             "baseline": round(p["most_popular_HR@10"], 5), "users": p["users"], "step": p["step"],
             "train_minutes": round(p["minutes"], 2), "selected": p["step"] == cur["selected"]["step"],
             "unit": f"valid HR@10 after {p['minutes']:.1f} training min (baseline: most-popular)", **meta}
@@ -253,7 +281,8 @@ def _parser():
     p.add_argument("--valid-users", type=int, default=None)
     p.add_argument("--test-users", type=int, default=None, help="0 = all test users")
     p.add_argument("--set", action="append", default=[], help="a config override for the IDGenRec run")
-    p.add_argument("--config", default=CONFIG, help="the IDGenRec recipe (idgenrec_beauty_gpu on a GPU)")
+    p.add_argument("--config", default="", help="the recipe's config (default: the variant's CPU config; "
+                   "idgenrec_beauty_gpu on a GPU)")  # fmt: skip
     p.add_argument("--nproc", type=int, default=2, help="training processes (1 per GPU)")
     p.add_argument("--cache", default="", help="stage folder (default $FUSIONREC_BENCH_DIR/quality)")
     return p
@@ -271,40 +300,40 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     for key in ("minutes", "every", "valid_users", "test_users"):
         plan[key] = getattr(args, key) if getattr(args, key) is not None else plan[key]
     root = Path(args.cache or Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")) / "quality").resolve()
-    cache = root / (args.config + ("-quick" if args.quick else ""))  # stages of one recipe and size
+    v = args.variant
+    variant, extra = VARIANTS[v], [*VARIANTS[v].overrides, *args.set]
+    config, name = args.config or variant.config, f"{variant.recipe}-{v}"
+    cache = root / (config + ("-quick" if args.quick else ""))  # stages of one recipe and size
     cache.mkdir(parents=True, exist_ok=True)
-    v, extra = args.variant, [*VARIANTS[args.variant], *args.set]
     meta = {
-        "config": args.config,
+        "config": config,
         "dataset": DATASET,
         "variant": v,
         "budget_minutes": plan["minutes"],
         "setting": " ".join(extra),
         **provenance(),
     }  # at the start: the code that ran, not the code at the end
-    overrides = idgenrec_overrides(cache / f"idgenrec-{v}", root / "corpus", t5.parent, plan, extra)
-    _check_config(args.config, overrides)  # a bad --set fails here, before any training
+    overrides = recipe_overrides(variant, cache / name, root / "corpus", t5.parent, plan, extra)
+    _check_config(config, overrides)  # a bad --set fails here, before any training
     corpus = _prepare(beauty.parent, root / "corpus")
     sas = _stage(cache, "sasrec", train_sasrec, corpus, cache / "sasrec", plan["sasrec_epochs"])
-    tr = _stage(
-        cache, f"idgenrec-{v}", train_idgenrec, cache / f"idgenrec-{v}", overrides, args.config, args.nproc
-    )
-    cur = _stage(cache, f"curve-{v}", curve, cache / f"idgenrec-{v}", corpus, plan["valid_users"])
+    tr = _stage(cache, name, train_generative, cache / name, overrides, variant.recipe, config, args.nproc)
+    cur = _stage(cache, f"curve-{v}", curve, cache / name, corpus, plan["valid_users"], variant.recipe)
     tst = _stage(cache, f"test-{v}", score_test_users, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
                  plan["test_users"], cache / f"test-eval-{v}")  # fmt: skip
     trans = _stage(
         cache, "transitions-test", transitions_test, corpus, plan["test_users"], cache / "transitions-eval"
     )
-    stages = {"sasrec": sas, "idgenrec": tr, "curve": cur, "test": tst, "transitions": trans}
+    stages = {"sasrec": sas, variant.recipe: tr, "curve": cur, "test": tst, "transitions": trans}
     meta["stage_commits"] = {k: st.get("_commit", "not recorded") for k, st in stages.items()}
     tst = {"records": tst["records"] + trans["records"]}
     return lines(v, plan, sas, tr, cur, tst, meta)
 
 
-def _check_config(config: str, overrides: list[str]) -> None:
+def _check_config(config: str, overrides: list[str]) -> Any:
     from fusionrec.launch.config import load_config
 
-    load_config(config, overrides)
+    return load_config(config, overrides)
 
 
 def main() -> None:

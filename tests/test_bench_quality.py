@@ -85,3 +85,30 @@ def test_lines_pair_the_models_on_the_same_users() -> None:
     assert by[("quality_paired", "idgenrec vs most_popular")]["difference"] == 0.25  # (1 + 1 - 1) / 4
     curve = [x for x in out if x["bench"] == "quality_curve"]
     assert [c["model"] for c in curve] == ["idgenrec", "sasrec"] and curve[0]["selected"] is True
+
+
+def test_genrec_lines_name_genrec_and_pair_it_with_sasrec() -> None:
+    tst = {"records": [_record("genrec", [0, -1, -1, 12]), _record("sasrec", [0, 1, -1, -1]),
+                       _record("most_popular", [-1, -1, -1, 9])]}  # fmt: skip
+    cur = {"points": [{"step": 5, "HR@10": 0.25, "ci95": [0.0, 0.5], "users": 4, "minutes": 1.0,
+                       "most_popular_HR@10": 0.25}], "selected": {"step": 5}, "id_changes": []}  # fmt: skip
+    sas = {"train_minutes": 2.0, "valid_users": 4, "curve": []}
+    out = quality.lines("genrec", {"minutes": 1.0}, sas, {"train_minutes": 1.5}, cur, tst, {})
+    by = {(x["bench"], x["model"]): x for x in out}
+    assert by[("quality_test", "genrec")]["train_minutes"] == 1.5
+    assert by[("quality_paired", "genrec vs sasrec")]["difference"] == -0.25  # user 1: SASRec only
+    assert by[("quality_curve", "genrec")]["selected"] is True
+
+
+@pytest.mark.parametrize("variant", sorted(quality.VARIANTS))
+def test_every_variant_gives_a_valid_config_of_its_recipe(variant: str, tmp_path) -> None:
+    v = quality.VARIANTS[variant]
+    plan = dict(quality.QUICK)
+    overrides = quality.recipe_overrides(
+        v, tmp_path / "run", tmp_path / "corpus", tmp_path / "t5", plan, [*v.overrides]
+    )
+    cfg = quality._check_config(v.config, overrides)
+    assert cfg.train.max_minutes == plan["minutes"] and cfg.train.checkpoint.every_steps == plan["every"]
+    assert str(cfg.corpus_dir()) == str(tmp_path / "corpus") or cfg.idgenrec.data.corpus == str(
+        tmp_path / "corpus"
+    )
