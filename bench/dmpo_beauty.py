@@ -120,6 +120,7 @@ def _probe_callback() -> Any:
             out = dmpo_loss(chosen.float(), rejected.float(), ref_c, ref_r, m.cfg.dmpo.beta)
             margin = out.chosen_reward - out.rejected_reward
             self.epochs.append({"accuracy": (margin > 0).float().tolist(), "margin": margin.tolist()})
+            self.beta = m.cfg.dmpo.beta
 
     return TrainingPromptProbe()
 
@@ -270,7 +271,7 @@ def _fit_lines(probes: dict, plan: Plan, meta: dict) -> list[dict]:
                         "difference": round(float(diff.mean()), 4), "difference_ci95": ci(diff),
                         "unit": f"training-prompt reward {metric} after epoch {len(probe.epochs) - 1} (baseline: after "
                         "epoch 1; interval: of the paired difference over groups; policy in eval mode)",
-                        "n_groups": len(diff), "epochs": per_epoch, "beta": 0.1, "lr": plan.lr, **meta})  # fmt: skip
+                        "n_groups": len(diff), "epochs": per_epoch, "beta": probe.beta, "lr": plan.lr, **meta})  # fmt: skip
     return out
 
 

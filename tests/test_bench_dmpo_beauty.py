@@ -34,6 +34,7 @@ def test_lines_pair_sft_with_base_and_dmpo_with_sft() -> None:
 
 def test_fit_lines_pair_the_last_epoch_with_the_first_over_the_same_groups() -> None:
     class Probe:  # epoch 0 = before training (the reference itself), then after epochs 1 and 2
+        beta = 0.1
         epochs = [
             {"accuracy": [0.0, 0.0, 0.0, 0.0], "margin": [0.0, 0.0, 0.0, 0.0]},
             {"accuracy": [1.0, 0.0, 0.0, 1.0], "margin": [0.2, -0.1, -0.3, 0.1]},
