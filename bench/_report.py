@@ -45,7 +45,7 @@ COLUMNS = ("bench", "ours", "ci95", "baseline", "ratio", "unit", "n", "commit", 
 
 def _cell(line: dict[str, Any], col: str) -> str:
     if col == "n":
-        value = line.get("users", line.get("items"))
+        value = line.get("users", line.get("items", line.get("n_groups")))
     elif col == "ours":
         value = line.get("ours", line.get("HR@10"))  # some lines name their figure
     elif col == "bench":
