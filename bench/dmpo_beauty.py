@@ -65,7 +65,7 @@ TITLE_WORDS = 10  # Beauty titles run to 40+ tokens: two candidates + answers mu
 PAPER = ("Amazon_Movie", "data_ml_1m")
 
 
-def _files(cache: Path) -> Path:
+def preference_files(cache: Path) -> Path:
     """The Beauty preference files, built once from the prepared corpus (prepared once too)."""
     from fusionrec.bench.idgenrec_beauty import _prepare
     from fusionrec.trainer.recipes.dmpo.implicit import ImplicitPromptConfig, build_files
@@ -131,7 +131,7 @@ def _merged(module: Any) -> Any:
     return module.engines["policy"].module.merge_and_unload().eval()
 
 
-def _score(model: Any, tok: Any, evals: dict[str, list], plan: Plan) -> dict[str, tuple[Any, float]]:
+def score_model(model: Any, tok: Any, evals: dict[str, list], plan: Plan) -> dict[str, tuple[Any, float]]:
     """AUC (with per-pair scores) and wall seconds of the model on every eval set."""
     from fusionrec.trainer.recipes.dmpo.loss import evaluate_auc
 
@@ -143,7 +143,7 @@ def _score(model: Any, tok: Any, evals: dict[str, list], plan: Plan) -> dict[str
     return out
 
 
-def _evals(files: Path, plan: Plan) -> dict[str, list]:
+def eval_sets(files: Path, plan: Plan) -> dict[str, list]:
     from fusionrec.trainer.recipes.dmpo.data import load_dmpo_file
 
     evals = {"beauty_heldout": load_dmpo_file(files / "rec_amazon_beauty_eval_ranking.json")[: plan.n_eval]}
@@ -160,7 +160,7 @@ class Results:
     seconds: dict = field(default_factory=dict)  # model -> training wall seconds
 
 
-def _base(plan: Plan) -> tuple[Any, Any]:
+def base_model(plan: Plan) -> tuple[Any, Any]:
     """SmolLM2-135M with a LoRA r16 on all linear layers, in the plan's precision; and its tokenizer."""
     from fusionrec.trainer.models.causal_lm import CausalLMConfig, LoRAConfig, load_tokenizer
 
@@ -170,7 +170,7 @@ def _base(plan: Plan) -> tuple[Any, Any]:
     return cfg, load_tokenizer(cfg)
 
 
-def _sft(base_cfg: Any, tok: Any, files: Path, evals: dict, plan: Plan, tmp: Path, res: Results) -> Path:
+def train_sft(base_cfg: Any, tok: Any, files: Path, evals: dict, plan: Plan, tmp: Path, res: Results) -> Path:
     """SFT on `n_sft` prompts, scored; returns the merged SFT model's folder (DMPO's start and reference)."""
     from fusionrec.trainer.recipes.dmpo.config import DMPORecipeConfig
 
@@ -178,13 +178,13 @@ def _sft(base_cfg: Any, tok: Any, files: Path, evals: dict, plan: Plan, tmp: Pat
                            limit=plan.n_sft, model=base_cfg)  # fmt: skip
     module, res.seconds["sft"], res.logs["sft"] = _train(sft, tmp / "sft", plan)
     sft_dir = module.export(tmp / "sft-merged")
-    res.scores["sft"] = _score(_merged(module), tok, evals, plan)
+    res.scores["sft"] = score_model(_merged(module), tok, evals, plan)
     del module
     gc.collect()
     return sft_dir
 
 
-def _dmpo(k: int, base_cfg: Any, sft_dir: Path, tok: Any, files: Path, evals: dict, plan: Plan, tmp: Path,
+def train_dmpo(k: int, base_cfg: Any, sft_dir: Path, tok: Any, files: Path, evals: dict, plan: Plan, tmp: Path,
           res: Results, probe: Any = None, beta: float = 0.1, name: str = "", keep: bool = False) -> Any:  # fmt: skip
     """DMPO with k negatives from the SFT model on `n_groups` prompts for `epochs` epochs at `plan.lr`, scored
     on `evals`; `keep`: return the merged model (else it is dropped)."""
@@ -198,7 +198,7 @@ def _dmpo(k: int, base_cfg: Any, sft_dir: Path, tok: Any, files: Path, evals: di
     name = name or f"dmpo_k{k}"
     module, res.seconds[name], res.logs[name] = _train(cfg, tmp / name, k_plan, probe)
     model = _merged(module)
-    res.scores[name] = _score(model, tok, evals, plan)
+    res.scores[name] = score_model(model, tok, evals, plan)
     print(f"[dmpo_beauty] {name}: " + ", ".join(f"{e} {r.auc:.4f}" for e, (r, _) in res.scores[name].items()),
           file=sys.stderr)  # fmt: skip
     del module
@@ -206,7 +206,7 @@ def _dmpo(k: int, base_cfg: Any, sft_dir: Path, tok: Any, files: Path, evals: di
     return model if keep else None
 
 
-def _cache() -> Path:
+def cache_dir() -> Path:
     return Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve() / "dmpo_beauty"
 
 
@@ -219,17 +219,17 @@ def run(quick: bool = False, base_only: bool = False) -> list[dict]:
     plan = QUICK if quick else FULL
     meta = {"quick": quick, "precision": plan.precision, **provenance()}
     plan = replace(plan, n_paper=0) if base_only else plan  # the 1,000 held-out pairs of one file only
-    files = _files(_cache())
-    evals, (base_cfg, tok), res = _evals(files, plan), _base(plan), Results()
-    res.scores["base"] = _score(build_causal_lm(base_cfg), tok, evals, plan)
+    files = preference_files(cache_dir())
+    evals, (base_cfg, tok), res = eval_sets(files, plan), base_model(plan), Results()
+    res.scores["base"] = score_model(build_causal_lm(base_cfg), tok, evals, plan)
     gc.collect()
     if base_only:
-        return _lines(res, plan, {**meta, "base_only": True})
+        return result_lines(res, plan, {**meta, "base_only": True})
     with tempfile.TemporaryDirectory(prefix="dmpo-beauty-") as tmp:
-        sft_dir = _sft(base_cfg, tok, files, evals, plan, Path(tmp), res)
+        sft_dir = train_sft(base_cfg, tok, files, evals, plan, Path(tmp), res)
         for k in KS:
-            _dmpo(k, base_cfg, sft_dir, tok, files, evals, plan, Path(tmp), res)
-    return _lines(res, plan, meta)
+            train_dmpo(k, base_cfg, sft_dir, tok, files, evals, plan, Path(tmp), res)
+    return result_lines(res, plan, meta)
 
 
 def run_fit(quick: bool = False) -> list[dict]:
@@ -238,14 +238,14 @@ def run_fit(quick: bool = False) -> list[dict]:
         return [{"bench": "dmpo_fit", "skipped": "../shared/data/amazon_beauty not found"}]
     plan = FIT_QUICK if quick else FIT
     meta = {"quick": quick, "precision": plan.precision, "fit": True, **provenance()}
-    files = _files(_cache())
-    evals, (base_cfg, tok), res, probes = _evals(files, plan), _base(plan), Results(), {}
+    files = preference_files(cache_dir())
+    evals, (base_cfg, tok), res, probes = eval_sets(files, plan), base_model(plan), Results(), {}
     with tempfile.TemporaryDirectory(prefix="dmpo-fit-") as tmp:
-        sft_dir = _sft(base_cfg, tok, files, evals, plan, Path(tmp), res)
+        sft_dir = train_sft(base_cfg, tok, files, evals, plan, Path(tmp), res)
         for k in FIT_KS:
             probes[f"dmpo_k{k}"] = _probe_callback()
-            _dmpo(k, base_cfg, sft_dir, tok, files, evals, plan, Path(tmp), res, probes[f"dmpo_k{k}"])
-    lines = _lines(res, plan, meta) + _fit_lines(probes, plan, meta)
+            train_dmpo(k, base_cfg, sft_dir, tok, files, evals, plan, Path(tmp), res, probes[f"dmpo_k{k}"])
+    lines = result_lines(res, plan, meta) + _fit_lines(probes, plan, meta)
     return [{**x, "bench": x["bench"].replace("dmpo_beauty", "dmpo_fit")} for x in lines]  # its own run
 
 
@@ -275,7 +275,7 @@ def _fit_lines(probes: dict, plan: Plan, meta: dict) -> list[dict]:
     return out
 
 
-def _lines(res: Results, plan: Plan, meta: dict) -> list[dict]:
+def result_lines(res: Results, plan: Plan, meta: dict) -> list[dict]:
     from fusionrec.trainer.recipes.dmpo.loss import auc_interval
 
     scores, logs, seconds = res.scores, res.logs, res.seconds

@@ -23,14 +23,14 @@ from fusionrec.bench import cli_parser, emit, find_shared, provenance
 from fusionrec.bench.dmpo_beauty import (
     Plan,
     Results,
-    _base,
-    _cache,
-    _dmpo,
-    _evals,
-    _files,
-    _lines,
-    _score,
-    _sft,
+    base_model,
+    cache_dir,
+    eval_sets,
+    preference_files,
+    result_lines,
+    score_model,
+    train_dmpo,
+    train_sft,
 )
 
 K = 3
@@ -60,23 +60,24 @@ def run(quick: bool = False) -> list[dict]:
         return [{"bench": "dmpo_sweep", "skipped": "../shared/data/amazon_beauty not found"}]
     plan, grid = (QUICK, QUICK_GRID) if quick else (FULL, GRID)
     meta = {"quick": quick, "precision": plan.precision, **provenance()}
-    files = _files(_cache())
+    files = preference_files(cache_dir())
     valid = {"beauty_valid": validation_pairs(files, N_VALID[quick], max(plan.n_sft, plan.n_groups))}
-    heldout, (base_cfg, tok), res = _evals(files, plan), _base(plan), Results()
+    heldout, (base_cfg, tok), res = eval_sets(files, plan), base_model(plan), Results()
     settings, best = {}, None
     with tempfile.TemporaryDirectory(prefix="dmpo-sweep-") as tmp:
-        sft_dir = _sft(base_cfg, tok, files, {**valid, **heldout}, plan, Path(tmp), res)
+        sft_dir = train_sft(base_cfg, tok, files, {**valid, **heldout}, plan, Path(tmp), res)
         for lr, beta in grid:
             name = f"dmpo_k{K}_lr{lr:g}_beta{beta:g}"
             settings[name] = {"lr": lr, "beta": beta}
-            model = _dmpo(K, base_cfg, sft_dir, tok, files, valid, replace(plan, lr=lr), Path(tmp), res,
+            model = train_dmpo(K, base_cfg, sft_dir, tok, files, valid, replace(plan, lr=lr), Path(tmp), res,
                           beta=beta, name=name, keep=True)  # fmt: skip
             auc = res.scores[name]["beauty_valid"][0].auc
             if best is None or auc > best[1]:
                 best = (name, auc, model)
             del model
             gc.collect()
-        res.scores[best[0]].update(_score(best[2], tok, heldout, plan))  # the selected setting on test users
+        # the selected setting, and only it, on the held-out (test) users
+        res.scores[best[0]].update(score_model(best[2], tok, heldout, plan))
     return sweep_lines(res, plan, settings, best[0], meta)
 
 
@@ -84,7 +85,7 @@ def sweep_lines(res: Results, plan: Plan, settings: dict, selected: str, meta: d
     """bench dmpo_beauty's lines (each DMPO setting paired with SFT per eval set), named dmpo_sweep_*, with
     each setting's lr, beta and whether validation selected it."""
     out = []
-    for line in _lines(res, plan, meta):
+    for line in result_lines(res, plan, meta):
         extra = {**settings.get(line["model"], {}), "selected": line["model"] == selected}
         out.append({**line, "bench": line["bench"].replace("dmpo_beauty", "dmpo_sweep"), **extra})
     return out

@@ -21,7 +21,7 @@ def test_lines_pair_sft_with_base_and_dmpo_with_sft() -> None:
     logs = {"sft": [{"step": 1, "sft/loss": 2.0}, {"step": 2, "sft/loss": 1.5}],
             "dmpo_k1": [{"step": 1, "dmpo/loss": 0.69, "dmpo/reward_accuracy": 0.5, "dmpo/reward_margin": 0.0}]}  # fmt: skip
     res = dmpo_beauty.Results(scores, logs, {"sft": 10.0, "dmpo_k1": 20.0})
-    out = dmpo_beauty._lines(res, dmpo_beauty.QUICK, {})
+    out = dmpo_beauty.result_lines(res, dmpo_beauty.QUICK, {})
     auc = {x["model"]: x for x in out if x["bench"] == "dmpo_beauty_auc"}
     assert "baseline" not in auc["base"] and auc["base"]["eval_pairs_per_s"] == 2.0
     assert auc["sft"]["baseline_model"] == "base" and auc["sft"]["difference"] == 0.25
