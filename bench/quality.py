@@ -78,15 +78,22 @@ VARIANTS = {
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
 
-def _stage(cache: Path, name: str, fn, *args: Any) -> dict[str, Any]:
-    """Run a stage once: its JSON result is the marker that it finished (written last, atomically)."""
+def _stage(cache: Path, name: str, fn, *args: Any, params: dict | None = None) -> dict[str, Any]:
+    """Run a stage once: its JSON result is the marker that it finished (written last, atomically). `params`
+    (e.g. the test-user count) are kept with it; a rerun asking for other params is refused, not served."""
     path = cache / f"{name}.json"
     if path.is_file():
+        done = json.loads(path.read_text())
+        if params is not None and done.get("_params", params) != params:
+            raise ValueError(
+                f"{path}: computed with {done['_params']}, this run asks for {params}; "
+                "remove the file or use another --cache"
+            )
         print(f"[quality] {name}: done before, reusing {path}", file=sys.stderr, flush=True)
-        return json.loads(path.read_text())
+        return done
     print(f"[quality] {name} ...", file=sys.stderr, flush=True)
     commit = provenance()["commit"]  # the code that computes this stage (a rerun may reuse it later)
-    result = {**fn(*args), "_commit": commit}
+    result = {**fn(*args), "_commit": commit, **({"_params": params} if params is not None else {})}
     atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
     return result
 
@@ -319,11 +326,11 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     sas = _stage(cache, "sasrec", train_sasrec, corpus, cache / "sasrec", plan["sasrec_epochs"])
     tr = _stage(cache, name, train_generative, cache / name, overrides, variant.recipe, config, args.nproc)
     cur = _stage(cache, f"curve-{v}", curve, cache / name, corpus, plan["valid_users"], variant.recipe)
+    users = {"test_users": plan["test_users"]}  # the paired stages must have scored the same users
     tst = _stage(cache, f"test-{v}", score_test_users, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
-                 plan["test_users"], cache / f"test-eval-{v}")  # fmt: skip
-    trans = _stage(
-        cache, "transitions-test", transitions_test, corpus, plan["test_users"], cache / "transitions-eval"
-    )
+                 plan["test_users"], cache / f"test-eval-{v}", params=users)  # fmt: skip
+    trans = _stage(cache, "transitions-test", transitions_test, corpus, plan["test_users"],
+                   cache / "transitions-eval", params=users)  # fmt: skip
     stages = {"sasrec": sas, variant.recipe: tr, "curve": cur, "test": tst, "transitions": trans}
     meta["stage_commits"] = {k: st.get("_commit", "not recorded") for k, st in stages.items()}
     tst = {"records": tst["records"] + trans["records"]}

@@ -112,3 +112,14 @@ def test_every_variant_gives_a_valid_config_of_its_recipe(variant: str, tmp_path
     assert str(cfg.corpus_dir()) == str(tmp_path / "corpus") or cfg.idgenrec.data.corpus == str(
         tmp_path / "corpus"
     )
+
+
+def test_a_finished_stage_asked_for_other_params_is_refused_not_served(tmp_path) -> None:
+    quality._stage(tmp_path, "t", lambda: {"x": 1}, params={"test_users": 300})
+    assert quality._stage(tmp_path, "t", lambda: {"x": 2}, params={"test_users": 300})["x"] == 1
+    with pytest.raises(
+        ValueError, match=r"t\.json: computed with \{'test_users': 300\}.*\{'test_users': 0\}"
+    ):
+        quality._stage(tmp_path, "t", lambda: {"x": 3}, params={"test_users": 0})
+    quality._stage(tmp_path, "old", lambda: {"x": 1})  # written before stages kept their params: reused
+    assert quality._stage(tmp_path, "old", lambda: {"x": 2}, params={"test_users": 0})["x"] == 1
