@@ -245,8 +245,7 @@ def run_fit(quick: bool = False) -> list[dict]:
         for k in FIT_KS:
             probes[f"dmpo_k{k}"] = _probe_callback()
             train_dmpo(k, base_cfg, sft_dir, tok, files, evals, plan, Path(tmp), res, probes[f"dmpo_k{k}"])
-    lines = result_lines(res, plan, meta) + _fit_lines(probes, plan, meta)
-    return [{**x, "bench": x["bench"].replace("dmpo_beauty", "dmpo_fit")} for x in lines]  # its own run
+    return result_lines(res, plan, meta, bench="dmpo_fit") + _fit_lines(probes, plan, meta)
 
 
 def _fit_lines(probes: dict, plan: Plan, meta: dict) -> list[dict]:
@@ -275,7 +274,9 @@ def _fit_lines(probes: dict, plan: Plan, meta: dict) -> list[dict]:
     return out
 
 
-def result_lines(res: Results, plan: Plan, meta: dict) -> list[dict]:
+def result_lines(res: Results, plan: Plan, meta: dict, bench: str = "dmpo_beauty") -> list[dict]:
+    """`{bench}_auc` per model and eval set (paired with the model it starts from) and `{bench}_train` per
+    trained model; `bench` names the run (dmpo_fit and dmpo_sweep are runs of their own)."""
     from fusionrec.trainer.recipes.dmpo.loss import auc_interval
 
     scores, logs, seconds = res.scores, res.logs, res.seconds
@@ -283,7 +284,7 @@ def result_lines(res: Results, plan: Plan, meta: dict) -> list[dict]:
     for model, per_set in scores.items():
         ref = {"base": None, "sft": "base"}.get(model, "sft")
         for name, (r, eval_s) in per_set.items():
-            line = {"bench": "dmpo_beauty_auc", "model": model, "dataset": name, "ours": round(r.auc, 4),
+            line = {"bench": f"{bench}_auc", "model": model, "dataset": name, "ours": round(r.auc, 4),
                     "ci95": [round(x, 4) for x in auc_interval(r)], "users": r.n, "pairwise_acc": round(r.pairwise, 4),
                     "truncated_prompts": r.truncated, "eval_pairs_per_s": round(r.n / eval_s, 2),
                     "train_seconds": round(seconds.get(model, 0.0), 1), "unit": "AUC (random 0.5)", **meta}  # fmt: skip
@@ -296,7 +297,7 @@ def result_lines(res: Results, plan: Plan, meta: dict) -> list[dict]:
     for model, points in logs.items():
         acc = [(p["step"], p.get("dmpo/reward_accuracy"), p.get("dmpo/reward_margin")) for p in points]
         loss = [(p["step"], next((v for k, v in p.items() if k.endswith("/loss")), None)) for p in points]
-        out.append({"bench": "dmpo_beauty_train", "model": model, "steps": points[-1]["step"] if points else 0,
+        out.append({"bench": f"{bench}_train", "model": model, "steps": points[-1]["step"] if points else 0,
                     "ours": loss[-1][1] if loss else None, "baseline": loss[0][1] if loss else None,
                     "unit": "training loss, last vs first logged window", "reward_accuracy_margin": acc,
                     "loss_curve": loss, "train_seconds": round(seconds[model], 1),

@@ -85,9 +85,9 @@ def sweep_lines(res: Results, plan: Plan, settings: dict, selected: str, meta: d
     """bench dmpo_beauty's lines (each DMPO setting paired with SFT per eval set), named dmpo_sweep_*, with
     each setting's lr, beta and whether validation selected it."""
     out = []
-    for line in result_lines(res, plan, meta):
+    for line in result_lines(res, plan, meta, bench="dmpo_sweep"):
         extra = {**settings.get(line["model"], {}), "selected": line["model"] == selected}
-        out.append({**line, "bench": line["bench"].replace("dmpo_beauty", "dmpo_sweep"), **extra})
+        out.append({**line, **extra})
     return out
 
 

@@ -19,7 +19,8 @@ left of its wall-clock budget, `train.max_minutes`):
    For ``idgen``, the share of items whose ID changed in each ID phase.
 5. ``test-VARIANT``: the selected checkpoint, SASRec's selected state, most-popular and a random ranking (exact)
    on ALL test users, full ranking over the 12,101 items, history not masked, no user information beyond the
-   history (IDGenRec's prompt holds item IDs only; GenRec's an arbitrary user_<n> token): HR/NDCG@5/10 with 95% bootstrap intervals over users; paired differences.
+   history (IDGenRec's prompt holds item IDs only; GenRec's an arbitrary user_<n> token): HR/NDCG@5/10 with
+   95% bootstrap intervals over users; paired differences.
 6. ``transitions-test``: item-to-item transition counts (cluster/transitions.py: what the last items alone
    predict, no learning) on the same test users, paired with both learned models.
 
@@ -228,8 +229,9 @@ def transitions_test(corpus: Path, users: int, out: Path) -> dict[str, Any]:
 
 def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict, meta: dict) -> list[dict]:
     """Per model the test line, the paired differences, the learning curves and the ID changes."""
-    ours = VARIANTS[variant].recipe if variant in VARIANTS else "idgenrec"
     from fusionrec.cluster.results import paired_difference
+
+    ours = VARIANTS[variant].recipe  # the trained model's name in the evaluator's records
 
     recs = {r["model"]: r for r in tst["records"]}
     pop = recs["most_popular"]["metrics"]["HR@10"]
