@@ -106,3 +106,48 @@ def test_store_of_another_run_is_refused(saved, tmp_path):
     other = dict(texts, i000="title: sol gel 8 oz")
     with pytest.raises(ValueError, match=r"store.json: the stored ID-generation run differs in \['texts'\]"):
         CandidateStore(tmp_path, {"texts": texts_hash(other)})
+
+
+def _sharded_table(folder: str) -> tuple[dict[str, str], int, int]:
+    """One rank of a gloo group: Algorithm 1 with the jobs spread over the ranks (ShardedRunner)."""
+    import torch.distributed as dist
+    from fusionrec.trainer.idgen.candidates import LocalGenerator, ShardedRunner
+
+    dist.init_process_group("gloo")
+    model, tok = _load(Path(folder))
+    texts, cfg = _texts(36), IDGenConfig(**CFG)
+    local, ran = LocalGenerator(model, tok, cfg, texts), []
+
+    def counted(jobs):
+        for j, result in local(jobs):
+            ran.append(len(result))
+            yield j, result
+
+    def gather(obj):
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
+    runner = ShardedRunner(counted, dist.get_rank(), dist.get_world_size(), gather)
+    table = generate_ids(None, tok, texts, cfg, runner=runner)
+    return table.as_dict(), sum(ran), table.stats["item_attempts_generated"]
+
+
+def test_jobs_sharded_over_two_ranks_give_the_single_process_table(saved):
+    from fusionrec.trainer.testing import run_distributed_test
+
+    model, tok = _load(saved)
+    single = generate_ids(model, tok, _texts(36), IDGenConfig(**CFG))
+    assert single.stats["walks"] > 1  # collisions: several rounds of jobs, each one sharded
+    ranks = run_distributed_test(_sharded_table, world_size=2, folder=str(saved))
+    assert ranks[0][0] == ranks[1][0] == single.as_dict()
+    total = single.stats["item_attempts_generated"]
+    assert ranks[0][2] == ranks[1][2] == total  # every rank absorbed every result
+    assert ranks[0][1] + ranks[1][1] == total and ranks[0][1] > 0 and ranks[1][1] > 0  # each job ran once
+
+
+def test_sharded_runner_refuses_a_rank_outside_the_world():
+    from fusionrec.trainer.idgen.candidates import ShardedRunner
+
+    with pytest.raises(ValueError, match=r"rank 2 is not in \[0, world_size=2\)"):
+        ShardedRunner(lambda jobs: iter(()), 2, 2, lambda obj: [obj])

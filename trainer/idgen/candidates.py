@@ -57,6 +57,31 @@ class LocalGenerator:
         return [([normalize_id(t) for t in flat[i * k : (i + 1) * k]], spans[i]) for i in range(len(keys))]
 
 
+class ShardedRunner:
+    """Spreads each round's jobs over the ranks of a process group: rank r runs jobs r, r+W, r+2W, ... with its
+    own `local` runner, then one all-gather gives every rank every result.
+
+    Every rank of the group must call it with the same jobs (the walk that plans them is deterministic given
+    the same results, and every rank receives the same results), so the collectives line up and the ranks
+    build the same table by construction; on W ranks a regeneration costs ~1/W of running it everywhere.
+    `gather(obj)` is an all-gather of a picklable object (e.g. `DeepspeedStrategy.all_gather_object`).
+    """
+
+    def __init__(self, local: Runner, rank: int, world_size: int, gather: Callable[[object], list[object]]):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.local, self.rank, self.world_size, self.gather = local, rank, world_size, gather
+
+    def __call__(self, jobs: Sequence[Job]) -> Iterator[tuple[int, JobResult]]:
+        mine = list(range(self.rank, len(jobs), self.world_size))
+        done = {mine[i]: result for i, result in self.local([jobs[j] for j in mine])}
+        merged: dict[int, JobResult] = {}
+        for part in self.gather(done):
+            merged.update(part)
+        assert sorted(merged) == list(range(len(jobs))), "ranks ran different rounds of jobs"
+        yield from sorted(merged.items())
+
+
 class CandidateCache:
     """cands[item][a] = normalised IDs of attempt a, best first; filled round by round.
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from fusionrec.data_pipeline.loader import ShardDataset
 from fusionrec.trainer.decoding import CompiledTrie
+from fusionrec.trainer.idgen.candidates import LocalGenerator, ShardedRunner
 from fusionrec.trainer.idgen.generator import generate_ids
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.idgen.user_ids import (
@@ -59,8 +60,14 @@ class IDTables:
         """New item (and user) tables from ONE gather of the generator weights, on every rank; ranks must
         agree on each table's hash."""
         local = self.local_model("id_generator")
+        runner = LocalGenerator(local, self.tokenizer, self.cfg.idgen, self.texts)
+        world = self.strategy.world_size
+        if world > 1:  # each rank runs 1/world of the jobs; all ranks then replay the same walk
+            runner = ShardedRunner(runner, self.strategy.rank, world, self.strategy.all_gather_object)
         with torch.no_grad():
-            table = generate_ids(local, self.tokenizer, self.texts, self.cfg.idgen, round=round)
+            table = generate_ids(
+                local, self.tokenizer, self.texts, self.cfg.idgen, round=round, runner=runner
+            )
         self._set_table(self._agreed(table))
         if self.cfg.prompt.use_user_id:
             histories, words = self.user_histories(), self.cfg.user_title_words
