@@ -365,6 +365,7 @@ def test_plan_rounds_order_steps_and_epochs(corpus, tmp_path):
         ({"initial_ids": "random"}, "initial_ids"),
         ({"rounds": 0}, "rounds"),
         ({"id_lr": 0.0}, "id_lr"),
+        ({"warmup_lr": -1.0}, "warmup_lr"),
         ({"eval": None}, None),
     ],
 )

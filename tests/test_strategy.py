@@ -301,3 +301,28 @@ def test_frozen_engine_below_zero3_is_a_clear_error() -> None:
     for stage in (1, 2):
         assert f"engine 'reference': a frozen model (optim=None) cannot be a ZeRO-{stage} engine" in r0[stage]
     assert r0[3] == "engine in eval mode: True"  # ZeRO-3 partitions the frozen weights: allowed
+
+
+def _base_lr_run() -> list[float]:
+    """The toy engine's lr along its schedule (4 warm-up steps) with the base lr replaced after step 2."""
+    import torch
+    from fusionrec.trainer.recipes.toy.module import ToyRegressor
+
+    strategy = DeepspeedStrategy(DeepSpeedConfig(zero_stage=1, micro_batch_size=8))
+    strategy.setup()
+    engine = strategy.prepare(ToyRegressor(), OptimConfig(lr=1e-2, warmup_steps=4), name="model")
+    x, y = torch.randn(8, 16), torch.randn(8, 4)
+    lrs = []
+    for step in range(4):
+        if step == 2:
+            engine.set_base_lr(1e-3)
+        lrs.append(engine.lr)
+        strategy.backward(torch.nn.functional.mse_loss(engine(x), y), engine)
+        strategy.step(engine)
+    return lrs
+
+
+@pytest.mark.distributed
+def test_set_base_lr_rescales_the_schedule_from_the_current_step() -> None:
+    (lrs,) = run_distributed_test(_base_lr_run, world_size=1)
+    assert lrs == pytest.approx([1e-2 * 1 / 4, 1e-2 * 2 / 4, 1e-3 * 3 / 4, 1e-3 * 4 / 4])

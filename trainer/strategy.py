@@ -223,6 +223,16 @@ class Engine:
     def lr(self) -> float:
         return float(self._ds.get_lr()[0]) if self.has_optimizer else 0.0
 
+    def set_base_lr(self, lr: float) -> None:
+        """Replace the schedule's base lr (e.g. a phase that distils at a larger lr than the phases after
+        it); the schedule's factor for the current step applies at once, and the next steps follow it."""
+        sched = self._ds.lr_scheduler
+        if not self.has_optimizer or not hasattr(sched, "base_lrs"):
+            raise ValueError(f"engine {self.name!r} has no lr schedule whose base lr could be set")
+        sched.base_lrs = [lr for _ in sched.base_lrs]
+        for group, factor in zip(sched.optimizer.param_groups, sched.lr_lambdas, strict=True):
+            group["lr"] = lr * factor(sched.last_epoch)
+
     @property
     def grad_norm(self) -> float | None:
         """Global gradient norm (before clipping) of the last optimizer step; None before any step."""

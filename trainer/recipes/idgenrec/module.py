@@ -16,7 +16,8 @@ seq2seq model, item text -> textual ID); both share ONE tokenizer/vocabulary (ch
 * after each ``id`` phase: a new ID table by diverse ID generation (Algorithm 1) from the generator's
   gathered weights, run on every rank (ZeRO-3: every rank joins the gather) and checked by table hash
   across ranks; the trie and every ID-dependent collator are rebuilt (new loaders carry the table version);
-  the table (with its round) is module state, so every checkpoint carries it.
+  the table (with its round) is module state, so every checkpoint carries it. On W ranks each rank runs 1/W
+  of the generation jobs and one all-gather shares the results (``ShardedRunner``).
 
 User IDs (``prompt.use_user_id``, paper §2.1 / Table 6): a textual profile per (user, history prefix), built
 only from the items before the sample's target (no leakage; rule and generation in
@@ -30,8 +31,8 @@ the user history" only, so the generator learns from item IDs alone (a user ID i
 Initial IDs (``initial_ids``): ``"generator"`` runs Algorithm 1 with the initial generator (the paper's
 pretrained tag generator); ``"title"`` takes the first words of each item title, deduplicated by
 lengthening/suffixing (our offline stand-in: a random tiny generator would emit noise). With ``"title"``,
-``warmup_steps > 0`` first distils the table into the generator (seq2seq text -> ID) so that IDs
-regenerated after the first ID phase stay close to meaningful words instead of jumping to noise.
+``warmup_steps > 0`` first distils the table into the generator (seq2seq text -> ID, at ``warmup_lr``) so
+that IDs regenerated after the first ID phase stay close to meaningful words instead of jumping to noise.
 """
 
 from __future__ import annotations
@@ -197,6 +198,9 @@ class IDGenRecModule(IDTables, BaseTrainModule):
         if self._loader is not None:
             self._loader.close()
             self._loader = None
+        if phase.engine == "id_generator":  # set again on every phase start, so a resume gets it too
+            warm = phase.name == "warmup" and self.cfg.warmup_lr > 0
+            self.engines["id_generator"].set_base_lr(self.cfg.warmup_lr if warm else self.cfg.id_lr)
         if phase.name == "warmup":
             make = text_to_id_batch(
                 self.tokenizer, self.texts, self.tokens, self.cfg.data.collate.max_source_len
