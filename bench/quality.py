@@ -24,6 +24,10 @@ left of its wall-clock budget, `train.max_minutes`):
 6. ``transitions-test``: item-to-item transition counts (cluster/transitions.py: what the last items alone
    predict, no learning) on the same test users, paired with both learned models.
 
+Variants of one recipe run into the same cache (e.g. ``--variant titles`` then ``--variant idgen``, the same
+budget) share the SASRec and transitions stages; the later run also pairs the two on the same test users
+(``quality_variants`` lines: IDGenRec with vs without the ID-generator phase).
+
 Training minutes are the trainer's own clock (`state.train_seconds`); evaluation seconds are reported apart.
 ``--quick`` is a smoke run (0.5 training minute, 100 validation and 300 test users) that shows nothing.
 
@@ -59,19 +63,26 @@ class Variant:
     overrides: tuple[str, ...]
 
 
-# The budget, not an epoch count, ends a run: titles trains one long recommender phase; idgen alternates one
-# ID-generator epoch (regenerating all 12,101 IDs) with one recommender epoch, for as many rounds as fit;
-# genrec (paper 000's BART with user/item ID tokens) pretrains one cloze epoch, then fine-tunes on next items.
+# The budget, not an epoch count, ends a run: titles trains one long recommender phase; idgen is the same
+# recommender alternating with the ID-generator phase (regenerating all 12,101 IDs after each), for as many
+# rounds as fit; genrec (paper 000's BART with user/item ID tokens) pretrains one cloze epoch, then fine-tunes
+# on next items. idgen's schedule is sized by what each part costs on the 2-core CPU (measured, 2 ranks): no
+# pretrained generator exists offline, so a from-scratch one first distils the title table (text -> ID;
+# 0.14 s/step, its loss 9.2 -> 3.3 in 2,000 steps at lr 3e-3, 7.5 at the id_lr 1e-4 after 300); an ID step
+# costs ~1.3 s (5x a recommender step), so an ID phase is 100 steps (the paper: one epoch, 2,050 steps here);
+# a regeneration ~3 min. The recommender trains first (the ID phase learns through its loss) for 3,000 steps.
 VARIANTS = {
     "titles": Variant("idgenrec", CONFIG, ("idgenrec.rec_epochs=1000",)),
     "idgen": Variant(
         "idgenrec",
         CONFIG,
         (
-            'idgenrec.order=["id","rec"]',
+            'idgenrec.order=["rec","id"]',
             "idgenrec.rounds=100",
-            "idgenrec.id_epochs=1",
-            "idgenrec.rec_epochs=1",
+            "idgenrec.warmup_steps=2000",
+            "idgenrec.warmup_lr=3e-3",
+            "idgenrec.rec_steps=3000",
+            "idgenrec.id_steps=100",
         ),
     ),
     "genrec": Variant("genrec", "genrec_beauty_cpu", ("genrec.finetune_epochs=1000",)),
@@ -257,6 +268,32 @@ def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict
     return out
 
 
+def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> list[dict]:
+    """``v`` paired with every other variant of the same recipe whose test stage in this cache scored the
+    same test users (e.g. IDGenRec with vs without the ID-generator phase, one budget): test HR@10 and
+    NDCG@10, the interval of the difference over users."""
+    from fusionrec.cluster.results import paired_difference
+
+    recipe, out = VARIANTS[v].recipe, []
+    ours = next(r for r in tst["records"] if r["model"] == recipe)
+    for other, variant in sorted(VARIANTS.items()):
+        path = cache / f"test-{other}.json"
+        if other == v or variant.recipe != recipe or not path.is_file():
+            continue
+        done = json.loads(path.read_text())
+        theirs = next(r for r in done["records"] if r["model"] == recipe)
+        if done.get("_params") != users or theirs["users_selection"] != ours["users_selection"]:
+            continue  # other users: not comparable
+        for metric in ("HR@10", "NDCG@10"):
+            d = paired_difference(ours["ranks"], theirs["ranks"], metric)
+            out.append({"bench": "quality_variants", "model": f"{v} vs {other}", "ours": round(d["a"], 5),
+                        "baseline": round(d["b"], 5), "difference": round(d["difference"], 5),
+                        "difference_ci95": _round(d["interval"]), "users": d["users"], "metric": metric,
+                        "other_commit": done.get("_commit", "not recorded"),
+                        "unit": f"test {metric} (interval: of ours - baseline, paired over users)", **meta})  # fmt: skip
+    return out
+
+
 def _curve_lines(ours: str, sas: dict, cur: dict, meta: dict) -> list[dict]:
     out = [{"bench": "quality_curve", "model": ours, "ours": round(p["HR@10"], 5), "ci95": _round(p["ci95"]),
             "baseline": round(p["most_popular_HR@10"], 5), "users": p["users"], "step": p["step"],
@@ -335,8 +372,9 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
                    cache / "transitions-eval", params=users)  # fmt: skip
     stages = {"sasrec": sas, variant.recipe: tr, "curve": cur, "test": tst, "transitions": trans}
     meta["stage_commits"] = {k: st.get("_commit", "not recorded") for k, st in stages.items()}
+    pairs = variant_pairs(cache, v, tst, users, meta)
     tst = {"records": tst["records"] + trans["records"]}
-    return lines(v, plan, sas, tr, cur, tst, meta)
+    return lines(v, plan, sas, tr, cur, tst, meta) + pairs
 
 
 def _check_config(config: str, overrides: list[str]) -> Any:

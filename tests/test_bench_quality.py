@@ -123,3 +123,21 @@ def test_a_finished_stage_asked_for_other_params_is_refused_not_served(tmp_path)
         quality._stage(tmp_path, "t", lambda: {"x": 3}, params={"test_users": 0})
     quality._stage(tmp_path, "old", lambda: {"x": 1})  # written before stages kept their params: reused
     assert quality._stage(tmp_path, "old", lambda: {"x": 2}, params={"test_users": 0})["x"] == 1
+
+
+def test_variants_of_one_recipe_are_paired_only_on_the_same_test_users(tmp_path) -> None:
+    users, sel = {"test_users": 4}, "seeded sample of 4"
+    titles = {"records": [{**_record("idgenrec", [0, -1, -1, 12]), "users_selection": sel}],
+              "_params": users, "_commit": "abc"}  # fmt: skip
+    (tmp_path / "test-titles.json").write_text(json.dumps(titles))
+    (tmp_path / "test-genrec.json").write_text(json.dumps(titles))  # another recipe: never paired
+    idgen = {"records": [{**_record("idgenrec", [0, 2, 3, -1]), "users_selection": sel}]}
+    out = quality.variant_pairs(tmp_path, "idgen", idgen, users, {})
+    by = {x["metric"]: x for x in out}
+    assert [x["model"] for x in out] == ["idgen vs titles"] * 2 and by["HR@10"]["other_commit"] == "abc"
+    assert by["HR@10"]["difference"] == 0.5 and by["HR@10"]["users"] == 4  # users 1 and 2: idgen only
+    ndcg = (1 / np.log2(4) + 1 / np.log2(5)) / 4  # ranks 2 and 3 gained
+    assert by["NDCG@10"]["difference"] == pytest.approx(ndcg, abs=1e-5)
+    assert quality.variant_pairs(tmp_path, "idgen", idgen, {"test_users": 0}, {}) == []  # other count
+    other = {"records": [{**idgen["records"][0], "users_selection": "all 4 test users"}]}
+    assert quality.variant_pairs(tmp_path, "idgen", other, users, {}) == []  # other users
