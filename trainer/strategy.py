@@ -227,7 +227,8 @@ class Engine:
         """Replace the schedule's base lr (e.g. a phase that distils at a larger lr than the phases after
         it); the schedule's factor for the current step applies at once, and the next steps follow it."""
         sched = self._ds.lr_scheduler
-        if not self.has_optimizer or not hasattr(sched, "base_lrs"):
+        # Our LambdaLR only: a DeepSpeed scheduler from the user's JSON has no lr_lambdas to rescale.
+        if not self.has_optimizer or not hasattr(sched, "lr_lambdas"):
             raise ValueError(f"engine {self.name!r} has no lr schedule whose base lr could be set")
         sched.base_lrs = [lr for _ in sched.base_lrs]
         for group, factor in zip(sched.optimizer.param_groups, sched.lr_lambdas, strict=True):

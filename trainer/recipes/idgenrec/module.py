@@ -198,8 +198,8 @@ class IDGenRecModule(IDTables, BaseTrainModule):
         if self._loader is not None:
             self._loader.close()
             self._loader = None
-        if phase.engine == "id_generator":  # set again on every phase start, so a resume gets it too
-            warm = phase.name == "warmup" and self.cfg.warmup_lr > 0
+        if phase.engine == "id_generator" and self.cfg.warmup_lr > 0:  # at every phase start: a resume too
+            warm = phase.name == "warmup"
             self.engines["id_generator"].set_base_lr(self.cfg.warmup_lr if warm else self.cfg.id_lr)
         if phase.name == "warmup":
             make = text_to_id_batch(
