@@ -68,9 +68,9 @@ class Variant:
 # rounds as fit; genrec (paper 000's BART with user/item ID tokens) pretrains one cloze epoch, then fine-tunes
 # on next items. idgen's schedule is sized by what each part costs on the 2-core CPU (measured, 2 ranks): no
 # pretrained generator exists offline, so a from-scratch one first distils the title table (text -> ID;
-# 0.14 s/step, its loss 9.2 -> 3.3 in 2,000 steps at lr 3e-3, 7.5 at the id_lr 1e-4 after 300); an ID step
-# costs ~1.3 s (5x a recommender step), so an ID phase is 100 steps (the paper: one epoch, 2,050 steps here);
-# a regeneration ~3 min. The recommender trains first (the ID phase learns through its loss) for 3,000 steps.
+# 0.13 s/step, its loss 8.4 -> 3.1 in 2,000 steps at lr 3e-3, 7.5 at the id_lr 1e-4 after 300); an ID step
+# costs ~1.55 s (6x a recommender step's 0.27), so an ID phase is 100 steps (the paper: one epoch, 2,050 steps
+# here); a regeneration ~80 s on 2 ranks. The recommender trains first (the ID phase learns through its loss).
 VARIANTS = {
     "titles": Variant("idgenrec", CONFIG, ("idgenrec.rec_epochs=1000",)),
     "idgen": Variant(
