@@ -253,7 +253,35 @@ class LocalRayCluster:
         for i in range(self.num_workers):
             self._spawn(["--address", self.address, *self._node_args()], f"worker{i}", loopback_worker=True)
         self.wait_for_nodes(1 + self.num_workers)
+        self.wait_for_jobs()
         return self
+
+    def wait_for_jobs(self) -> None:
+        """Block until the head runs a job: a no-op job submitted and finished. Right after the nodes are
+        alive the head can still refuse jobs ("No available agent to submit job") while the dashboard
+        agents register; a test or user submitting then would fail for no reason of theirs."""
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        deadline, refused = time.monotonic() + self.start_timeout_s, ""
+        while time.monotonic() < deadline:
+            self._raise_if_exited()
+            try:
+                client = JobSubmissionClient(self.dashboard_url)
+                job = client.submit_job(entrypoint="true")
+            except (RuntimeError, ConnectionError) as err:  # refused or not up yet: try again
+                refused = str(err)
+                time.sleep(1.0)
+                continue
+            while not (status := client.get_job_status(job)).is_terminal():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if status == JobStatus.SUCCEEDED:
+                return
+            raise RuntimeError(f"local Ray cluster {self.dashboard_url}: a no-op job ended {status}: "
+                               f"{client.get_job_logs(job)[-1500:]}")  # fmt: skip
+        raise TimeoutError(f"local Ray cluster {self.dashboard_url}: no job accepted after "
+                           f"{self.start_timeout_s}s (last refusal: {refused[-300:]})")  # fmt: skip
 
     def wait_for_nodes(self, n: int) -> None:
         """Block until `n` nodes are alive (the state API, served by the head's dashboard)."""
