@@ -260,10 +260,7 @@ def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict
     pairs += [(m, "transitions") for m in (ours, "sasrec") if "transitions" in recs]
     for a, b in pairs:
         d = paired_difference(recs[a]["ranks"], recs[b]["ranks"], "HR@10")
-        out.append({"bench": "quality_paired", "model": f"{a} vs {b}", "ours": round(d["a"], 5),
-                    "baseline": round(d["b"], 5), "difference": round(d["difference"], 5),
-                    "difference_ci95": _round(d["interval"]), "users": d["users"],
-                    "unit": "test HR@10 (interval: of ours - baseline, paired over users)", **meta})  # fmt: skip
+        out.append(_paired_line("quality_paired", f"{a} vs {b}", d, meta))
     out += _curve_lines(ours, sas, cur, meta)
     return out
 
@@ -286,12 +283,17 @@ def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> li
             continue  # other users: not comparable
         for metric in ("HR@10", "NDCG@10"):
             d = paired_difference(ours["ranks"], theirs["ranks"], metric)
-            out.append({"bench": "quality_variants", "model": f"{v} vs {other}", "ours": round(d["a"], 5),
-                        "baseline": round(d["b"], 5), "difference": round(d["difference"], 5),
-                        "difference_ci95": _round(d["interval"]), "users": d["users"], "metric": metric,
-                        "other_commit": done.get("_commit", "not recorded"),
-                        "unit": f"test {metric} (interval: of ours - baseline, paired over users)", **meta})  # fmt: skip
+            other_commit = done.get("_commit", "not recorded")
+            out.append(_paired_line("quality_variants", f"{v} vs {other}", d, meta, metric=metric,
+                                    other_commit=other_commit))  # fmt: skip
     return out
+
+
+def _paired_line(bench: str, label: str, d: dict, meta: dict, **extra: Any) -> dict:
+    """One line of a paired comparison (`cluster.results.paired_difference` of two models on the same users)."""
+    return {"bench": bench, "model": label, "ours": round(d["a"], 5), "baseline": round(d["b"], 5),
+            "difference": round(d["difference"], 5), "difference_ci95": _round(d["interval"]), "users": d["users"],
+            "unit": f"test {d['metric']} (interval: of ours - baseline, paired over users)", **extra, **meta}  # fmt: skip
 
 
 def _curve_lines(ours: str, sas: dict, cur: dict, meta: dict) -> list[dict]:
