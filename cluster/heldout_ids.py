@@ -90,6 +90,12 @@ def trained_id_scheme(checkpoint: str | Path) -> dict[str, Any]:
     table = module_state(ckpt)["table"]
     stats, section = table.get("stats") or {}, run_section(ckpt)
     initial, order = section.get("initial_ids", "title"), list(section.get("order", ["id", "rec"]))
+    if stats.get("initial") == "collab":
+        raise ValueError(
+            f"{ckpt}: the recommender was trained on collaborative IDs (idgenrec.initial_ids = 'collab'), "
+            "which exist only for items with training interactions; unseen items have none (zero-shot needs "
+            "title or generator IDs)"
+        )
     if stats.get("initial") == "title":
         scheme, evidence = "title", "the checkpoint's ID table is the title table (stats.initial = 'title')"
     elif "second_attempt_share" in stats or "walks" in stats:

@@ -366,6 +366,8 @@ def test_plan_rounds_order_steps_and_epochs(corpus, tmp_path):
         ({"rounds": 0}, "rounds"),
         ({"id_lr": 0.0}, "id_lr"),
         ({"warmup_lr": -1.0}, "warmup_lr"),
+        ({"collab_branching": 1}, "collab_branching"),
+        ({"initial_ids": "collab", "prompt": PromptConfig(use_user_id=True)}, "use_user_id"),
         ({"eval": None}, None),
     ],
 )

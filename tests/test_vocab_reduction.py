@@ -77,3 +77,28 @@ def test_recipe_vocab_texts_keep_the_title_table_and_prompts_identical(t5_tokeni
     # back, in pieces of its own (not necessarily the full tokenizer's: "12" may become "1" "2").
     ids = tok("item 1207", add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids and tok.decode(ids) == "item 1207"
+
+
+@pytest.mark.slow
+def test_recipe_vocab_texts_keep_the_collab_table_identical(t5_tokenizer_dir, tmp_path):
+    """initial_ids = "collab": the table is built from the training split only and chosen identically with
+    the full and the reduced tokenizer (its words are among the vocabulary texts)."""
+    from fusionrec.trainer.idgen.collab_ids import collab_table
+    from fusionrec.trainer.recipes.idgenrec.data import all_samples, encodable_fn, id_tokens
+    from fusionrec.trainer.recipes.idgenrec.module import IDGenRecModule
+    from test_idgenrec import make_corpus, tiny_config
+
+    corpus = make_corpus(tmp_path / "corpus")
+    cfg = tiny_config(str(corpus), pretrained_tokenizer=str(t5_tokenizer_dir), reduce_vocab=True,
+                      initial_ids="collab", collab_branching=4)  # fmt: skip
+    module = IDGenRecModule(cfg, tmp_path / "run")
+    full = load_tokenizer(t5_tokenizer_dir)
+    tok, report = reduce_vocab(t5_tokenizer_dir, module._vocab_texts(full), tmp_path / "reduced")
+    assert report.mismatches == 0
+    a, b = module.collab_table(full), module.collab_table(tok)
+    assert a.as_dict() == b.as_dict() and a.stats["initial"] == "collab" and len(a) == 36
+    ta, tb = id_tokens(a, full), id_tokens(b, tok)
+    assert all(full.convert_ids_to_tokens(ta[i]) == tok.convert_ids_to_tokens(tb[i]) for i in ta)
+    train = list(all_samples(corpus, splits=["train"]))
+    assert {s["split"] for s in train} == {"train"} and len(train) == 168
+    assert collab_table(train, module.titles, encodable_fn(full), 4, cfg.collab_dim).hash == a.hash

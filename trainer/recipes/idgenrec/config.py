@@ -79,7 +79,9 @@ class IDGenRecConfig:
     rec_epochs: int = 10
     rec_steps: int = 0
     id_lr: float = 1e-4
-    initial_ids: str = "title"  # "title" | "generator"
+    initial_ids: str = "title"  # "title" | "generator" | "collab" (not in the paper: trainer/idgen/collab_ids.py)
+    collab_branching: int = 32  # collab IDs: clusters per level = leaf size
+    collab_dim: int = 32  # collab IDs: spectral embedding width
     title_words: int = 3
     user_title_words: int = 3  # words of a title user ID (prompt.use_user_id with initial_ids = "title")
     warmup_steps: int = 0  # ID-generator distillation of the initial table (text -> ID) before round 0
@@ -108,8 +110,17 @@ class IDGenRecConfig:
             raise ValueError(f"idgenrec.warmup_lr must be >= 0 (0 = id_lr), got {self.warmup_lr}")
         if not self.id_lr > 0:
             raise ValueError(f"idgenrec.id_lr must be > 0, got {self.id_lr}")
-        if self.initial_ids not in ("title", "generator"):
-            raise ValueError(f"idgenrec.initial_ids must be 'title' or 'generator', got {self.initial_ids!r}")
+        if self.initial_ids not in ("title", "generator", "collab"):
+            raise ValueError(
+                f"idgenrec.initial_ids must be 'title', 'generator' or 'collab', got {self.initial_ids!r}"
+            )
+        if self.collab_branching < 2 or self.collab_dim < 1:
+            raise ValueError(
+                f"idgenrec.collab_branching must be >= 2 and collab_dim >= 1, got "
+                f"{self.collab_branching}, {self.collab_dim}"
+            )
+        if self.initial_ids == "collab" and self.prompt.use_user_id:
+            raise ValueError("idgenrec.initial_ids = 'collab' has no user IDs: set prompt.use_user_id = false")
         if self.title_words < 1:
             raise ValueError(f"idgenrec.title_words must be >= 1, got {self.title_words}")
         if self.user_title_words < 1:

@@ -69,10 +69,10 @@ def load_items(corpus: str | Path) -> tuple[dict[str, str], dict[str, str]]:
     return text_of, title_of
 
 
-def all_samples(corpus: str | Path) -> Iterator[dict[str, Any]]:
-    """Every sample of every split in corpus order, the same on every rank: each rank builds the whole
-    user-ID table (as it builds the whole item table) and checks its hash against the others'."""
-    cfg = LoaderConfig(splits=list(SPLITS), shuffle=False, even_batches=False, batch_size=1)
+def all_samples(corpus: str | Path, splits: Sequence[str] = SPLITS) -> Iterator[dict[str, Any]]:
+    """Every sample of `splits` (default: all) in corpus order, the same on every rank: each rank builds the
+    whole user-ID table (as it builds the whole item table) and checks its hash against the others'."""
+    cfg = LoaderConfig(splits=list(splits), shuffle=False, even_batches=False, batch_size=1)
     dataset = ShardDataset(corpus, cfg, rank=0, world_size=1)
     dataset.set_epoch(0)
     yield from dataset

@@ -149,6 +149,8 @@ class IDGenRecModule(IDTables, BaseTrainModule):
             ids = list(title_table(self.titles, self.cfg.title_words, encodable_fn(full)).as_dict().values())
             if self.cfg.prompt.use_user_id:
                 ids += sorted(set(self._title_users(full).as_dict().values()))
+        elif self.cfg.initial_ids == "collab":
+            ids = list(self.collab_table(full).as_dict().values())
         return list(self.texts.values()) + prompts + digits + ids
 
     def split_dataset(self, split: str, even_batches: bool) -> ShardDataset:

@@ -12,6 +12,7 @@ import torch
 from fusionrec.data_pipeline.loader import ShardDataset
 from fusionrec.trainer.decoding import CompiledTrie
 from fusionrec.trainer.idgen.candidates import LocalGenerator, ShardedRunner
+from fusionrec.trainer.idgen.collab_ids import collab_table
 from fusionrec.trainer.idgen.generator import generate_ids
 from fusionrec.trainer.idgen.id_table import IDTable
 from fusionrec.trainer.idgen.user_ids import (
@@ -43,6 +44,8 @@ class IDTables:
             self._set_table(title_table(self.titles, self.cfg.title_words, encodable_fn(self.tokenizer)))
             if self.cfg.prompt.use_user_id:
                 self._set_user_table(self._title_users(self.tokenizer))
+        elif self.cfg.initial_ids == "collab":
+            self._set_table(self._agreed(self.collab_table(self.tokenizer)))
         else:
             self._regenerate(round=0)
 
@@ -51,6 +54,12 @@ class IDTables:
         if self._histories is None:
             self._histories = user_histories(all_samples(self.cfg.data.corpus))
         return self._histories
+
+    def collab_table(self, tokenizer: Any) -> IDTable:
+        """The collaborative initial table (collab_ids.py), built from the TRAINING split only."""
+        train = all_samples(self.cfg.data.corpus, splits=["train"])
+        return collab_table(train, self.titles, encodable_fn(tokenizer), self.cfg.collab_branching,
+                            self.cfg.collab_dim, seed=self.cfg.data.seed)  # fmt: skip
 
     def _title_users(self, tokenizer: Any) -> UserIDTable:
         words, encodable = self.cfg.user_title_words, encodable_fn(tokenizer)
