@@ -12,8 +12,9 @@ left of its wall-clock budget, `train.max_minutes`):
    ``--every`` steps. Variants: ``titles`` (IDGenRec's shipped recipe: fixed title IDs, the recommender alone),
    ``idgen`` (IDGenRec's method: the ID generator phase alternating with the recommender, rounds sharing the
    budget) and ``genrec`` (GenRec, genrec_beauty_cpu: BART with user/item ID tokens, one cloze epoch, then
-   next-item fine-tuning). Stages live under the config's folder, so a variant of another config trains its
-   own SASRec.
+   next-item fine-tuning) and ``collab`` (not in the papers: the recommender on collaborative IDs,
+   trainer/idgen/collab_ids.py). Stages live under the config's folder, so a variant of another config trains
+   its own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
    For ``idgen``, the share of items whose ID changed in each ID phase.
