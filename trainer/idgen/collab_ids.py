@@ -76,10 +76,11 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 30) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding; labels [n] in [0, k). Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     centers = [x[rng.integers(len(x))]]
+    d = ((x - centers[0]) ** 2).sum(-1)  # squared distance to the nearest chosen center, kept up to date
     for _ in range(1, k):
-        d = ((x[:, None, :] - np.asarray(centers)[None]) ** 2).sum(-1).min(1)
         total = d.sum()
         centers.append(x[rng.choice(len(x), p=d / total)] if total > 0 else x[rng.integers(len(x))])
+        d = np.minimum(d, ((x - centers[-1]) ** 2).sum(-1))
     c = np.asarray(centers)
     labels = np.zeros(len(x), dtype=np.int64)
     for _ in range(iters):
