@@ -12,8 +12,9 @@ left of its wall-clock budget, `train.max_minutes`):
    ``--every`` steps. Variants: ``titles`` (IDGenRec's shipped recipe: fixed title IDs, the recommender alone),
    ``idgen`` (IDGenRec's method: the ID generator phase alternating with the recommender, rounds sharing the
    budget) and ``genrec`` (GenRec, genrec_beauty_cpu: BART with user/item ID tokens, one cloze epoch, then
-   next-item fine-tuning) and ``collab`` (not in the papers: the recommender on collaborative IDs,
-   trainer/idgen/collab_ids.py). Stages live under the config's folder, so a variant of another config trains
+   next-item fine-tuning), ``collab`` (not in the papers: the recommender on collaborative IDs,
+   trainer/idgen/collab_ids.py, with 3-item prompts and a decaying lr) and ``titles3`` (collab's control: the
+   same prompt and schedule on the title IDs). Stages live under the config's folder, so a variant of another config trains
    its own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
@@ -26,8 +27,9 @@ left of its wall-clock budget, `train.max_minutes`):
    predict, no learning) on the same test users, paired with both learned models.
 
 Variants of one recipe run into the same cache (e.g. ``--variant titles`` then ``--variant idgen``, the same
-budget) share the SASRec and transitions stages; the later run also pairs the two on the same test users
-(``quality_variants`` lines: IDGenRec with vs without the ID-generator phase).
+budget) share the SASRec and transitions stages; a later run pairs itself with every earlier variant under
+the same ``--cache`` root (any recipe's folder) that scored the same test users (``quality_variants`` lines:
+IDGenRec with vs without the ID-generator phase, GenRec beside both, collab vs its title control).
 
 Training minutes are the trainer's own clock (`state.train_seconds`); evaluation seconds are reported apart.
 ``--quick`` is a smoke run (0.5 training minute, 100 validation and 300 test users) that shows nothing.
@@ -72,6 +74,12 @@ class Variant:
 # 0.13 s/step, its loss 8.4 -> 3.1 in 2,000 steps at lr 3e-3, 7.5 at the id_lr 1e-4 after 300); an ID step
 # costs ~1.55 s (6x a recommender step's 0.27), so an ID phase is 100 steps (the paper: one epoch, 2,050 steps
 # here); a regeneration ~80 s on 2 ranks. The recommender trains first (the ID phase learns through its loss).
+_SHORT_PROMPT = (  # the 3 most recent items in the prompt, the lr decayed linearly to 10% over 35k steps
+    "idgenrec.rec_epochs=1000",
+    "idgenrec.prompt.max_history=3",
+    "train.optim.total_steps=35000",
+    "train.optim.min_lr_ratio=0.1",
+)
 VARIANTS = {
     "titles": Variant("idgenrec", CONFIG, ("idgenrec.rec_epochs=1000",)),
     "idgen": Variant(
@@ -91,17 +99,10 @@ VARIANTS = {
     # co-occurrence clusters written as words) instead of title words, with the 3 most recent items in the
     # prompt (2.1x faster steps than 20) and the lr decayed linearly to 10% over the ~35k steps an hour holds.
     # Probes (valid HR@10, 1,000 users): 20 items .021-.023 at 4-13 min; 3 items .033-.034 at 4.4-5 min.
-    "collab": Variant(
-        "idgenrec",
-        CONFIG,
-        (
-            "idgenrec.rec_epochs=1000",
-            'idgenrec.initial_ids="collab"',
-            "idgenrec.prompt.max_history=3",
-            "train.optim.total_steps=35000",
-            "train.optim.min_lr_ratio=0.1",
-        ),
-    ),
+    "collab": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"')),
+    # The control of collab: its prompt and schedule on the title IDs, so a paired collab-vs-titles3
+    # difference is what the IDs alone change (titles vs titles3: what the prompt and schedule change).
+    "titles3": Variant("idgenrec", CONFIG, _SHORT_PROMPT),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
@@ -282,25 +283,26 @@ def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict
 
 
 def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> list[dict]:
-    """``v`` paired with every other variant of the same recipe whose test stage in this cache scored the
-    same test users (e.g. IDGenRec with vs without the ID-generator phase, one budget): test HR@10 and
-    NDCG@10, the interval of the difference over users."""
+    """``v`` paired with every other variant whose test stage under the same bench root (any recipe's config
+    folder) scored the same test users: IDGenRec with vs without the ID-generator phase, GenRec beside both,
+    one budget. Test HR@10 and NDCG@10, the interval of the difference over users."""
     from fusionrec.cluster.results import paired_difference
 
-    recipe, out = VARIANTS[v].recipe, []
-    ours = next(r for r in tst["records"] if r["model"] == recipe)
-    for other, variant in sorted(VARIANTS.items()):
-        path = cache / f"test-{other}.json"
-        if other == v or variant.recipe != recipe or not path.is_file():
+    ours = next(r for r in tst["records"] if r["model"] == VARIANTS[v].recipe)
+    out = []
+    for path in sorted(cache.parent.glob("*/test-*.json")):
+        other, folder = path.stem.removeprefix("test-"), path.parent.name
+        if other not in VARIANTS or (other == v and path.parent == cache):
             continue
         done = json.loads(path.read_text())
-        theirs = next(r for r in done["records"] if r["model"] == recipe)
-        if done.get("_params") != users or theirs["users_selection"] != ours["users_selection"]:
+        theirs = next((r for r in done["records"] if r["model"] == VARIANTS[other].recipe), None)
+        if theirs is None or done.get("_params") != users or theirs["users_selection"] != ours["users_selection"]:
             continue  # other users: not comparable
+        label = f"{v} vs {other}" + ("" if folder == VARIANTS[other].config else f" ({folder})")
         for metric in ("HR@10", "NDCG@10"):
             d = paired_difference(ours["ranks"], theirs["ranks"], metric)
             other_commit = done.get("_commit", "not recorded")
-            out.append(_paired_line("quality_variants", f"{v} vs {other}", d, meta, metric=metric,
+            out.append(_paired_line("quality_variants", label, d, meta, metric=metric,
                                     other_commit=other_commit))  # fmt: skip
     return out
 

@@ -125,19 +125,29 @@ def test_a_finished_stage_asked_for_other_params_is_refused_not_served(tmp_path)
     assert quality._stage(tmp_path, "old", lambda: {"x": 2}, params={"test_users": 0})["x"] == 1
 
 
-def test_variants_of_one_recipe_are_paired_only_on_the_same_test_users(tmp_path) -> None:
+def test_variants_are_paired_only_on_the_same_test_users_across_recipe_folders(tmp_path) -> None:
     users, sel = {"test_users": 4}, "seeded sample of 4"
+    ours_dir, genrec_dir, gpu_dir = (tmp_path / d for d in ("idgenrec_beauty_cpu", "genrec_beauty_cpu", "gpu"))
+    for d in (ours_dir, genrec_dir, gpu_dir):
+        d.mkdir()
     titles = {"records": [{**_record("idgenrec", [0, -1, -1, 12]), "users_selection": sel}],
               "_params": users, "_commit": "abc"}  # fmt: skip
-    (tmp_path / "test-titles.json").write_text(json.dumps(titles))
-    (tmp_path / "test-genrec.json").write_text(json.dumps(titles))  # another recipe: never paired
+    (ours_dir / "test-titles.json").write_text(json.dumps(titles))
+    (gpu_dir / "test-titles.json").write_text(json.dumps(titles))  # another config's folder: named
+    (ours_dir / "test-genrec.json").write_text(json.dumps(titles))  # no genrec record in it: skipped
+    genrec = {"records": [{**_record("genrec", [-1, -1, -1, -1]), "users_selection": sel}], "_params": users}
+    (genrec_dir / "test-genrec.json").write_text(json.dumps(genrec))  # GenRec beside IDGenRec: paired
     idgen = {"records": [{**_record("idgenrec", [0, 2, 3, -1]), "users_selection": sel}]}
-    out = quality.variant_pairs(tmp_path, "idgen", idgen, users, {})
-    by = {x["metric"]: x for x in out}
-    assert [x["model"] for x in out] == ["idgen vs titles"] * 2 and by["HR@10"]["other_commit"] == "abc"
-    assert by["HR@10"]["difference"] == 0.5 and by["HR@10"]["users"] == 4  # users 1 and 2: idgen only
+    (ours_dir / "test-idgen.json").write_text(json.dumps({**idgen, "_params": users}))  # ours: not with itself
+    out = quality.variant_pairs(ours_dir, "idgen", idgen, users, {})
+    by = {(x["model"], x["metric"]): x for x in out}
+    assert [x["model"] for x in out][::2] == ["idgen vs genrec", "idgen vs titles (gpu)", "idgen vs titles"]
+    hr = by[("idgen vs titles", "HR@10")]
+    assert hr["other_commit"] == "abc" and by[("idgen vs genrec", "HR@10")]["other_commit"] == "not recorded"
+    assert hr["difference"] == 0.5 and hr["users"] == 4  # users 1 and 2: idgen only
+    assert by[("idgen vs genrec", "HR@10")]["difference"] == 0.75  # users 0, 1, 2 hit; GenRec none
     ndcg = (1 / np.log2(4) + 1 / np.log2(5)) / 4  # ranks 2 and 3 gained
-    assert by["NDCG@10"]["difference"] == pytest.approx(ndcg, abs=1e-5)
-    assert quality.variant_pairs(tmp_path, "idgen", idgen, {"test_users": 0}, {}) == []  # other count
+    assert by[("idgen vs titles", "NDCG@10")]["difference"] == pytest.approx(ndcg, abs=1e-5)
+    assert quality.variant_pairs(ours_dir, "idgen", idgen, {"test_users": 0}, {}) == []  # other count
     other = {"records": [{**idgen["records"][0], "users_selection": "all 4 test users"}]}
-    assert quality.variant_pairs(tmp_path, "idgen", other, users, {}) == []  # other users
+    assert quality.variant_pairs(ours_dir, "idgen", other, users, {}) == []  # other users
