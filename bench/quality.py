@@ -296,7 +296,11 @@ def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> li
             continue
         done = json.loads(path.read_text())
         theirs = next((r for r in done["records"] if r["model"] == VARIANTS[other].recipe), None)
-        if theirs is None or done.get("_params") != users or theirs["users_selection"] != ours["users_selection"]:
+        if (
+            theirs is None
+            or done.get("_params") != users
+            or theirs["users_selection"] != ours["users_selection"]
+        ):
             continue  # other users: not comparable
         label = f"{v} vs {other}" + ("" if folder == VARIANTS[other].config else f" ({folder})")
         for metric in ("HR@10", "NDCG@10"):

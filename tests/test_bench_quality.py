@@ -127,7 +127,9 @@ def test_a_finished_stage_asked_for_other_params_is_refused_not_served(tmp_path)
 
 def test_variants_are_paired_only_on_the_same_test_users_across_recipe_folders(tmp_path) -> None:
     users, sel = {"test_users": 4}, "seeded sample of 4"
-    ours_dir, genrec_dir, gpu_dir = (tmp_path / d for d in ("idgenrec_beauty_cpu", "genrec_beauty_cpu", "gpu"))
+    ours_dir, genrec_dir, gpu_dir = (
+        tmp_path / d for d in ("idgenrec_beauty_cpu", "genrec_beauty_cpu", "gpu")
+    )
     for d in (ours_dir, genrec_dir, gpu_dir):
         d.mkdir()
     titles = {"records": [{**_record("idgenrec", [0, -1, -1, 12]), "users_selection": sel}],
@@ -138,7 +140,9 @@ def test_variants_are_paired_only_on_the_same_test_users_across_recipe_folders(t
     genrec = {"records": [{**_record("genrec", [-1, -1, -1, -1]), "users_selection": sel}], "_params": users}
     (genrec_dir / "test-genrec.json").write_text(json.dumps(genrec))  # GenRec beside IDGenRec: paired
     idgen = {"records": [{**_record("idgenrec", [0, 2, 3, -1]), "users_selection": sel}]}
-    (ours_dir / "test-idgen.json").write_text(json.dumps({**idgen, "_params": users}))  # ours: not with itself
+    (ours_dir / "test-idgen.json").write_text(
+        json.dumps({**idgen, "_params": users})
+    )  # ours: not with itself
     out = quality.variant_pairs(ours_dir, "idgen", idgen, users, {})
     by = {(x["model"], x["metric"]): x for x in out}
     assert [x["model"] for x in out][::2] == ["idgen vs genrec", "idgen vs titles (gpu)", "idgen vs titles"]
