@@ -48,8 +48,10 @@ def _cell(line: dict[str, Any], col: str) -> str:
         value = line.get("users", line.get("items", line.get("n_groups")))
     elif col == "ours":
         value = line.get("ours", line.get("HR@10"))  # some lines name their figure
-    elif col == "bench":
-        value = line["bench"] + (f" ({line['model']})" if "model" in line else "")
+    elif col == "bench":  # which model, and which run of a bench that runs variants into one file
+        run = line.get("variant") and f"run {line['variant']}"
+        label = "; ".join(x for x in (line.get("model"), run) if x)
+        value = line["bench"] + (f" ({label})" if label else "")
         value += f" [{line['dataset']}]" if "dataset" in line else ""
     elif col == "ci95" and "difference_ci95" in line:  # a paired comparison: the interval of the difference
         lo, hi = line["difference_ci95"]

@@ -30,6 +30,16 @@ def test_a_row_shows_its_interval_and_sample_size(tmp_path):
     assert "| b | 0.0123 | [0.01, 0.015] | 0.0008 | 15.4 | HR@10 | 2000 | abc | 2026-12-04 | cpu x2 |" in text
 
 
+def test_a_row_names_its_model_and_the_run_of_its_variant(tmp_path):
+    base = {"ours": 0.5, "commit": "c", "date": "2026-12-06T00:00:00+00:00", "hardware": "cpu x2"}
+    rows = [{**base, "bench": "q", "model": "idgenrec", "variant": "titles3", "dataset": "beauty"},
+            {**base, "bench": "q", "variant": "collab"}, {**base, "bench": "q", "model": "sasrec"}]  # fmt: skip
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = _report.render(tmp_path)
+    assert "| q (idgenrec; run titles3) [beauty] | 0.5 |" in text
+    assert "| q (run collab) | 0.5 |" in text and "| q (sasrec) | 0.5 |" in text
+
+
 def test_docs_result_blocks_are_what_their_lines_render():
     for doc in _report.DOCS:
         text = doc.read_text()
