@@ -50,6 +50,8 @@ def _cell(line: dict[str, Any], col: str) -> str:
         value = line.get("ours", line.get("HR@10"))  # some lines name their figure
     elif col == "bench":  # which model, and which run of a bench that runs variants into one file
         run = line.get("variant") and f"run {line['variant']}"
+        if run and str(line.get("model", "")).split(" ")[0] == line["variant"]:
+            run = None  # "collab vs titles" already names its run
         label = "; ".join(x for x in (line.get("model"), run) if x)
         value = line["bench"] + (f" ({label})" if label else "")
         value += f" [{line['dataset']}]" if "dataset" in line else ""

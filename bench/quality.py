@@ -74,7 +74,8 @@ class Variant:
 # 0.13 s/step, its loss 8.4 -> 3.1 in 2,000 steps at lr 3e-3, 7.5 at the id_lr 1e-4 after 300); an ID step
 # costs ~1.55 s (6x a recommender step's 0.27), so an ID phase is 100 steps (the paper: one epoch, 2,050 steps
 # here); a regeneration ~80 s on 2 ranks. The recommender trains first (the ID phase learns through its loss).
-_SHORT_PROMPT = (  # the 3 most recent items in the prompt, the lr decayed linearly to 10% over 35k steps
+_SHORT_PROMPT_DECAY = (  # the recommender alone, the 3 most recent items in the prompt, the lr decayed
+    # linearly to 10% over 35k steps
     "idgenrec.rec_epochs=1000",
     "idgenrec.prompt.max_history=3",
     "train.optim.total_steps=35000",
@@ -99,10 +100,10 @@ VARIANTS = {
     # co-occurrence clusters written as words) instead of title words, with the 3 most recent items in the
     # prompt (2.1x faster steps than 20) and the lr decayed linearly to 10% over the ~35k steps an hour holds.
     # Probes (valid HR@10, 1,000 users): 20 items .021-.023 at 4-13 min; 3 items .033-.034 at 4.4-5 min.
-    "collab": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"')),
+    "collab": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT_DECAY, 'idgenrec.initial_ids="collab"')),
     # The control of collab: its prompt and schedule on the title IDs, so a paired collab-vs-titles3
     # difference is what the IDs alone change (titles vs titles3: what the prompt and schedule change).
-    "titles3": Variant("idgenrec", CONFIG, _SHORT_PROMPT),
+    "titles3": Variant("idgenrec", CONFIG, _SHORT_PROMPT_DECAY),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
@@ -284,15 +285,17 @@ def lines(variant: str, plan: dict, sas: dict, train: dict, cur: dict, tst: dict
 
 def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> list[dict]:
     """``v`` paired with every other variant whose test stage under the same bench root (any recipe's config
-    folder) scored the same test users: IDGenRec with vs without the ID-generator phase, GenRec beside both,
-    one budget. Test HR@10 and NDCG@10, the interval of the difference over users."""
+    folder, a smoke ``-quick`` folder only with another) scored the same test users: IDGenRec with vs without
+    the ID-generator phase, GenRec beside both. Test HR@10 and NDCG@10, the interval of the difference over
+    users; each line names the other run's commit and training minutes (budgets are not checked: say them)."""
     from fusionrec.cluster.results import paired_difference
 
     ours = next(r for r in tst["records"] if r["model"] == VARIANTS[v].recipe)
     out = []
     for path in sorted(cache.parent.glob("*/test-*.json")):
-        other, folder = path.stem.removeprefix("test-"), path.parent.name
-        if other not in VARIANTS or (other == v and path.parent == cache):
+        other, folder = path.stem.removeprefix("test-"), path.parent
+        quick_mismatch = folder.name.endswith("-quick") != cache.name.endswith("-quick")
+        if other not in VARIANTS or (other == v and folder == cache) or quick_mismatch:
             continue
         done = json.loads(path.read_text())
         theirs = next((r for r in done["records"] if r["model"] == VARIANTS[other].recipe), None)
@@ -301,14 +304,22 @@ def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> li
             or done.get("_params") != users
             or theirs["users_selection"] != ours["users_selection"]
         ):
-            continue  # other users: not comparable
-        label = f"{v} vs {other}" + ("" if folder == VARIANTS[other].config else f" ({folder})")
+            print(f"[quality] not paired with {path}: other users", file=sys.stderr, flush=True)
+            continue
+        train = folder / f"{VARIANTS[other].recipe}-{other}.json"
+        minutes = round(json.loads(train.read_text())["train_minutes"], 2) if train.is_file() else None
+        label = f"{_run_name(v, cache)} vs {_run_name(other, folder)}"
         for metric in ("HR@10", "NDCG@10"):
             d = paired_difference(ours["ranks"], theirs["ranks"], metric)
-            other_commit = done.get("_commit", "not recorded")
             out.append(_paired_line("quality_variants", label, d, meta, metric=metric,
-                                    other_commit=other_commit))  # fmt: skip
+                                    other_commit=done.get("_commit", "not recorded"),
+                                    other_train_minutes=minutes))  # fmt: skip
     return out
+
+
+def _run_name(variant: str, folder: Path) -> str:
+    """The variant, with its stage folder when that is not the variant's default config (a GPU config, -quick)."""
+    return variant if folder.name == VARIANTS[variant].config else f"{variant} ({folder.name})"
 
 
 def _paired_line(bench: str, label: str, d: dict, meta: dict, **extra: Any) -> dict:

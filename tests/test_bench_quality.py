@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,31 +128,38 @@ def test_a_finished_stage_asked_for_other_params_is_refused_not_served(tmp_path)
 
 def test_variants_are_paired_only_on_the_same_test_users_across_recipe_folders(tmp_path) -> None:
     users, sel = {"test_users": 4}, "seeded sample of 4"
-    ours_dir, genrec_dir, gpu_dir = (
-        tmp_path / d for d in ("idgenrec_beauty_cpu", "genrec_beauty_cpu", "gpu")
-    )
-    for d in (ours_dir, genrec_dir, gpu_dir):
+    folders = ("idgenrec_beauty_cpu", "genrec_beauty_cpu", "idgenrec_beauty_gpu", "idgenrec_beauty_cpu-quick")
+    ours_dir, genrec_dir, gpu_dir, quick_dir = (tmp_path / d for d in folders)
+    for d in (ours_dir, genrec_dir, gpu_dir, quick_dir):
         d.mkdir()
-    titles = {"records": [{**_record("idgenrec", [0, -1, -1, 12]), "users_selection": sel}],
-              "_params": users, "_commit": "abc"}  # fmt: skip
-    (ours_dir / "test-titles.json").write_text(json.dumps(titles))
-    (gpu_dir / "test-titles.json").write_text(json.dumps(titles))  # another config's folder: named
-    (ours_dir / "test-genrec.json").write_text(json.dumps(titles))  # no genrec record in it: skipped
-    genrec = {"records": [{**_record("genrec", [-1, -1, -1, -1]), "users_selection": sel}], "_params": users}
-    (genrec_dir / "test-genrec.json").write_text(json.dumps(genrec))  # GenRec beside IDGenRec: paired
-    idgen = {"records": [{**_record("idgenrec", [0, 2, 3, -1]), "users_selection": sel}]}
-    (ours_dir / "test-idgen.json").write_text(
-        json.dumps({**idgen, "_params": users})
-    )  # ours: not with itself
+
+    def stage(folder: Path, variant: str, model: str, ranks: list[int], **extra) -> dict:
+        st = {"records": [{**_record(model, ranks), "users_selection": sel}], "_params": users, **extra}
+        (folder / f"test-{variant}.json").write_text(json.dumps(st))
+        return st
+
+    stage(ours_dir, "titles", "idgenrec", [0, -1, -1, 12], _commit="abc")
+    (ours_dir / "idgenrec-titles.json").write_text(json.dumps({"train_minutes": 30.004}))
+    stage(gpu_dir, "idgen", "idgenrec", [0, 0, 0, 0])  # the same variant in another config's folder: paired
+    stage(quick_dir, "titles", "idgenrec", [0, -1, -1, 12])  # a smoke run: never paired with a full one
+    stage(ours_dir, "genrec", "idgenrec", [0, -1, -1, 12])  # no genrec record in it: skipped
+    stage(genrec_dir, "genrec", "genrec", [-1, -1, -1, -1])  # GenRec beside IDGenRec: paired
+    idgen = stage(ours_dir, "idgen", "idgenrec", [0, 2, 3, -1])  # ours: never paired with itself
     out = quality.variant_pairs(ours_dir, "idgen", idgen, users, {})
     by = {(x["model"], x["metric"]): x for x in out}
-    assert [x["model"] for x in out][::2] == ["idgen vs genrec", "idgen vs titles (gpu)", "idgen vs titles"]
+    assert [x["model"] for x in out][::2] == ["idgen vs genrec", "idgen vs titles",
+                                              "idgen vs idgen (idgenrec_beauty_gpu)"]  # fmt: skip
     hr = by[("idgen vs titles", "HR@10")]
-    assert hr["other_commit"] == "abc" and by[("idgen vs genrec", "HR@10")]["other_commit"] == "not recorded"
+    assert hr["other_commit"] == "abc" and hr["other_train_minutes"] == 30.0
+    assert by[("idgen vs genrec", "HR@10")]["other_commit"] == "not recorded"
+    assert by[("idgen vs genrec", "HR@10")]["other_train_minutes"] is None  # no train stage file
     assert hr["difference"] == 0.5 and hr["users"] == 4  # users 1 and 2: idgen only
     assert by[("idgen vs genrec", "HR@10")]["difference"] == 0.75  # users 0, 1, 2 hit; GenRec none
     ndcg = (1 / np.log2(4) + 1 / np.log2(5)) / 4  # ranks 2 and 3 gained
     assert by[("idgen vs titles", "NDCG@10")]["difference"] == pytest.approx(ndcg, abs=1e-5)
+    gpu = quality.variant_pairs(gpu_dir, "idgen", idgen, users, {})  # our own run in a non-default folder
+    ours_gpu = "idgen (idgenrec_beauty_gpu) vs"
+    assert [x["model"] for x in gpu][::2] == [f"{ours_gpu} genrec", f"{ours_gpu} idgen", f"{ours_gpu} titles"]
     assert quality.variant_pairs(ours_dir, "idgen", idgen, {"test_users": 0}, {}) == []  # other count
     other = {"records": [{**idgen["records"][0], "users_selection": "all 4 test users"}]}
     assert quality.variant_pairs(ours_dir, "idgen", other, users, {}) == []  # other users
