@@ -14,8 +14,8 @@ left of its wall-clock budget, `train.max_minutes`):
    budget) and ``genrec`` (GenRec, genrec_beauty_cpu: BART with user/item ID tokens, one cloze epoch, then
    next-item fine-tuning), ``collab`` (not in the papers: the recommender on collaborative IDs,
    trainer/idgen/collab_ids.py, with 3-item prompts and a decaying lr) and ``titles3`` (collab's control: the
-   same prompt and schedule on the title IDs). Stages live under the config's folder, so a variant of another config trains
-   its own SASRec.
+   same prompt and schedule on the title IDs). Stages live under the config's folder, so a variant of another
+   config trains its own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
    For ``idgen``, the share of items whose ID changed in each ID phase.
@@ -306,7 +306,7 @@ def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> li
         ):
             print(f"[quality] not paired with {path}: other users", file=sys.stderr, flush=True)
             continue
-        train = folder / f"{VARIANTS[other].recipe}-{other}.json"
+        train = folder / f"{train_stage(other)}.json"
         minutes = round(json.loads(train.read_text())["train_minutes"], 2) if train.is_file() else None
         label = f"{_run_name(v, cache)} vs {_run_name(other, folder)}"
         for metric in ("HR@10", "NDCG@10"):
@@ -315,6 +315,11 @@ def variant_pairs(cache: Path, v: str, tst: dict, users: dict, meta: dict) -> li
                                     other_commit=done.get("_commit", "not recorded"),
                                     other_train_minutes=minutes))  # fmt: skip
     return out
+
+
+def train_stage(variant: str) -> str:
+    """The training stage's name (its run folder and JSON marker in the stage folder): RECIPE-VARIANT."""
+    return f"{VARIANTS[variant].recipe}-{variant}"
 
 
 def _run_name(variant: str, folder: Path) -> str:
@@ -383,7 +388,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     root = Path(args.cache or Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")) / "quality").resolve()
     v = args.variant
     variant, extra = VARIANTS[v], [*VARIANTS[v].overrides, *args.set]
-    config, name = args.config or variant.config, f"{variant.recipe}-{v}"
+    config, name = args.config or variant.config, train_stage(v)
     cache = root / (config + ("-quick" if args.quick else ""))  # stages of one recipe and size
     cache.mkdir(parents=True, exist_ok=True)
     meta = {
