@@ -188,6 +188,8 @@ def test_misaligned_id_tokens_raise(corpus, tokenizer, table):
 class _Bare:
     """Stands in for an Engine: callable like the model, ``module`` is the model (no DeepSpeed)."""
 
+    zero_stage = 0
+
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
 
@@ -298,6 +300,34 @@ def test_trie_softmax_loss_is_the_item_level_nll_of_a_distribution_over_the_cata
         assert abs(sum(math.exp(v) for v in log_p.values()) - 1.0) < 1e-6  # a distribution over items
         total += -log_p[sample["target"]]
     torch.testing.assert_close(nll.double(), total, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.unit
+def test_trie_softmax_loss_over_the_emitted_columns_equals_the_full_vocabulary_one(
+    corpus, tokenizer, table, tmp_path
+):
+    """The head computes only the trie's emitted tokens' logits (a T5 recommender below ZeRO-3): the loss and
+    every gradient equal those of the full [B, T, V] logits; a ZeRO-3 engine keeps the full head."""
+    module = _bare_module(corpus, tokenizer, table, tmp_path)
+    module.cfg.trie_softmax = True
+    batch = _collator("rec", tokenizer, table, corpus)(_samples(corpus)[:4])
+    model = module.engines["recommender"].module
+    assert module._restricted()
+    trie = module._device_trie(torch.device("cpu"))
+    assert trie.emitted_tokens.numel() < model.config.vocab_size
+    results = []
+    for restricted in (True, False):
+        model.zero_grad()
+        module.engines["recommender"].zero_stage = 0 if restricted else 3
+        logits = module._rec_logits(batch, {})
+        assert logits.shape[-1] == (trie.emitted_tokens.numel() if restricted else model.config.vocab_size)
+        nll, n = module._rec_nll(logits, batch["labels"])
+        (nll / n).backward()
+        results.append((nll.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert isinstance(model.model.lm_head, torch.nn.Linear)  # the full head is back after the forward
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------- IDs, warm-up loader, plan, config

@@ -48,3 +48,20 @@ def test_gradient_reaches_probs_not_frozen_recommender():
     out.loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_output_columns_give_those_logit_columns_and_restore_the_head():
+    model = SoftIDRecommender(_tiny_t5())
+    ids = torch.tensor([[5, 6, 7, 8, 1], [9, 10, 11, 1, 0]])
+    mask = (ids != 0).long()
+    dec = torch.tensor([[0, 12, 13], [0, 14, 1]])
+    cols = torch.tensor([1, 12, 13, 14, 40])
+    index = torch.tensor([[0, 1], [1, 0]])
+    probs = torch.softmax(torch.randn(2, 50), -1)
+    for soft in ({}, {"soft_probs": probs, "soft_index": index}):
+        full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, **soft).logits
+        part = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_columns=cols, **soft)
+        assert part.logits.shape == (2, 3, 5)
+        torch.testing.assert_close(part.logits, full[..., cols])
+    assert isinstance(model.model.lm_head, torch.nn.Linear)
+    assert model.model.lm_head.weight is model.embedding.weight  # still tied

@@ -184,3 +184,10 @@ def test_prefix_nodes_and_trie_log_softmax_by_hand():
     assert torch.isfinite(out).sum(1).tolist() == [2, 2]
     torch.testing.assert_close(out[0, [3, 5]], torch.log_softmax(torch.tensor([3.0, 5.0]), 0))
     torch.testing.assert_close(out[1, [EOS, 9]], torch.log_softmax(torch.tensor([1.0, 9.0]), 0))
+    # restricted: the logits hold only the emitted tokens' columns; the same values, in fewer columns
+    assert trie.emitted_tokens.tolist() == [EOS, 3, 5, 7, 9]
+    cols = trie.emitted_tokens
+    small = trie.log_softmax(logits[:, cols], torch.tensor([0, 5]), restricted=True)
+    torch.testing.assert_close(small, out[:, cols])
+    assert trie.columns_of(torch.tensor([9, 3, EOS])).tolist() == [4, 1, 0]
+    assert trie.to("cpu").emitted_tokens is not None  # moved with the other tensors

@@ -44,6 +44,7 @@ _TENSOR_FIELDS = (
     "item_tokens",
     "item_nodes",
     "subtree_items",
+    "emitted_tokens",
 )
 
 
@@ -60,6 +61,9 @@ class CompiledTrie:
     item_tokens: torch.Tensor  # [num_items, max_depth] int64, tokens + eos, padded with -1
     item_nodes: torch.Tensor  # [num_items, max_depth] int64, node after each token (root excluded), -1 padded
     subtree_items: torch.Tensor  # [num_nodes + 1] int64, number of items below each node (dead: 0)
+    # [C] int64, sorted: every token an edge emits (eos included), the only vocabulary columns a constrained
+    # decoder ever reads; a loss over them needs C of the V logit columns (`log_softmax(restricted=True)`)
+    emitted_tokens: torch.Tensor
     item_ids: tuple[Hashable, ...]
     decoder_start_token_id: int
     eos_token_id: int
@@ -103,6 +107,7 @@ class CompiledTrie:
             item_tokens=torch.from_numpy(tokens),
             item_nodes=t["item_nodes"],
             subtree_items=t["subtree_items"],
+            emitted_tokens=torch.unique(t["child_token"]),
             item_ids=ids,
             decoder_start_token_id=int(decoder_start_token_id),
             eos_token_id=int(eos_token_id),
@@ -201,13 +206,25 @@ class CompiledTrie:
             nodes = self.step(nodes, labels[:, j])
         return out
 
-    def log_softmax(self, logits: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    def log_softmax(
+        self, logits: torch.Tensor, nodes: torch.Tensor, restricted: bool = False
+    ) -> torch.Tensor:
         """Log-softmax of ``logits`` [R, V] over each row's trie children only (``nodes`` [R]): the item-level
-        distribution of a model trained with the trie softmax. Non-children get ``-inf``."""
+        distribution of a model trained with the trie softmax. Non-children get ``-inf``.
+
+        ``restricted``: the columns of ``logits`` [R, C] are :attr:`emitted_tokens`, not the vocabulary. The
+        values are the same (every child is an emitted token; the other columns are ``-inf`` either way)."""
         rows, edges = self.expand(nodes)
+        cols = self.child_token[edges]
+        if restricted:
+            cols = self.columns_of(cols)
         allowed = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-        allowed[rows, self.child_token[edges]] = True
+        allowed[rows, cols] = True
         return torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+
+    def columns_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Column of each emitted token in a ``restricted`` logit matrix (tokens must be emitted tokens)."""
+        return torch.searchsorted(self.emitted_tokens, tokens)
 
     def leaf_of(self, items: torch.Tensor) -> torch.Tensor:
         """Leaf node of each item index (``-1`` entries map to ``-1``)."""

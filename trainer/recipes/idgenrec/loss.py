@@ -17,13 +17,15 @@ def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
 
 
 def trie_token_nll(
-    logits: torch.Tensor, labels: torch.Tensor, trie: CompiledTrie
+    logits: torch.Tensor, labels: torch.Tensor, trie: CompiledTrie, restricted: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_nll` with each position's softmax restricted to the trie children of its prefix.
 
     The sum over an ID's positions is then exactly -log P(item) under the constrained decoder, a softmax
     over the catalogue: no gradient is spent on tokens that could never be decoded, and positions with a
     single continuation cost nothing. Labels must be trie paths (the current table's IDs + eos).
+    ``restricted``: ``logits`` [B, T, C] hold only the columns of ``trie.emitted_tokens`` (the same loss and
+    gradients, without the V - C columns the loss never reads).
     """
     keep = labels != IGNORE_INDEX
     nodes = trie.prefix_nodes(labels)[keep]
@@ -32,6 +34,8 @@ def trie_token_nll(
         raise ValueError(
             "a label is not a path of the current ID trie (was the trie rebuilt with the table?)"
         )
-    log_probs = trie.log_softmax(logits[keep].float(), nodes)
+    log_probs = trie.log_softmax(logits[keep].float(), nodes, restricted)
+    if restricted:
+        targets = trie.columns_of(targets)
     # an all-padding batch selects no logits: the sum is 0 and still a graph for DeepSpeed's backward
     return -log_probs.gather(1, targets[:, None]).sum(), keep.sum()

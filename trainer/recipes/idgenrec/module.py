@@ -233,6 +233,8 @@ class IDGenRecModule(IDTables, BaseTrainModule):
 
     # ------------------------------------------------------------------ steps
     def _rec_logits(self, batch: Mapping[str, torch.Tensor], soft: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The recommender's teacher-forced logits: [B, T, V], or [B, T, C] over the trie's emitted tokens
+        when `_restricted` (the trie softmax reads no other column)."""
         engine = self.engines["recommender"]
         dec = shift_right(batch["labels"], self.rec_start, self.tokenizer.pad_token_id)
         if soft:
@@ -243,15 +245,26 @@ class IDGenRecModule(IDTables, BaseTrainModule):
             soft = {**soft, "decoder_inputs_embeds": engine.module.embedding(dec)}
         else:
             soft = {"decoder_input_ids": dec}
+        if self._restricted():
+            soft["output_columns"] = self._device_trie(dec.device).emitted_tokens
         out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **soft)
         return out.logits
+
+    def _restricted(self) -> bool:
+        """Whether the loss reads only the trie's emitted tokens' logits, so the head computes only those:
+        the trie softmax on a T5 recommender whose weights are not ZeRO-3 partitioned (ColumnHead)."""
+        engine = self.engines["recommender"]
+        return self.cfg.trie_softmax and engine.zero_stage < 3 and engine.module.config.model_type == "t5"
+
+    def _device_trie(self, device: torch.device) -> CompiledTrie:
+        if self._trie_dev is None or self._trie_dev.device != device:
+            self._trie_dev = self.trie.to(device)
+        return self._trie_dev
 
     def _rec_nll(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.cfg.trie_softmax:
             return token_nll(logits, labels)
-        if self._trie_dev is None or self._trie_dev.device != labels.device:
-            self._trie_dev = self.trie.to(labels.device)
-        return trie_token_nll(logits, labels, self._trie_dev)
+        return trie_token_nll(logits, labels, self._device_trie(labels.device), self._restricted())
 
     def soft_ids(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """softmax of the generator's teacher-forced logits, one row per soft prompt token (eq. 5)."""
