@@ -27,16 +27,28 @@ FULL = {"steps": 150, "warm": 30}
 QUICK = {"steps": 12, "warm": 4}
 
 
-def _seconds(corpus: Path, tok: Path, run_dir: Path, width: tuple[int, int, int], steps: int) -> float:
-    d, ff, heads = width
+def _seconds(corpus: Path, tok: Path, run_dir: Path, overrides: list[str], steps: int) -> float:
+    """Training seconds (the trainer's clock) of `steps` steps of the CPU recipe with `overrides`."""
     cmd = [sys.executable, "-m", "fusionrec.launch.cli", "train", "idgenrec", "--config", CONFIG, "--nproc", "2",
            f'train.run_dir="{run_dir}"', f'idgenrec.data.corpus="{corpus}"', f'idgenrec.pretrained_tokenizer="{tok}"',
            "train.progress=false", "train.eval_every=0", f"train.max_steps={steps}", f"train.log_every={steps}",
-           "train.checkpoint.every_steps=0", "train.checkpoint.save_at_end=false",
-           f"idgenrec.recommender.d_model={d}", f"idgenrec.recommender.d_ff={ff}",
-           f"idgenrec.recommender.num_heads={heads}"]  # fmt: skip
+           "train.checkpoint.every_steps=0", "train.checkpoint.save_at_end=false", *overrides]  # fmt: skip
     subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
     return json.loads((run_dir / "train_summary.json").read_text())["train_seconds"]
+
+
+def seconds_per_step(corpus: Path, tok: Path, run_dir: Path, overrides: list[str], plan: dict) -> float:
+    """Seconds per step after warm-up: a run of plan["steps"] minus a run of plan["warm"] steps (start-up,
+    the tokenizer, the ID table and the first slow steps cancel)."""
+    full = _seconds(corpus, tok, run_dir / "full", overrides, plan["steps"])
+    warm = _seconds(corpus, tok, run_dir / "warm", overrides, plan["warm"])
+    return (full - warm) / (plan["steps"] - plan["warm"])
+
+
+def _width(width: tuple[int, int, int]) -> list[str]:
+    d, ff, heads = width
+    return [f"idgenrec.recommender.d_model={d}", f"idgenrec.recommender.d_ff={ff}",
+            f"idgenrec.recommender.num_heads={heads}"]  # fmt: skip
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -52,9 +64,8 @@ def run(quick: bool = False) -> list[dict]:
     corpus = _prepare(beauty.parent, cache / "quality" / "corpus")  # bench quality's, prepared once
     with tempfile.TemporaryDirectory(prefix="rec-width-") as tmp:
         for width in WIDTHS:
-            full = _seconds(corpus, t5.parent, Path(tmp) / f"d{width[0]}", width, plan["steps"])
-            warm = _seconds(corpus, t5.parent, Path(tmp) / f"d{width[0]}-warm", width, plan["warm"])
-            per_step[width] = (full - warm) / (plan["steps"] - plan["warm"])
+            run_dir = Path(tmp) / f"d{width[0]}"
+            per_step[width] = seconds_per_step(corpus, t5.parent, run_dir, _width(width), plan)
     base = per_step[WIDTHS[0]]
     return [{"bench": "rec_width", "model": f"d{d} ff{ff} h{h}", "ours": round(s, 4), "baseline": round(base, 4),
              "ratio": round(s / base, 3), "unit": "s/step, 64 samples, 2 ranks bf16 (baseline: d128, same run)",

@@ -307,7 +307,7 @@ def test_trie_softmax_loss_over_the_emitted_columns_equals_the_full_vocabulary_o
     corpus, tokenizer, table, tmp_path
 ):
     """The head computes only the trie's emitted tokens' logits (a T5 recommender below ZeRO-3): the loss and
-    every gradient equal those of the full [B, T, V] logits; a ZeRO-3 engine keeps the full head."""
+    every gradient equal those of the full [B, T, V] logits (emitted_head = false); ZeRO-3 keeps the full head."""
     module = _bare_module(corpus, tokenizer, table, tmp_path)
     module.cfg.trie_softmax = True
     batch = _collator("rec", tokenizer, table, corpus)(_samples(corpus)[:4])
@@ -315,10 +315,13 @@ def test_trie_softmax_loss_over_the_emitted_columns_equals_the_full_vocabulary_o
     assert module._restricted()
     trie = module._device_trie(torch.device("cpu"))
     assert trie.emitted_tokens.numel() < model.config.vocab_size
+    module.engines["recommender"].zero_stage = 3
+    assert not module._restricted()
+    module.engines["recommender"].zero_stage = 0
     results = []
     for restricted in (True, False):
         model.zero_grad()
-        module.engines["recommender"].zero_stage = 0 if restricted else 3
+        module.cfg.emitted_head = restricted
         logits = module._rec_logits(batch, {})
         assert logits.shape[-1] == (trie.emitted_tokens.numel() if restricted else model.config.vocab_size)
         nll, n = module._rec_nll(logits, batch["labels"])

@@ -92,6 +92,10 @@ class IDGenRecConfig:
     # likelihood the constrained beam search ranks by) instead of over the whole vocabulary. Not in the
     # paper; see trie_token_nll. Decoding of such a model renormalises the same way (model.config).
     trie_softmax: bool = False
+    # With trie_softmax, the recommender's head computes only the logit columns of the tokens the ID trie
+    # emits (the loss reads no other; the same loss and gradients). false: the full [V] head, the baseline of
+    # `bench rec_head`. Always the full head under ZeRO-3 (the column head reads an unpartitioned weight).
+    emitted_head: bool = True
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

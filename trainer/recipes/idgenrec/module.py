@@ -254,7 +254,9 @@ class IDGenRecModule(IDTables, BaseTrainModule):
         """Whether the loss reads only the trie's emitted tokens' logits, so the head computes only those:
         the trie softmax on a T5 recommender whose weights are not ZeRO-3 partitioned (ColumnHead)."""
         engine = self.engines["recommender"]
-        return self.cfg.trie_softmax and engine.zero_stage < 3 and engine.module.config.model_type == "t5"
+        cfg = self.cfg
+        t5 = engine.module.config.model_type == "t5"
+        return cfg.trie_softmax and cfg.emitted_head and engine.zero_stage < 3 and t5
 
     def _device_trie(self, device: torch.device) -> CompiledTrie:
         if self._trie_dev is None or self._trie_dev.device != device:
