@@ -84,13 +84,18 @@ def _queries(seq_file: Path, asin_to_id: dict[str, str], n_users: int) -> list[s
     return prompts
 
 
-def _model(vocab_size: int, pad: int, eos: int):
+TINY = {"d_model": 128, "d_ff": 512, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
+
+
+def _model(vocab_size: int, pad: int, eos: int, shape: dict | None = None):
+    """A random T5 of `shape` (default TINY; bench gpu: t5-small's), seeded."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
+    shape = shape or TINY
     cfg = T5Config(
-        vocab_size=vocab_size, d_model=128, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32,
+        vocab_size=vocab_size, d_kv=shape["d_model"] // shape["num_heads"], **shape,
         pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
     )  # fmt: skip
     return T5ForConditionalGeneration(cfg).eval()
@@ -124,8 +129,9 @@ def _hf(model, enc, trie, batch: int):
             do_sample=False, max_new_tokens=trie.max_depth, prefix_allowed_tokens_fn=fn,
             output_scores=True, return_dict_in_generate=True,
         )  # fmt: skip
-        found = torch.tensor([trie.lookup(q.tolist()) for q in out.sequences]).view(-1, NUM_BEAMS)
         sc = out.sequences_scores.view(-1, NUM_BEAMS)
+        found = torch.tensor([trie.lookup(q.tolist()) for q in out.sequences], device=sc.device)
+        found = found.view(-1, NUM_BEAMS)
         items.append(torch.where(sc > -1e7, found, -1))
         scores.append(sc)
     return items, scores
@@ -145,8 +151,8 @@ def _timed(fn, *args, **kwargs):
 def _same(a, b) -> tuple[bool, float]:
     import torch
 
-    items_a, items_b = torch.cat(a[0]), torch.cat(b[0])
-    sa, sb = torch.cat(a[1]), torch.cat(b[1])
+    items_a, items_b = torch.cat(a[0]).cpu(), torch.cat(b[0]).cpu()
+    sa, sb = torch.cat(a[1]).cpu(), torch.cat(b[1]).cpu()
     real = items_b >= 0
     diff = float((sa[real] - sb[real]).abs().max()) if real.any() else 0.0
     return bool(torch.equal(items_a, items_b)), diff

@@ -1,0 +1,206 @@
+"""`fusionrec bench gpu`: the GPU suites, each one prepared run that writes its JSON lines as it goes.
+
+A GPU session is short (minutes of device time), so a suite is one command that needs nothing the GPU image
+lacks (torch, transformers, tokenizers, pytest; no deepspeed, ray or webdataset), and it appends each JSON
+line to ``--record`` the moment that measurement finishes: a run cut off by its time limit still brings back
+everything it measured.
+
+Suite ``core`` (built):
+
+1. ``gpu_env``: the device, torch / CUDA / transformers versions.
+2. ``gpu_tests``: ``pytest -m gpu`` over the test files that hold CUDA tests (passed / failed / skipped).
+3. ``gpu_decode``: trie-constrained beam search at t5-small shape (d512, ff2048, 6+6 layers, 8 heads, the
+   real T5 vocabulary, random weights), beam 20, top 20, over all 12,101 Amazon-Beauty title IDs: ours
+   batched vs HF ``generate`` + ``prefix_allowed_tokens_fn`` (IDGenRec/OpenP5's protocol) at batch 1 and at
+   our batch; users/s and whether the top-20 items agree (fp32, TF32 off: the comparison is exact math).
+4. ``gpu_idgen``: diverse ID generation (Algorithm 1) for the 12,101 items, batched vs the one-item loop on
+   a prefix; items/s and whether the prefix got the same IDs.
+
+Suites ``train`` and ``llm`` (DeepSpeed vs a plain loop, MFU; a 7B-shape LoRA ZeRO-3 step) are not built:
+they need deepspeed carried to the GPU machine as a wheel.
+
+``--cpu-smoke`` runs the same code at tiny sizes on the CPU (the normal test suite does), so a broken script
+is caught before device time is spent; its lines say ``smoke: true`` and measure nothing.
+
+    python -m fusionrec.bench.gpu [--suite core] [--cpu-smoke] [--record F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fusionrec.bench import find_shared, provenance, record
+
+T5_SMALL = {"d_model": 512, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8}
+SMOKE_SHAPE = {"d_model": 32, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
+PLANS = {
+    "gpu": {"shape": T5_SMALL, "ref_users": 32, "users": 2048, "batch": 256, "items": None, "ref_items": 256},
+    "smoke": {"shape": SMOKE_SHAPE, "ref_users": 2, "users": 4, "batch": 2, "items": 24, "ref_items": 6},
+}
+GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Lines:
+    """Each line appended to `path` (atomically) and, with `echo`, printed the moment it is measured."""
+
+    def __init__(self, path: str, meta: dict[str, Any], echo: bool) -> None:
+        self.path, self.meta, self.echo, self.all = path, meta, echo, []
+
+    def add(self, **line: Any) -> None:
+        line = {**line, **self.meta}
+        self.all.append(line)
+        if self.echo:
+            print(json.dumps(line), flush=True)
+        if self.path:
+            record([line], self.path)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device, fn, *args, **kwargs) -> tuple[Any, float]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def env_line(lines: Lines, device) -> None:
+    import torch
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    lines.add(bench="gpu_env", device=name, torch=torch.__version__, cuda=torch.version.cuda,
+              transformers=transformers.__version__, python=sys.version.split()[0])  # fmt: skip
+
+
+def gpu_tests(lines: Lines) -> None:
+    """The `gpu`-marked tests, run where CUDA is (skipped under --cpu-smoke: they would only skip)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TEST_FILES]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    tail = proc.stdout.strip().splitlines()[-1:] or [proc.stderr.strip()[-300:]]
+    lines.add(
+        bench="gpu_tests",
+        returncode=proc.returncode,
+        summary=tail[0],
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+
+
+def gpu_decode(lines: Lines, plan: dict, device) -> None:
+    from fusionrec.bench.decode import _hf, _model, _ours, _queries, _same, textual_ids
+    from fusionrec.trainer.decoding import CompiledTrie
+    from transformers import AutoTokenizer
+
+    beauty, tok_dir = _shared("data/amazon_beauty"), _shared("assets/t5-tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    asins, ids, _ = textual_ids(beauty / "item_plain_text.txt")
+    cpu_trie = CompiledTrie.from_tokenizer(tok, ids, asins, decoder_start_token_id=tok.pad_token_id)
+    trie = cpu_trie.to(device)
+    model = _model(len(tok), tok.pad_token_id, tok.eos_token_id, plan["shape"]).to(device)
+    prompts = _queries(beauty / "user_sequence.txt", dict(zip(asins, ids, strict=True)), plan["users"])
+    enc = {k: v.to(device) for k, v in tok(prompts, padding=True, truncation=True, max_length=512,
+                                           return_tensors="pt").items()}  # fmt: skip
+    ref = {k: v[: plan["ref_users"]] for k, v in enc.items()}
+    b = plan["batch"]
+    (
+        _ours(model, {k: v[:b] for k, v in enc.items()}, trie, b),
+        _hf(model, {k: v[:1] for k, v in enc.items()}, cpu_trie, 1),
+    )
+    hf1, hf1_s = _timed(device, _hf, model, ref, cpu_trie, 1)
+    hfb, hfb_s = _timed(device, _hf, model, ref, cpu_trie, min(b, plan["ref_users"]))
+    ours_ref, _ = _timed(device, _ours, model, ref, trie, b)
+    ours_all, ours_s = _timed(device, _ours, model, enc, trie, b)
+    n, n_ref = enc["input_ids"].shape[0], plan["ref_users"]
+    common = {"items": trie.num_items, "beams": 20, "shape": plan["shape"], "ours_batch": b, "users_ours": n,
+              "users_reference": n_ref, "unit": "users/s"}  # fmt: skip
+    for label, base, base_s in (("hf_batch_1", hf1, hf1_s), ("hf_same_batch", hfb, hfb_s)):
+        match, diff = _same(ours_ref[:2], base)
+        lines.add(bench="gpu_decode", model=f"ours vs {label}", ours=round(n / ours_s, 2),
+                  baseline=round(n_ref / base_s, 2), ratio=round((n / ours_s) / (n_ref / base_s), 2),
+                  match=match, max_score_diff=diff, **common)  # fmt: skip
+
+
+def gpu_idgen(lines: Lines, plan: dict, device) -> None:
+    from fusionrec.bench.idgen import load_items
+    from fusionrec.trainer.idgen.generator import IDGenConfig, assign_ids_sequential, generate_ids
+    from fusionrec.trainer.models import ModelConfig, build_seq2seq, load_tokenizer
+
+    texts = load_items(_shared("data/amazon_beauty") / "item_plain_text.txt", plan["items"])
+    tok = load_tokenizer(_shared("assets/t5-tokenizer"))
+    shape = plan["shape"]
+    model = build_seq2seq(ModelConfig("tiny-t5", seed=0, **shape), tokenizer=tok).eval().to(device)
+    cfg = IDGenConfig(batch_size=plan["batch"])
+    warm = dict(list(texts.items())[:2])
+    generate_ids(model, tok, warm, cfg), assign_ids_sequential(model, tok, warm, cfg)  # first-call costs
+    ours, ours_s = _timed(device, generate_ids, model, tok, texts, cfg)
+    prefix = dict(list(texts.items())[: plan["ref_items"]])
+    base, base_s = _timed(device, assign_ids_sequential, model, tok, prefix, cfg)
+    ours_rate, base_rate = len(texts) / ours_s, len(prefix) / base_s
+    lines.add(bench="gpu_idgen", model="batched vs one-item loop", ours=round(ours_rate, 2),
+              baseline=round(base_rate, 2), ratio=round(ours_rate / base_rate, 2), unit="items/s",
+              match=all(ours[k] == base[k] for k in prefix), items=len(texts), baseline_items=len(prefix),
+              shape=shape)  # fmt: skip
+
+
+def _shared(relative: str) -> Path:
+    found = find_shared(relative)
+    if found is None:
+        raise FileNotFoundError(f"{relative} not found under ../shared or $FUSIONREC_SHARED_DIR")
+    return found
+
+
+def run(quick: bool = False, argv: list[str] | None = None, echo: bool = False) -> list[dict]:
+    """`quick` = --cpu-smoke. Without a GPU and without --cpu-smoke: one line saying so, nothing measured.
+    `echo`: print each line as it is measured (`python -m`; `fusionrec bench gpu` prints what this returns)."""
+    import torch
+
+    args = _parser().parse_args([*(argv or []), *(["--cpu-smoke"] if quick else [])])
+    smoke = args.cpu_smoke
+    if not smoke and not torch.cuda.is_available():
+        return [{"bench": "gpu", "skipped": "no CUDA device (use --cpu-smoke to check the script on CPU)"}]
+    if find_shared("assets/t5-tokenizer/tokenizer.json") is None or find_shared("data/amazon_beauty") is None:
+        return [{"bench": "gpu", "skipped": "../shared data/amazon_beauty or assets/t5-tokenizer missing"}]
+    device = torch.device("cpu" if smoke else "cuda")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact-math comparisons
+    lines = Lines(args.record, {"suite": args.suite, "smoke": smoke, **provenance()}, echo)
+    plan = PLANS["smoke" if smoke else "gpu"]
+    env_line(lines, device)
+    if not smoke:
+        gpu_tests(lines)
+    gpu_decode(lines, plan, device)
+    gpu_idgen(lines, plan, device)
+    return lines.all
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=["core"], default="core")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
+    p.add_argument("--record", default="", help="append each line to this JSONL file as it is measured")
+    return p
+
+
+def main() -> None:
+    lines = run(argv=sys.argv[1:], echo=True)
+    if lines and "skipped" in lines[0]:
+        print(json.dumps(lines[0]), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
