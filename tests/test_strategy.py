@@ -34,6 +34,13 @@ def test_offload_and_frozen_engine_configs() -> None:
     assert ds["zero_force_ds_cpu_optimizer"] is False  # torch Adam allowed with offload on CPU
     gpu, _ = build_ds_config(cfg, OptimConfig(), world_size=1, on_cpu=False)
     assert gpu["optimizer"]["params"]["torch_adam"] is False and "zero_force_ds_cpu_optimizer" not in gpu
+    assert "fused" not in gpu["optimizer"]["params"]  # the offloaded step runs on CPU: DeepSpeed's CPU Adam
+    # on a GPU without offload: torch's fused AdamW (no JIT-built FusedAdam), unless told otherwise
+    ds, _ = build_ds_config(DeepSpeedConfig(), OptimConfig(), world_size=1, on_cpu=False)
+    assert ds["optimizer"]["params"]["torch_adam"] is True and ds["optimizer"]["params"]["fused"] is True
+    told = DeepSpeedConfig(torch_adam=False)
+    params = build_ds_config(told, OptimConfig(), world_size=1, on_cpu=False)[0]["optimizer"]["params"]
+    assert params["torch_adam"] is False and "fused" not in params
     frozen, _ = build_ds_config(cfg, None, world_size=1, on_cpu=True)
     assert "optimizer" not in frozen and frozen["gradient_clipping"] == 0.0
     with pytest.raises(ValueError, match="offload_optimizer needs zero_stage >= 1"):

@@ -92,8 +92,8 @@ class DeepSpeedConfig:
     ``global_batch_size`` is optional; when set it must equal micro x accum x world (checked in
     :meth:`resolve_batch`, before any step). ``user_json`` is a path to a DeepSpeed JSON whose keys override
     the generated ones (deep-merged); its batch keys are checked against the same arithmetic.
-    ``torch_adam=None`` means "auto": torch's Adam on CPU (avoids a 2-minute C++ op build), DeepSpeed's
-    fused/CPU Adam elsewhere.
+    ``torch_adam=None`` means "auto": torch's AdamW (on a GPU its fused kernel, no JIT-built FusedAdam; on
+    CPU no 2-minute C++ op build), except DeepSpeed's CPU Adam for an offloaded optimizer on a GPU machine.
     """
 
     zero_stage: int = 1
