@@ -41,7 +41,7 @@ from .results import plot_results, results_csv, results_markdown, results_rows  
 
 @dataclass
 class EvaluatorConfig:
-    num_actors: int = 2
+    num_actors: int = 2  # 0 = in this process, without Ray (a machine with no Ray, e.g. a bare GPU image)
     unit_size: int = 512  # users per work unit (the unit of retry and of resume)
     batch_size: int = 256  # users per Scorer.rank call inside a unit
     ks: tuple[int, ...] = (5, 10, 20)
@@ -52,9 +52,11 @@ class EvaluatorConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("num_actors", "unit_size", "batch_size", "inflight_per_actor"):
+        for name in ("unit_size", "batch_size", "inflight_per_actor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_actors < 0:
+            raise ValueError(f"eval.num_actors must be >= 0 (0 = in this process), got {self.num_actors}")
         if self.max_unit_retries < 0 or self.num_cpus_per_actor <= 0:
             raise ValueError(f"eval.max_unit_retries={self.max_unit_retries}, num_cpus_per_actor invalid")
         if not self.ks or min(self.ks) < 1:
@@ -223,11 +225,33 @@ class _Pool:
         self.nodes[slot] = self._ready([self.actors[slot]])[0]
         self.replaced += 1
 
+    def run(self, todo, bounds, cfg, on_done, on_progress) -> int:
+        return _run_units(self, todo, bounds, cfg, on_done, on_progress)
+
     def shutdown(self) -> None:
         import ray
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+
+
+class _LocalPool:
+    """``num_actors = 0``: one EvalWorker in this process runs the units in order (no Ray). The same units,
+    unit files and merging as the actor pool, so its numbers equal any actor count's."""
+
+    def __init__(self, factory: ScorerFactory, data: EvalSet, cfg: EvaluatorConfig) -> None:
+        self.worker = EvalWorker(factory, data, cfg.batch_size, cfg.ks)
+        self.nodes = ["local"]
+
+    def run(self, todo, bounds, cfg, on_done, on_progress) -> int:
+        for unit in todo:
+            on_done(*self.worker.run_unit(unit, *bounds[unit]))
+            if on_progress is not None:
+                on_progress(self, 0)
+        return 0
+
+    def shutdown(self) -> None:
+        pass
 
 
 def _unit_bounds(n_users: int, unit_size: int) -> list[tuple[int, int]]:
@@ -300,14 +324,13 @@ def evaluate(
     ray_cfg: RayConfig | None = None,
     on_progress: Callable[[_Pool, int], None] | None = None,
 ) -> EvalResult:
-    """Evaluate every user of `data` with scorers made by `factory` on a pool of Ray actors.
+    """Evaluate every user of `data` with scorers made by `factory` on a pool of Ray actors (``num_actors =
+    0``: in this process, without Ray).
 
     `scorer_desc` identifies the scorer and checkpoint in the run fingerprint (default: the factory's
     dataclass fields). `results_dir` makes the run resumable. `on_progress(pool, inflight)` is called after
     every finished unit (tests use it to kill an actor mid-run).
     """
-    import ray
-
     cfg = cfg or EvaluatorConfig()
     if len(data) == 0:
         raise ValueError(f"{data.name}: no users to evaluate (skipped: {data.skipped})")
@@ -317,7 +340,8 @@ def evaluate(
     out_dir = Path(results_dir) if results_dir is not None else None
     done = _load_units(out_dir, fingerprint, len(bounds), bounds) if out_dir else {}
     resumed = len(done)
-    init_ray(ray_cfg)
+    if cfg.num_actors > 0:
+        init_ray(ray_cfg)
     t0 = time.perf_counter()
     bar = tqdm(total=len(data), unit="user", desc=f"eval {data.name}", disable=not cfg.progress)
     bar.update(sum(sums.count for sums, _ in done.values()))
@@ -339,13 +363,13 @@ def evaluate(
 
     todo = [u for u in range(len(bounds)) if u not in done]
     try:
-        pool = _Pool(factory, ray.put(data), cfg) if todo else None
+        pool = _make_pool(factory, data, cfg) if todo else None
     except BaseException:
         bar.close()
         raise
     load_seconds = time.perf_counter() - t0
     try:
-        retried = _run_units(pool, todo, bounds, cfg, on_done, on_progress) if pool else 0
+        retried = pool.run(todo, bounds, cfg, on_done, on_progress) if pool else 0
         nodes = list(pool.nodes) if pool else []
     finally:
         bar.close()
@@ -373,6 +397,14 @@ def evaluate(
         sums=total,
         ranks=ranks,
     )
+
+
+def _make_pool(factory: ScorerFactory, data: EvalSet, cfg: EvaluatorConfig) -> _Pool | _LocalPool:
+    if cfg.num_actors == 0:
+        return _LocalPool(factory, data, cfg)
+    import ray
+
+    return _Pool(factory, ray.put(data), cfg)
 
 
 def _describe(factory: ScorerFactory) -> dict[str, Any]:

@@ -111,7 +111,8 @@ def test_evalset_leave_one_out_and_skips():
 @pytest.mark.unit
 def test_config_validation():
     with pytest.raises(ValueError, match="num_actors"):
-        EvaluatorConfig(num_actors=0)
+        EvaluatorConfig(num_actors=-1)
+    assert EvaluatorConfig(num_actors=0).num_actors == 0  # in this process
     with pytest.raises(ValueError, match="ks"):
         EvaluatorConfig(ks=())
 
@@ -135,6 +136,22 @@ def test_one_actor_equals_two_actors_equals_reference(one_and_two, tiny):
     assert one.metrics == two.metrics == reference
     assert one.users == two.users == len(data) == 300
     assert one.units == two.units == 9  # 8 x 37 + a short last unit of 4: no drop_last
+
+
+@pytest.mark.integration
+def test_in_process_equals_the_actor_pools_without_touching_ray(one_and_two, tiny, tmp_path, monkeypatch):
+    """num_actors = 0 (a machine without Ray): the same units, per-user ranks and metrics as 1 or 2 actors,
+    resumable from its unit files; `import ray` would fail here."""
+    data, factory, _, _ = tiny
+    monkeypatch.setitem(sys.modules, "ray", None)
+    cfg = EvaluatorConfig(num_actors=0, unit_size=37, progress=False)
+    local = evaluate(data, factory, cfg, results_dir=tmp_path / "units")
+    one, _ = one_and_two
+    assert local.metrics == one.metrics and local.ranks.tolist() == one.ranks.tolist()
+    assert local.units == 9 and local.actor_nodes == ["local"] and local.units_resumed == 0
+    (tmp_path / "units" / "unit-000003.json").unlink()  # an interrupted run: 8 of 9 units on disk
+    again = evaluate(data, factory, cfg, results_dir=tmp_path / "units")
+    assert again.units_resumed == 8 and again.metrics == local.metrics
 
 
 @pytest.mark.integration
