@@ -73,8 +73,11 @@ class GenerativeEvalConfig:
     max_users: int = 0  # 0 = every user of the split; N = a seeded sample of N users
     seed: int = 0  # seeds the user sample
     threads: int = 1  # torch threads per actor (one core each: N actors on N cores do not oversubscribe)
+    device: str = "cpu"  # where the scorer's model decodes: "cpu" or "cuda[:N]" (one GPU: num_actors = 0)
 
     def __post_init__(self) -> None:
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"eval.device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if not 1 <= self.top_k <= self.num_beams:
             raise ValueError(f"eval.top_k={self.top_k} must be in [1, num_beams={self.num_beams}]")
         if self.batch_size < 1 or self.threads < 1:
@@ -136,13 +139,14 @@ class IDGenRecScorer:
                 f"{table.version}: {missing[:5]}"
             )
         self.model, self.tokenizer, self.prompt, self.cfg = model.eval(), tokenizer, prompt, cfg
+        self.model.to(cfg.device)
         self.top_k = cfg.top_k
         # The trie spans the evaluated dataset's items only ("rank over all items" of that dataset), in the
         # table's order; `trie_to_eval` maps its item indices back to the EvalSet's.
         wanted = set(item_ids)
         sub = type(table)({i: t for i, t in table.items() if i in wanted}, table.scheme, table.round)
         self.trie = build_trie(sub, id_tokens(sub, tokenizer), model.config.decoder_start_token_id,
-                               tokenizer.eos_token_id)  # fmt: skip
+                               tokenizer.eos_token_id).to(cfg.device)  # fmt: skip
         eval_index = {item: i for i, item in enumerate(item_ids)}
         self.trie_to_eval = np.asarray([eval_index[i] for i in self.trie.item_ids], dtype=np.int64)
         self.eval_to_trie = np.asarray(self.trie.indices(list(item_ids)), dtype=np.int64)
@@ -186,9 +190,10 @@ class IDGenRecScorer:
             hists = batch.histories[lo : lo + self.cfg.batch_size]
             ids, mask = self.encode(hists, batch.user_ids[lo : lo + self.cfg.batch_size])
             exclude = [self.eval_to_trie[h].tolist() for h in hists] if self.cfg.exclude_history else None
+            ids, mask = ids.to(self.cfg.device), mask.to(self.cfg.device)
             res = constrained_beam_search(self.model, ids, mask, self.trie, self.cfg.num_beams, self.top_k,
                                           exclude_items=exclude)  # fmt: skip
-            items = res.items.numpy()
+            items = res.items.cpu().numpy()
             out[lo : lo + len(hists)] = np.where(items >= 0, self.trie_to_eval[items.clip(min=0)], -1)
         return out
 
@@ -210,6 +215,7 @@ class IDGenRecScorerFactory:
     id_source: str = "checkpoint"
     id_table: Any = field(default=None, repr=False)  # an IDTable (id_source="generate")
     threads: int = 1
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.id_source not in ID_SOURCES:
@@ -218,15 +224,15 @@ class IDGenRecScorerFactory:
             raise ValueError("id_source='generate' needs id_table= (built once by generate_dataset_table)")
         if self.id_source == "checkpoint" and self.id_table is not None:
             raise ValueError("id_table is only used with id_source='generate'")
-        GenerativeEvalConfig(self.num_beams, self.top_k, self.batch_size, threads=self.threads)  # validate
+        self.config()  # validate in the driver, before any actor starts
 
     def config(self) -> GenerativeEvalConfig:
         return GenerativeEvalConfig(self.num_beams, self.top_k, self.batch_size, self.exclude_history,
-                                    threads=self.threads)  # fmt: skip
+                                    threads=self.threads, device=self.device)  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         """What identifies this scorer in a run fingerprint (the table by version, not by content)."""
-        desc = {k: v for k, v in dataclasses.asdict(self).items() if k != "id_table"}
+        desc = {k: v for k, v in scorer_fields(self).items() if k != "id_table"}
         desc |= checkpoint_identity(self.checkpoint, type(self).__name__)
         desc["id_table"] = self.id_table.version if self.id_table is not None else "checkpoint"
         return desc
@@ -250,6 +256,13 @@ class IDGenRecScorerFactory:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def scorer_fields(factory: Any) -> dict[str, Any]:
+    """A scorer factory's fields for its run fingerprint. The device joins only when it is not the CPU, so
+    result folders of CPU runs written before the field existed stay resumable."""
+    fields = dataclasses.asdict(factory)
+    return {k: v for k, v in fields.items() if not (k == "device" and v == "cpu")}
 
 
 def checkpoint_identity(checkpoint: str, scorer_type: str) -> dict[str, Any]:
@@ -437,7 +450,7 @@ def _generative_factory(ckpt: Path, ds_dir: Path, gen: GenerativeEvalConfig) -> 
     genrec = run_recipe(ckpt) == "genrec"
     factory = GenRecScorerFactory if genrec else IDGenRecScorerFactory
     scorer = factory(str(ckpt), str(ds_dir), gen.top_k, gen.num_beams, gen.batch_size, gen.exclude_history,
-                     threads=gen.threads)  # fmt: skip
+                     threads=gen.threads, device=gen.device)  # fmt: skip
     return ("genrec" if genrec else "idgenrec"), scorer
 
 

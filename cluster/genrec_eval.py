@@ -34,7 +34,7 @@ import torch
 
 from .checkpoint_io import _offline, checkpoint_path, run_config
 from .evaluator import UserBatch
-from .generative import GenerativeEvalConfig, checkpoint_identity, dataset_item_ids
+from .generative import GenerativeEvalConfig, checkpoint_identity, dataset_item_ids, scorer_fields
 
 if TYPE_CHECKING:  # the recipe's modules import torch/transformers: loaded where used, not on import
     from ..trainer.models.genrec import GenRecForConditionalGeneration
@@ -162,7 +162,7 @@ class GenRecScorer:
                 f"{len(missing)} of {len(item_ids)} evaluated items of {dataset!r} are not in the "
                 f"checkpoint's GenRec vocabulary ({vocab.num_items} items): {missing[:5]}"
             )
-        self.model, self.encoder, self.dataset, self.cfg = model.eval(), encoder, dataset, cfg
+        self.model, self.encoder, self.dataset, self.cfg = model.eval().to(cfg.device), encoder, dataset, cfg
         self.top_k = cfg.top_k
         self.rows = np.asarray([vocab.item_row(i) for i in item_ids], dtype=np.int64)  # eval index -> row
         # Trie index j names vocabulary row rows[trie_to_eval[j]]: items in row order, so a dataset holding
@@ -177,7 +177,7 @@ class GenRecScorer:
             (self.rows[self.trie_to_eval] - 1).tolist(),
             decoder_start_token_id=conf.decoder_start_token_id,
             eos_token_id=conf.eos_token_id,
-        )
+        ).to(cfg.device)
 
     def encode(self, users: Sequence[str], histories: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """The recipe's evaluation inputs (`FinetuneCollate`'s encoding: user, history, ``[MASK]``):
@@ -198,11 +198,12 @@ class GenRecScorer:
         for lo in range(0, len(batch.histories), self.cfg.batch_size):
             hists = batch.histories[lo : lo + self.cfg.batch_size]
             inputs = self.encode(batch.user_ids[lo : lo + self.cfg.batch_size], hists)
+            inputs = {k: v.to(self.cfg.device) for k, v in inputs.items()}
             exclude = [self.eval_to_trie[h].tolist() for h in hists] if self.cfg.exclude_history else None
             bound = self.model.bind(inputs["user_index"], inputs["item_index"])
             res = constrained_beam_search(bound, inputs["input_ids"], inputs["attention_mask"], self.trie,
                                           self.cfg.num_beams, self.top_k, exclude_items=exclude)  # fmt: skip
-            items = res.items.numpy()
+            items = res.items.cpu().numpy()
             out[lo : lo + len(hists)] = np.where(items >= 0, self.trie_to_eval[items.clip(min=0)], -1)
         return out
 
@@ -222,17 +223,18 @@ class GenRecScorerFactory:
     batch_size: int = 32
     exclude_history: bool = False
     threads: int = 1
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         self.config()  # validate in the driver, before any actor starts
 
     def config(self) -> GenerativeEvalConfig:
         return GenerativeEvalConfig(self.num_beams, self.top_k, self.batch_size, self.exclude_history,
-                                    threads=self.threads)  # fmt: skip
+                                    threads=self.threads, device=self.device)  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         """What identifies this scorer in a run fingerprint (the checkpoint by its marker's hash)."""
-        return dataclasses.asdict(self) | checkpoint_identity(self.checkpoint, type(self).__name__)
+        return scorer_fields(self) | checkpoint_identity(self.checkpoint, type(self).__name__)
 
     def __call__(self) -> GenRecScorer:
         _offline()

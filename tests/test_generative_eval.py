@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,43 @@ def test_factory_and_config_validation():
         GenerativeEvalConfig(num_beams=5, top_k=10)
     with pytest.raises(ValueError, match="needs top_k >= 20"):
         EvaluateConfig(generative=GenerativeEvalConfig(num_beams=10, top_k=10))
+    with pytest.raises(ValueError, match="eval.device"):
+        IDGenRecScorerFactory("c", "d", device="tpu")
+    # the device joins the run fingerprint only off the CPU: CPU result folders written before stay valid
+    assert "device" not in _described_fields("cpu")
+    assert _described_fields("cuda")["device"] == "cuda"
+
+
+def _described_fields(device: str) -> dict:
+    from fusionrec.cluster.generative import IDGenRecScorerFactory, scorer_fields
+
+    return scorer_fields(IDGenRecScorerFactory("c", "d", device=device))
+
+
+@pytest.mark.integration
+def test_in_process_evaluation_without_ray_equals_the_actors(tiny_run, two_actor_run, tmp_path, monkeypatch):
+    """num_actors = 0: `evaluate_checkpoint` scores in this process (a GPU image without Ray), the same records."""
+    from fusionrec.cluster.generative import evaluate_checkpoint
+
+    records, _ = two_actor_run
+    monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` now fails
+    local = evaluate_checkpoint(
+        tiny_run["checkpoint"], tiny_run["corpus"], eval_cfg(0), results_dir=tmp_path / "r"
+    )
+    assert [(r["model"], r["metrics"]) for r in local] == [(r["model"], r["metrics"]) for r in records]
+
+
+@pytest.mark.gpu
+def test_scorer_on_cuda_gives_the_cpus_top_k(tiny_run):
+    from fusionrec.cluster.evaluator import UserBatch
+    from fusionrec.cluster.generative import IDGenRecScorerFactory
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    data, ds = _sampled(tiny_run)
+    batch = UserBatch(data.user_ids, [data.history(i) for i in range(len(data))])
+    cpu = IDGenRecScorerFactory(str(tiny_run["checkpoint"]), str(ds), **GEN)().rank(batch)
+    gpu = IDGenRecScorerFactory(str(tiny_run["checkpoint"]), str(ds), **GEN, device="cuda")().rank(batch)
+    assert (cpu == gpu).all()
 
 
 @pytest.mark.integration
