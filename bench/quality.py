@@ -209,22 +209,36 @@ def id_changes(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _scored(ckpt: Path, corpus: Path, split: str, users: int, out: Path, sasrec: str = "") -> list[dict]:
-    from fusionrec.cluster.generative import EvaluateConfig, evaluate_checkpoint
+@dataclass(frozen=True)
+class Scoring:
+    """Where the scoring stages run: `actors` Ray actors (0 = in this process, no Ray: a bare GPU image) and
+    the generative model's `device` (one GPU: actors 0, device "cuda")."""
+
+    actors: int = 2
+    device: str = "cpu"
+
+
+def _scored(ckpt: Path, corpus: Path, split: str, users: int, out: Path, scoring: Scoring,
+            sasrec: str = "") -> list[dict]:  # fmt: skip
+    from fusionrec.cluster.generative import EvaluateConfig, GenerativeEvalConfig, evaluate_checkpoint
 
     shutil.rmtree(out, ignore_errors=True)  # a half-finished earlier attempt of this stage
-    cfg = EvaluateConfig(sasrec={DATASET: sasrec} if sasrec else {})
+    cfg = EvaluateConfig(generative=GenerativeEvalConfig(device=scoring.device),
+                         sasrec={DATASET: sasrec} if sasrec else {})  # fmt: skip
     cfg.evaluator.progress = False
-    return evaluate_checkpoint(ckpt, corpus, cfg, split=split, max_users=users, num_actors=2, results_dir=out)
+    return evaluate_checkpoint(ckpt, corpus, cfg, split=split, max_users=users, num_actors=scoring.actors,
+                               results_dir=out)  # fmt: skip
 
 
-def curve(run_dir: Path, corpus: Path, users: int, model: str = "idgenrec") -> dict[str, Any]:
+def curve(
+    run_dir: Path, corpus: Path, users: int, scoring: Scoring, model: str = "idgenrec"
+) -> dict[str, Any]:
     """Valid HR@10 of every checkpoint (the same seeded validation users each time); the best is selected."""
     from fusionrec.trainer.checkpoint_reader import list_checkpoints, read_trainer_state
 
     points = []
     for step, ckpt in list_checkpoints(run_dir / "checkpoints"):
-        recs = {r["model"]: r for r in _scored(ckpt, corpus, "valid", users, run_dir / "valid-eval")}
+        recs = {r["model"]: r for r in _scored(ckpt, corpus, "valid", users, run_dir / "valid-eval", scoring)}
         ours = recs[model]
         points.append({"step": step, "checkpoint": str(ckpt), "HR@10": ours["metrics"]["HR@10"],
                        "ci95": ours["intervals"]["HR@10"], "users": ours["users"],
@@ -242,13 +256,15 @@ def select(points: list[dict[str, Any]]) -> dict[str, Any]:
     return max(points, key=lambda p: (p["HR@10"], -p["step"]))
 
 
-def score_test_users(ckpt: str, corpus: Path, sasrec: str, users: int, out: Path) -> dict[str, Any]:
+def score_test_users(
+    ckpt: str, corpus: Path, sasrec: str, users: int, out: Path, scoring: Scoring
+) -> dict[str, Any]:
     """All test users (or `users`): the selected checkpoint beside SASRec, most-popular and random."""
-    records = _scored(Path(ckpt), corpus, "test", users, out, sasrec)
+    records = _scored(Path(ckpt), corpus, "test", users, out, scoring, sasrec)
     return {"records": records}
 
 
-def transitions_test(corpus: Path, users: int, out: Path) -> dict[str, Any]:
+def transitions_test(corpus: Path, users: int, out: Path, scoring: Scoring) -> dict[str, Any]:
     """The item-to-item transitions baseline (cluster/transitions.py) on the test stage's users (the same
     seeded selection `evaluate_checkpoint` makes), on the same Ray actor pool."""
     from fusionrec.cluster.evaluator import EvaluatorConfig, evaluate
@@ -261,7 +277,7 @@ def transitions_test(corpus: Path, users: int, out: Path) -> dict[str, Any]:
     data, selection = sample_users(load_evalset(ds, "test", DATASET), gen.max_users, gen.seed)
     shutil.rmtree(out, ignore_errors=True)
     factory = transitions_for(ds, out / "model", gen.top_k, gen.exclude_history)
-    cfg = EvaluatorConfig(num_actors=2, progress=False)
+    cfg = EvaluatorConfig(num_actors=scoring.actors, progress=False)
     res = evaluate(data, factory, cfg, scorer_desc={"model": "transitions"}, results_dir=out / "units")
     names = [m for m in res.metrics if m.startswith(("HR@", "NDCG@"))]
     return {"records": [{**res.as_dict(), "model": "transitions", "ranks": res.ranks.tolist(),
@@ -385,6 +401,8 @@ def _parser():
     p.add_argument("--config", default="", help="the recipe's config (default: the variant's CPU config; "
                    "idgenrec_beauty_gpu on a GPU)")  # fmt: skip
     p.add_argument("--nproc", type=int, default=2, help="training processes (1 per GPU)")
+    p.add_argument("--actors", type=int, default=2, help="Ray actors of the scoring stages (0 = in process)")
+    p.add_argument("--device", default="cpu", help="where the generative model scores (cuda: --actors 0)")
     p.add_argument("--cache", default="", help="stage folder (default $FUSIONREC_BENCH_DIR/quality)")
     return p
 
@@ -419,12 +437,15 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     corpus = _prepare(beauty.parent, root / "corpus")
     sas = _stage(cache, "sasrec", train_sasrec, corpus, cache / "sasrec", plan["sasrec_epochs"])
     tr = _stage(cache, name, train_generative, cache / name, overrides, variant.recipe, config, args.nproc)
-    cur = _stage(cache, f"curve-{v}", curve, cache / name, corpus, plan["valid_users"], variant.recipe)
+    scoring = Scoring(args.actors, args.device)
+    cur = _stage(
+        cache, f"curve-{v}", curve, cache / name, corpus, plan["valid_users"], scoring, variant.recipe
+    )
     users = {"test_users": plan["test_users"]}  # the paired stages must have scored the same users
     tst = _stage(cache, f"test-{v}", score_test_users, cur["selected"]["checkpoint"], corpus, sas["checkpoint"],
-                 plan["test_users"], cache / f"test-eval-{v}", params=users)  # fmt: skip
+                 plan["test_users"], cache / f"test-eval-{v}", scoring, params=users)  # fmt: skip
     trans = _stage(cache, "transitions-test", transitions_test, corpus, plan["test_users"],
-                   cache / "transitions-eval", params=users)  # fmt: skip
+                   cache / "transitions-eval", scoring, params=users)  # fmt: skip
     stages = {"sasrec": sas, variant.recipe: tr, "curve": cur, "test": tst, "transitions": trans}
     meta["stage_commits"] = {k: st.get("_commit", "not recorded") for k, st in stages.items()}
     pairs = variant_pairs(cache, v, tst, users, meta)

@@ -163,3 +163,32 @@ def test_variants_are_paired_only_on_the_same_test_users_across_recipe_folders(t
     assert quality.variant_pairs(ours_dir, "idgen", idgen, {"test_users": 0}, {}) == []  # other count
     other = {"records": [{**idgen["records"][0], "users_selection": "all 4 test users"}]}
     assert quality.variant_pairs(ours_dir, "idgen", other, users, {}) == []  # other users
+
+
+@pytest.mark.integration
+def test_scoring_stages_in_process_equal_the_actor_pool(tmp_path_factory, tmp_path, monkeypatch) -> None:
+    """`--actors 0` (a GPU machine without Ray): the validation curve scored in this process, with `import ray`
+    failing, equals the 2-actor curve point for point."""
+    import shutil
+    import sys
+
+    import ray
+    from test_zeroshot import build_tiny_run
+
+    tiny = build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_idgenrec_run")
+    run_dir = shutil.copytree(tiny["checkpoint"].parent.parent, tmp_path / "run")  # curve writes valid-eval/
+    started_here = not ray.is_initialized()
+    try:
+        pooled = quality.curve(run_dir, tiny["corpus"], 12, quality.Scoring(actors=2))
+    finally:
+        if started_here:
+            ray.shutdown()
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "ray", None)
+        local = quality.curve(run_dir, tiny["corpus"], 12, quality.Scoring(actors=0))
+
+    def key(c: dict) -> list[tuple]:
+        return [(p["step"], p["HR@10"], p["users"], p["most_popular_HR@10"]) for p in c["points"]]
+
+    assert key(pooled) and key(local) == key(pooled)
+    assert local["selected"]["step"] == pooled["selected"]["step"]
