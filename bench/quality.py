@@ -13,9 +13,10 @@ left of its wall-clock budget, `train.max_minutes`):
    ``idgen`` (IDGenRec's method: the ID generator phase alternating with the recommender, rounds sharing the
    budget) and ``genrec`` (GenRec, genrec_beauty_cpu: BART with user/item ID tokens, one cloze epoch, then
    next-item fine-tuning), ``collab`` (not in the papers: the recommender on collaborative IDs,
-   trainer/idgen/collab_ids.py, with 3-item prompts and a decaying lr) and ``titles3`` (collab's control: the
-   same prompt and schedule on the title IDs). Stages live under the config's folder, so a variant of another
-   config trains its own SASRec.
+   trainer/idgen/collab_ids.py, with 3-item prompts and a decaying lr), ``titles3`` (collab's control: the
+   same prompt and schedule on the title IDs) and ``collab_hour`` (collab with the lr decayed towards zero
+   over the steps an hour holds). Stages live under the config's folder, so a variant of another config
+   trains its own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
    For ``idgen``, the share of items whose ID changed in each ID phase.
@@ -32,9 +33,12 @@ the same ``--cache`` root (any recipe's folder) that scored the same test users 
 IDGenRec with vs without the ID-generator phase, GenRec beside both, collab vs its title control).
 
 Training minutes are the trainer's own clock (`state.train_seconds`); evaluation seconds are reported apart.
+The scoring stages run on ``--actors`` Ray actors (default 2); ``--actors 0 --device cuda`` scores in the
+driver on one GPU, for a GPU machine without Ray (``--config idgenrec_beauty_gpu --nproc 1`` trains there).
 ``--quick`` is a smoke run (0.5 training minute, 100 validation and 300 test users) that shows nothing.
 
-    python -m fusionrec.bench.quality [--minutes 60] [--variant titles] [--set KEY=VALUE ...] [--record F]
+    python -m fusionrec.bench.quality [--minutes 60] [--variant titles] [--set KEY=VALUE ...] [--actors 2]
+        [--device cpu] [--record F]
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ out="${OUT:-out}"
 mkdir -p "$out"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  if [ -d gpu_wheels ]; then  # launch/gpu_wheels.sh: deepspeed, webdataset, ... (carry ["gpu_wheels"])
+    python3 -m pip install --no-deps --no-index -q gpu_wheels/*.whl 2>&1 | tail -3
+  fi
   python3 -m pip install --no-deps --no-build-isolation -q -e . 2>&1 | tail -3
   FUSIONREC_SHARED_DIR="$PWD/gpu_shared" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
     python3 -m fusionrec.bench.gpu --suite "$suite" --record "$out/gpu_$suite.jsonl"
