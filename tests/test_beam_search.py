@@ -292,6 +292,28 @@ def test_renormalized_search_equals_hf_renormalize_logits(setup, k, length_penal
 
 
 @pytest.mark.unit
+def test_renormalized_t5_search_computes_only_the_emitted_columns(setup, monkeypatch):
+    """Renormalised, a T5 head computes only the trie's emitted tokens' logits (the scores equal HF's full
+    computation: the test above); BART keeps its full head (a bias follows it); unrenormalised, no model does."""
+    from fusionrec.trainer.models.heads import ColumnHead
+
+    model, trie, _, ids, mask = setup
+    widths = []
+    forward = ColumnHead.forward
+    monkeypatch.setattr(
+        ColumnHead, "forward", lambda self, h: widths.append(len(self.columns)) or forward(self, h)
+    )
+    constrained_beam_search(model, ids, mask, trie, num_beams=4, top_k=4)
+    assert widths == []
+    constrained_beam_search(model, ids, mask, trie, num_beams=4, top_k=4, renormalize=True)
+    if model.config.model_type == "t5":
+        assert widths and set(widths) == {trie.emitted_tokens.numel()} and widths[0] < model.config.vocab_size
+    else:
+        assert widths == []
+    assert isinstance(model.get_output_embeddings(), torch.nn.Linear)  # the full head is back
+
+
+@pytest.mark.unit
 def test_model_config_trie_softmax_sets_renormalized_item_likelihood_scoring(setup):
     """A model trained with the trie softmax says so in its config: the search then renormalises and ranks
     by the summed log-prob (= log P(item), length_penalty 0) unless told otherwise."""

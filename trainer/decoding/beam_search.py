@@ -13,7 +13,8 @@ its trie node; a step expands all (batch x beams) nodes to their children with o
 (a few hundred instead of 20 x 32k). The log-softmax is still over the full vocabulary, so scores are HF's.
 With ``renormalize`` (a model trained with the trie softmax) each step's log-prob is instead taken over the
 node's children only, which is HF's search with ``renormalize_logits=True``; the default length penalty is
-then 0, so items rank by log P(item).
+then 0, so items rank by log P(item). Only the trie's emitted tokens' logits matter then, and a T5 head
+computes only those (``models.heads.column_head``): the same scores up to float rounding.
 
 Extras for recommendation: the result is the top-k distinct *items* (leaf -> item index), and a query's
 history can be excluded: every trie node whose items are all excluded for that query is pruned (so no beam is
@@ -39,6 +40,7 @@ from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..models.heads import column_head
 from .trie import CompiledTrie
 
 _NEG = -1.0e9  # HF's "impossible" offset; anything below _JUNK did not come from a real hypothesis
@@ -147,20 +149,22 @@ def beam_search(
     cfg = _resolve_scoring(cfg, model, trie)
     was_training = model.training
     model.eval()
+    # Renormalised scoring reads only the trie's emitted tokens' logits: a T5 head computes only those.
+    columns = trie.emitted_tokens if cfg.renormalize else None
     try:
         state = _State.initial(batch, k, 1 + max_new, start, pad, trie, input_ids.device)
         encoded = _encode(model, input_ids, attention_mask)
         cache = None
         while True:
             t0 = time.perf_counter()
-            log_probs, cache = _forward(model, encoded, state, cache, k)
+            with column_head(model, columns) as restricted:
+                log_probs, cache = _forward(model, encoded, state, cache, k)
             t1 = time.perf_counter()
             if trie is None:
                 cand = _dense_candidates(log_probs, state.running_scores)
             else:
-                cand = _trie_candidates(
-                    log_probs, state.running_scores, state.nodes, trie, excluded, bool(cfg.renormalize)
-                )
+                cand = _trie_candidates(log_probs, state.running_scores, state.nodes, trie, excluded,
+                                        bool(cfg.renormalize), restricted)  # fmt: skip
             t2 = time.perf_counter()
             first = state.cur_len == 1
             done = state.advance(cand, cfg, eos, trie)
@@ -324,15 +328,17 @@ def _trie_candidates(
     trie: CompiledTrie,
     excluded: torch.Tensor | None,
     renormalize: bool = False,
+    restricted: bool = False,
 ) -> _Candidates:
     """Top 2K per query among the trie children of all its beams, without a Python loop over beams.
 
     ``renormalize``: each beam's step log-prob is taken over its node's children only (minus their
-    logsumexp), the scoring of a model trained with the trie softmax."""
+    logsumexp), the scoring of a model trained with the trie softmax. ``restricted``: the columns of
+    ``log_probs`` are ``trie.emitted_tokens`` (renormalising, their own normaliser cancels)."""
     batch, k = running_scores.shape
     rows, edges = trie.expand(nodes.view(-1))
     tokens, children = trie.child_token[edges], trie.child_node[edges]
-    step = log_probs[rows, tokens]
+    step = log_probs[rows, trie.columns_of(tokens) if restricted else tokens]
     if renormalize:
         lse = _segment_logsumexp(step, rows, log_probs.shape[0])[rows]
         step = torch.where(torch.isfinite(lse), step - lse, step)  # all children -inf: stay -inf, not NaN

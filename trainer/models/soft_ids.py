@@ -14,15 +14,16 @@ distributed code. Two details matter for ZeRO-3:
   inside the HF model) leaves the shared weight un-released after backward; the next gather then fails.
   So the decoder inputs are embedded here, first, and handed over as `decoder_inputs_embeds`.
 
-`forward(..., output_columns=C)` returns logits over the vocabulary columns C only (a T5 head, ZeRO-0/1/2):
-a loss that can only ever read those columns (the trie softmax reads the tokens the ID trie emits, ~140 of
-7,400 with collaborative IDs) then skips the rest of the LM head's matmul, softmax and backward.
+`forward(..., output_columns=C)` returns logits over the vocabulary columns C only (a T5 head, ZeRO-0/1/2;
+`heads.column_head`): a loss that reads only those columns skips the rest of the head's work and backward.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .heads import column_head
 
 
 class SoftEmbedding(nn.Embedding):
@@ -43,19 +44,6 @@ class SoftEmbedding(nn.Embedding):
         new.weight = emb.weight  # the same Parameter object: ties and optimizer state stay intact
         new.embed_scale = float(getattr(emb, "embed_scale", 1.0))
         return new
-
-
-class ColumnHead(nn.Module):
-    """An LM head computing only the logit columns ``columns`` of ``head`` (the same Parameter, so a tied
-    weight stays tied). It reads ``head.weight`` outside ``head``'s forward: not for ZeRO-3 partitioning."""
-
-    def __init__(self, head: nn.Linear, columns: torch.Tensor) -> None:
-        super().__init__()
-        self.head, self.columns = head, columns
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        bias = None if self.head.bias is None else self.head.bias[self.columns]
-        return nn.functional.linear(hidden, self.head.weight[self.columns], bias)
 
 
 class SoftIDRecommender(nn.Module):
@@ -88,18 +76,9 @@ class SoftIDRecommender(nn.Module):
         output_columns: torch.Tensor | None = None,
         **kwargs,
     ):
-        if output_columns is None:
+        with column_head(self.model, output_columns) as restricted:
+            assert restricted or output_columns is None, "output_columns needs a T5 head"
             return self._forward(input_ids, attention_mask, labels, soft_probs, soft_index, **kwargs)
-        head = self.model.get_output_embeddings()
-        # T5's forward ends in lm_head(decoder output); BART adds a [V] bias after its head, so it cannot.
-        assert self.config.model_type == "t5" and isinstance(head, nn.Linear), (
-            "output_columns needs a T5 head"
-        )
-        self.model.set_output_embeddings(ColumnHead(head, output_columns))
-        try:
-            return self._forward(input_ids, attention_mask, labels, soft_probs, soft_index, **kwargs)
-        finally:
-            self.model.set_output_embeddings(head)
 
     def _forward(self, input_ids, attention_mask, labels, soft_probs, soft_index, **kwargs):
         if soft_probs is None:
