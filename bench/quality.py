@@ -108,10 +108,10 @@ VARIANTS = {
     # The control of collab: its prompt and schedule on the title IDs, so a paired collab-vs-titles3
     # difference is what the IDs alone change (titles vs titles3: what the prompt and schedule change).
     "titles3": Variant("idgenrec", CONFIG, _SHORT_PROMPT_DECAY),
-    # collab's IDs and prompt with the lr decayed linearly towards zero over a little more than the ~54k steps
-    # an hour holds since the head computes only the trie's emitted tokens (964 vs 808 samples/s, 2 ranks,
-    # 2.5-minute probes), so it never trains at lr 0; collab decayed to 10% over 35k steps, then ~15 minutes
-    # flat at that floor. Not tuned: linear decay to zero over the whole budget is the usual best schedule.
+    # collab's IDs and prompt with the lr decayed linearly towards zero over a little more than the ~58k steps
+    # an hour held in this session's probes (0.062 s/step: `bench rec_head`), so it never trains at lr 0;
+    # collab (session 9: 46,050 steps, 0.078 s/step) decayed to 10% over 35k steps, then ~15 minutes flat at
+    # that floor. Not tuned: linear decay to zero over the whole budget is the usual best schedule.
     "collab_hour": Variant(
         "idgenrec",
         CONFIG,
