@@ -8,7 +8,8 @@ everything it measured.
 Suite ``core`` (built):
 
 1. ``gpu_env``: the device, torch / CUDA / transformers versions.
-2. ``gpu_tests``: ``pytest -m gpu`` over the test files that hold CUDA tests (passed / failed / skipped).
+2. ``gpu_tests``: ``pytest -m gpu`` over the test files that hold CUDA tests (passed / failed / skipped); the
+   scorer's needs deepspeed (launch/gpu_wheels.sh) to train its tiny run.
 3. ``gpu_decode``: trie-constrained beam search at t5-small shape (d512, ff2048, 6+6 layers, 8 heads, the
    real T5 vocabulary, random weights), beam 20, top 20, over all 12,101 Amazon-Beauty title IDs: ours
    batched vs HF ``generate`` + ``prefix_allowed_tokens_fn`` (IDGenRec/OpenP5's protocol) at batch 1 and at
@@ -28,6 +29,7 @@ is caught before device time is spent; its lines say ``smoke: true`` and measure
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -45,6 +47,8 @@ PLANS = {
     "smoke": {"shape": SMOKE_SHAPE, "ref_users": 2, "users": 4, "batch": 2, "items": 24, "ref_items": 6},
 }
 GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py")
+# the generative scorer on CUDA: its fixture trains a tiny run, so only where deepspeed is installed
+GPU_TRAINING_TEST_FILES = ("tests/test_generative_eval.py",)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,7 +93,8 @@ def env_line(lines: Lines, device) -> None:
 
 def gpu_tests(lines: Lines) -> None:
     """The `gpu`-marked tests, run where CUDA is (skipped under --cpu-smoke: they would only skip)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TEST_FILES]
+    files = GPU_TEST_FILES + (GPU_TRAINING_TEST_FILES if importlib.util.find_spec("deepspeed") else ())
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     tail = proc.stdout.strip().splitlines()[-1:] or [proc.stderr.strip()[-300:]]
