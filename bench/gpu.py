@@ -141,25 +141,17 @@ def gpu_decode(lines: Lines, plan: dict, device) -> None:
 
 
 def gpu_idgen(lines: Lines, plan: dict, device) -> None:
-    from fusionrec.bench.idgen import load_items
-    from fusionrec.trainer.idgen.generator import IDGenConfig, assign_ids_sequential, generate_ids
+    from fusionrec.bench.idgen import batched_vs_loop, load_items
+    from fusionrec.trainer.idgen.generator import IDGenConfig
     from fusionrec.trainer.models import ModelConfig, build_seq2seq, load_tokenizer
 
     texts = load_items(_shared("data/amazon_beauty") / "item_plain_text.txt", plan["items"])
     tok = load_tokenizer(_shared("assets/t5-tokenizer"))
     shape = plan["shape"]
     model = build_seq2seq(ModelConfig("tiny-t5", seed=0, **shape), tokenizer=tok).eval().to(device)
-    cfg = IDGenConfig(batch_size=plan["batch"])
-    warm = dict(list(texts.items())[:2])
-    generate_ids(model, tok, warm, cfg), assign_ids_sequential(model, tok, warm, cfg)  # first-call costs
-    ours, ours_s = _timed(device, generate_ids, model, tok, texts, cfg)
-    prefix = dict(list(texts.items())[: plan["ref_items"]])
-    base, base_s = _timed(device, assign_ids_sequential, model, tok, prefix, cfg)
-    ours_rate, base_rate = len(texts) / ours_s, len(prefix) / base_s
-    lines.add(bench="gpu_idgen", model="batched vs one-item loop", ours=round(ours_rate, 2),
-              baseline=round(base_rate, 2), ratio=round(ours_rate / base_rate, 2), unit="items/s",
-              match=all(ours[k] == base[k] for k in prefix), items=len(texts), baseline_items=len(prefix),
-              shape=shape)  # fmt: skip
+    line = batched_vs_loop(model, tok, texts, plan["ref_items"], IDGenConfig(batch_size=plan["batch"]),
+                           sync=lambda: _sync(device))  # fmt: skip
+    lines.add(bench="gpu_idgen", model="batched vs one-item loop", shape=shape, **line)
 
 
 def _shared(relative: str) -> Path:

@@ -78,13 +78,9 @@ class Variant:
 # 0.13 s/step, its loss 8.4 -> 3.1 in 2,000 steps at lr 3e-3, 7.5 at the id_lr 1e-4 after 300); an ID step
 # costs ~1.55 s (6x a recommender step's 0.27), so an ID phase is 100 steps (the paper: one epoch, 2,050 steps
 # here); a regeneration ~80 s on 2 ranks. The recommender trains first (the ID phase learns through its loss).
-_SHORT_PROMPT_DECAY = (  # the recommender alone, the 3 most recent items in the prompt, the lr decayed
-    # linearly to 10% over 35k steps
-    "idgenrec.rec_epochs=1000",
-    "idgenrec.prompt.max_history=3",
-    "train.optim.total_steps=35000",
-    "train.optim.min_lr_ratio=0.1",
-)
+# the recommender alone, the 3 most recent items in the prompt; then with the lr decayed linearly to 10% over 35k
+_SHORT_PROMPT = ("idgenrec.rec_epochs=1000", "idgenrec.prompt.max_history=3")
+_SHORT_PROMPT_DECAY = (*_SHORT_PROMPT, "train.optim.total_steps=35000", "train.optim.min_lr_ratio=0.1")
 VARIANTS = {
     "titles": Variant("idgenrec", CONFIG, ("idgenrec.rec_epochs=1000",)),
     "idgen": Variant(
@@ -116,8 +112,7 @@ VARIANTS = {
         "idgenrec",
         CONFIG,
         (
-            "idgenrec.rec_epochs=1000",
-            "idgenrec.prompt.max_history=3",
+            *_SHORT_PROMPT,
             "train.optim.total_steps=56000",
             "train.optim.min_lr_ratio=0.0",
             'idgenrec.initial_ids="collab"',

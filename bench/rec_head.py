@@ -13,13 +13,12 @@ subtracted, as in `bench rec_width`). Speed only; what the recipes learn is benc
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
-from fusionrec.bench import cli_parser, emit, find_shared, provenance
-from fusionrec.bench.idgenrec_beauty import CONFIG, _prepare
-from fusionrec.bench.rec_width import FULL, QUICK, seconds_per_step
+from fusionrec.bench import cli_parser, emit, provenance
+from fusionrec.bench.idgenrec_beauty import CONFIG
+from fusionrec.bench.rec_width import FULL, MISSING, QUICK, beauty_corpus, seconds_per_step
 
 SCHEMES = {  # name -> overrides of the CPU config (bench quality's titles and collab variants' IDs/prompts)
     "title IDs, 20 items": [],
@@ -28,19 +27,15 @@ SCHEMES = {  # name -> overrides of the CPU config (bench quality's titles and c
 
 
 def run(quick: bool = False) -> list[dict]:
-    beauty = find_shared("data/amazon_beauty/user_sequence.txt")
-    t5 = find_shared("assets/t5-tokenizer/tokenizer.json")
-    if beauty is None or t5 is None:
-        return [
-            {"bench": "rec_head", "skipped": "../shared data/amazon_beauty or assets/t5-tokenizer missing"}
-        ]
+    found = beauty_corpus()
+    if found is None:
+        return [{"bench": "rec_head", "skipped": MISSING}]
+    corpus, tok = found
     plan, meta = (QUICK if quick else FULL), {"quick": quick, "config": CONFIG, **provenance()}
-    cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve()
-    corpus = _prepare(beauty.parent, cache / "quality" / "corpus")  # bench quality's, prepared once
     out = []
     with tempfile.TemporaryDirectory(prefix="rec-head-") as tmp:
         for k, (scheme, overrides) in enumerate(SCHEMES.items()):
-            s = {head: seconds_per_step(corpus, t5.parent, Path(tmp) / f"{k}-{head}",
+            s = {head: seconds_per_step(corpus, tok, Path(tmp) / f"{k}-{head}",
                                         [*overrides, f"idgenrec.emitted_head={str(head).lower()}"], plan)
                  for head in (True, False)}  # fmt: skip
             out.append({"bench": "rec_head", "model": f"emitted-columns head, {scheme}",

@@ -51,21 +51,31 @@ def _width(width: tuple[int, int, int]) -> list[str]:
             f"idgenrec.recommender.num_heads={heads}"]  # fmt: skip
 
 
-def run(quick: bool = False) -> list[dict]:
+def beauty_corpus() -> tuple[Path, Path] | None:
+    """(bench quality's prepared real-Beauty corpus, prepared once; the T5 tokenizer folder), or None when
+    ../shared lacks them."""
     beauty = find_shared("data/amazon_beauty/user_sequence.txt")
     t5 = find_shared("assets/t5-tokenizer/tokenizer.json")
     if beauty is None or t5 is None:
-        return [
-            {"bench": "rec_width", "skipped": "../shared data/amazon_beauty or assets/t5-tokenizer missing"}
-        ]
+        return None
+    cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve()
+    return _prepare(beauty.parent, cache / "quality" / "corpus"), t5.parent
+
+
+MISSING = "../shared data/amazon_beauty or assets/t5-tokenizer missing"
+
+
+def run(quick: bool = False) -> list[dict]:
+    found = beauty_corpus()
+    if found is None:
+        return [{"bench": "rec_width", "skipped": MISSING}]
+    corpus, tok = found
     plan, meta = (QUICK if quick else FULL), {"quick": quick, "config": CONFIG, **provenance()}
     per_step = {}
-    cache = Path(os.environ.get("FUSIONREC_BENCH_DIR", "runs/bench")).resolve()
-    corpus = _prepare(beauty.parent, cache / "quality" / "corpus")  # bench quality's, prepared once
     with tempfile.TemporaryDirectory(prefix="rec-width-") as tmp:
         for width in WIDTHS:
             run_dir = Path(tmp) / f"d{width[0]}"
-            per_step[width] = seconds_per_step(corpus, t5.parent, run_dir, _width(width), plan)
+            per_step[width] = seconds_per_step(corpus, tok, run_dir, _width(width), plan)
     base = per_step[WIDTHS[0]]
     return [{"bench": "rec_width", "model": f"d{d} ff{ff} h{h}", "ours": round(s, 4), "baseline": round(base, 4),
              "ratio": round(s / base, 3), "unit": "s/step, 64 samples, 2 ranks bf16 (baseline: d128, same run)",
