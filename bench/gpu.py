@@ -17,13 +17,21 @@ Suite ``core`` (built):
 4. ``gpu_idgen``: diverse ID generation (Algorithm 1) for the 12,101 items, batched vs the one-item loop on
    a prefix; items/s and whether the prefix got the same IDs.
 
-Suites ``train`` and ``llm`` (DeepSpeed vs a plain loop, MFU; a 7B-shape LoRA ZeRO-3 step) are not built:
-they need deepspeed carried to the GPU machine as a wheel.
+Suite ``quality`` (built; needs deepspeed and webdataset, carried as wheels by launch/gpu_wheels.sh): one
+``bench quality`` run on real Amazon Beauty on the one GPU, with nothing the image lacks beyond those wheels:
+the corpus prepared without Ray (``--shard-engine local``), SASRec-CE trained on the GPU, the generative recipe
+at t5-small shape (idgenrec_beauty_gpu, ``--nproc 1``, ``--variant`` titles or collab, each with a schedule
+sized for ``--minutes``), its checkpoints scored on 1,000 validation users (the curve, the selection) and the
+selected one on all 22,363 test users, in this process on the GPU (``--actors 0 --device cuda``). Its lines are
+bench quality's, each recorded as the run ends; the stage JSONs under ``--cache`` survive a cut-off run.
+
+Suites ``train`` and ``llm`` (DeepSpeed vs a plain loop, MFU; a 7B-shape LoRA ZeRO-3 step) are not built.
 
 ``--cpu-smoke`` runs the same code at tiny sizes on the CPU (the normal test suite does), so a broken script
 is caught before device time is spent; its lines say ``smoke: true`` and measure nothing.
 
-    python -m fusionrec.bench.gpu [--suite core] [--cpu-smoke] [--record F]
+    python -m fusionrec.bench.gpu [--suite core|quality] [--variant collab] [--minutes 3] [--cache D]
+        [--cpu-smoke] [--record F]
 """
 
 from __future__ import annotations
@@ -46,7 +54,31 @@ PLANS = {
     "gpu": {"shape": T5_SMALL, "ref_users": 32, "users": 2048, "batch": 256, "items": None, "ref_items": 256},
     "smoke": {"shape": SMOKE_SHAPE, "ref_users": 2, "users": 4, "batch": 2, "items": 24, "ref_items": 6},
 }
-GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py")
+# Suite quality. The GPU recipe's schedule per variant, for a run of --minutes (overrides after the variant's
+# own): nothing has been measured on a GPU yet, so the decay length is an estimate (t5-small from scratch at
+# 512 samples per step, ~15 steps/s on the short 3-item prompts of collab, ~8 on titles' 20 items) that the
+# first run's steps/minute replaces; the checkpoint selection on validation users covers a wrong guess.
+QUALITY_STEPS_PER_MINUTE = {"titles": 480, "collab": 900}
+QUALITY_SET = {"titles": [], "collab": ["train.optim.lr=2e-3"]}
+
+
+def quality_schedule(variant: str, minutes: float) -> list[str]:
+    """The lr decays linearly (to the recipe's floor) over the steps `minutes` are estimated to hold."""
+    steps = max(1, int(QUALITY_STEPS_PER_MINUTE[variant] * minutes))
+    warmup = min(200, steps // 5)
+    return [f"train.optim.total_steps={steps}", f"train.optim.warmup_steps={warmup}", *QUALITY_SET[variant]]
+
+
+QUALITY_ARGS = {  # bench quality's arguments on the GPU, and in the CPU smoke run (a tiny model, few users)
+    "gpu": ["--config", "idgenrec_beauty_gpu", "--nproc", "1", "--actors", "0", "--device", "cuda",
+            "--shard-engine", "local", "--eval-batch", "256", "--valid-users", "1000", "--test-users", "0"],
+    "smoke": ["--config", "idgenrec_beauty_gpu", "--nproc", "1", "--actors", "0", "--device", "cpu",
+              "--shard-engine", "local", "--quick", "--valid-users", "20", "--test-users", "40",
+              *(f"--set=idgenrec.{m}.{k}={v}" for m in ("recommender", "id_generator")
+                for k, v in SMOKE_SHAPE.items()),
+              "--set=train.deepspeed.micro_batch_size=16", "--set=idgenrec.data.num_workers=0"],
+}  # fmt: skip
+GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py", "tests/test_baselines.py")
 # the generative scorer on CUDA: its fixture trains a tiny run, so only where deepspeed is installed
 GPU_TRAINING_TEST_FILES = ("tests/test_generative_eval.py",)
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +186,21 @@ def gpu_idgen(lines: Lines, plan: dict, device) -> None:
     lines.add(bench="gpu_idgen", model="batched vs one-item loop", shape=shape, **line)
 
 
+def quality_suite(lines: Lines, args: argparse.Namespace) -> None:
+    """One bench quality run (the variant's GPU schedule for --minutes); its lines recorded as it returns."""
+    from fusionrec.bench import quality
+
+    if args.variant not in QUALITY_STEPS_PER_MINUTE:
+        raise ValueError(f"--variant {args.variant!r}: no GPU schedule; one of {sorted(QUALITY_SET)}")
+    argv = [*QUALITY_ARGS["smoke" if args.cpu_smoke else "gpu"], "--variant", args.variant]
+    minutes = args.minutes or (0.1 if args.cpu_smoke else 3.0)
+    argv += ["--minutes", str(minutes), "--every", str(args.every or (10 if args.cpu_smoke else 500))]
+    argv += [f"--set={o}" for o in quality_schedule(args.variant, minutes)]
+    argv += ["--cache", args.cache] if args.cache else []
+    for line in quality.run(argv=argv):
+        lines.add(**line)
+
+
 def _shared(relative: str) -> Path:
     found = find_shared(relative)
     if found is None:
@@ -173,10 +220,13 @@ def run(quick: bool = False, argv: list[str] | None = None, echo: bool = False) 
     if find_shared("assets/t5-tokenizer/tokenizer.json") is None or find_shared("data/amazon_beauty") is None:
         return [{"bench": "gpu", "skipped": "../shared data/amazon_beauty or assets/t5-tokenizer missing"}]
     device = torch.device("cpu" if smoke else "cuda")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact-math comparisons
     lines = Lines(args.record, {"suite": args.suite, "smoke": smoke, **provenance()}, echo)
     plan = PLANS["smoke" if smoke else "gpu"]
     env_line(lines, device)
+    if args.suite == "quality":
+        quality_suite(lines, args)
+        return lines.all
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact-math comparisons
     if not smoke:
         gpu_tests(lines)
     gpu_decode(lines, plan, device)
@@ -186,7 +236,11 @@ def run(quick: bool = False, argv: list[str] | None = None, echo: bool = False) 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["core"], default="core")
+    p.add_argument("--suite", choices=["core", "quality"], default="core")
+    p.add_argument("--variant", default="collab", help="quality: the generative recipe's variant")
+    p.add_argument("--minutes", type=float, default=0.0, help="quality: training minutes (3; smoke: 0.1)")
+    p.add_argument("--every", type=int, default=0, help="quality: steps between checkpoints (500; smoke: 10)")
+    p.add_argument("--cache", default="", help="quality: bench quality's stage folder")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
     p.add_argument("--record", default="", help="append each line to this JSONL file as it is measured")
     return p

@@ -56,10 +56,12 @@ def _cpu_children() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _prepare(beauty: Path, out: Path) -> Path:
+def _prepare(beauty: Path, out: Path, engine: str = "ray") -> Path:
+    """The P5-format corpus once (its manifest marks it done); `engine` = data.shards.engine ("local": no Ray)."""
     if (out / "manifest.json").is_file():
         return out
     cmd = ["prepare", "--input", str(beauty), "--format", "p5", "--out", str(out)]
+    cmd.append(f'data.shards.engine="{engine}"')
     # stdout=stderr: a bench's stdout is its JSON lines only
     subprocess.run(
         [sys.executable, "-m", "fusionrec.launch.cli", *cmd], check=True, env=_env(), stdout=sys.stderr

@@ -34,11 +34,13 @@ IDGenRec with vs without the ID-generator phase, GenRec beside both, collab vs i
 
 Training minutes are the trainer's own clock (`state.train_seconds`); evaluation seconds are reported apart.
 The scoring stages run on ``--actors`` Ray actors (default 2); ``--actors 0 --device cuda`` scores in the
-driver on one GPU, for a GPU machine without Ray (``--config idgenrec_beauty_gpu --nproc 1`` trains there).
+driver on one GPU (``--eval-batch`` users per beam search) and trains SASRec there, and ``--shard-engine
+local`` prepares the corpus without Ray Data: a GPU machine without Ray (``--config idgenrec_beauty_gpu
+--nproc 1`` trains there; ``bench gpu --suite quality`` is that run, prepared).
 ``--quick`` is a smoke run (0.5 training minute, 100 validation and 300 test users) that shows nothing.
 
     python -m fusionrec.bench.quality [--minutes 60] [--variant titles] [--set KEY=VALUE ...] [--actors 2]
-        [--device cpu] [--record F]
+        [--device cpu] [--eval-batch 32] [--shard-engine ray] [--record F]
 """
 
 from __future__ import annotations
@@ -145,20 +147,20 @@ def _stage(cache: Path, name: str, fn, *args: Any, params: dict | None = None) -
 # ------------------------------------------------------------------------------------------------ SASRec-CE
 
 
-def train_sasrec(corpus: Path, out: Path, epochs: int) -> dict[str, Any]:
-    """SASRec-CE with validation selection (the retriever's trainer); its curve is valid HR@10 (all
-    validation users) per check, the selected point the state kept (the first best NDCG@10)."""
+def train_sasrec(corpus: Path, out: Path, epochs: int, device: str = "cpu") -> dict[str, Any]:
+    """SASRec-CE with validation selection (the retriever's trainer) on `device`; its curve is valid HR@10
+    (all validation users) per check, the selected point the state kept (the first best NDCG@10)."""
     from fusionrec.launch.palr_retriever import fast_sasrec_config, train_and_save_sasrec
 
-    summary = train_and_save_sasrec(corpus / "processed" / DATASET, out, epochs, threads=2)
-    cfg = fast_sasrec_config(epochs, threads=2)
+    summary = train_and_save_sasrec(corpus / "processed" / DATASET, out, epochs, threads=2, device=device)
+    cfg = fast_sasrec_config(epochs, threads=2, device=device)
     curve = [{"minutes": p["seconds"] / 60, "epoch": p["epoch"], "HR@10": p["HR@10"], "NDCG@10": p["NDCG@10"]}
              for p in summary["valid_curve"]]  # fmt: skip
     return {"checkpoint": str(out), "train_minutes": summary["seconds"] / 60, "curve": curve,
             "valid_users": summary["valid_users"], "selected": max(curve, key=lambda p: p["NDCG@10"]),
             "epochs": summary["epochs"],
             "setting": f"loss ce, lr {cfg.lr}, batch {cfg.batch_size}, hidden {cfg.hidden}, validation every "
-                       f"{cfg.eval_every} epochs, patience {cfg.patience}"}  # fmt: skip
+                       f"{cfg.eval_every} epochs, patience {cfg.patience}, device {device}"}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ IDGenRec
@@ -210,11 +212,13 @@ def id_changes(run_dir: Path) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Scoring:
-    """Where the scoring stages run: `actors` Ray actors (0 = in this process, no Ray: a bare GPU image) and
-    the generative model's `device` (one GPU: actors 0, device "cuda")."""
+    """Where the scoring stages run: `actors` Ray actors (0 = in this process, no Ray: a bare GPU image), the
+    generative model's `device` (one GPU: actors 0, device "cuda") and its `batch` (users per beam search:
+    larger on a GPU, where one decoding step of 32 users leaves it idle)."""
 
     actors: int = 2
     device: str = "cpu"
+    batch: int = 32
 
 
 def _scored(ckpt: Path, corpus: Path, split: str, users: int, out: Path, scoring: Scoring,
@@ -222,8 +226,8 @@ def _scored(ckpt: Path, corpus: Path, split: str, users: int, out: Path, scoring
     from fusionrec.cluster.generative import EvaluateConfig, GenerativeEvalConfig, evaluate_checkpoint
 
     shutil.rmtree(out, ignore_errors=True)  # a half-finished earlier attempt of this stage
-    cfg = EvaluateConfig(generative=GenerativeEvalConfig(device=scoring.device),
-                         sasrec={DATASET: sasrec} if sasrec else {})  # fmt: skip
+    gen = GenerativeEvalConfig(device=scoring.device, batch_size=scoring.batch)
+    cfg = EvaluateConfig(generative=gen, sasrec={DATASET: sasrec} if sasrec else {})
     cfg.evaluator.progress = False
     return evaluate_checkpoint(ckpt, corpus, cfg, split=split, max_users=users, num_actors=scoring.actors,
                                results_dir=out)  # fmt: skip
@@ -401,7 +405,14 @@ def _parser():
                    "idgenrec_beauty_gpu on a GPU)")  # fmt: skip
     p.add_argument("--nproc", type=int, default=2, help="training processes (1 per GPU)")
     p.add_argument("--actors", type=int, default=2, help="Ray actors of the scoring stages (0 = in process)")
-    p.add_argument("--device", default="cpu", help="where the generative model scores (cuda: --actors 0)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where SASRec trains and the generative model scores (cuda: with --actors 0)",
+    )
+    p.add_argument("--eval-batch", type=int, default=32, help="users per beam search (256 on a GPU)")
+    p.add_argument("--shard-engine", choices=["ray", "local"], default="ray",
+                   help="data.shards.engine of the corpus stage (local: no Ray, e.g. on the GPU image)")  # fmt: skip
     p.add_argument("--cache", default="", help="stage folder (default $FUSIONREC_BENCH_DIR/quality)")
     return p
 
@@ -433,10 +444,10 @@ def run(quick: bool = False, argv: list[str] | None = None) -> list[dict]:
     }  # at the start: the code that ran, not the code at the end
     overrides = recipe_overrides(variant, cache / name, root / "corpus", t5.parent, plan, extra)
     _check_config(config, overrides)  # a bad --set fails here, before any training
-    corpus = _prepare(beauty.parent, root / "corpus")
-    sas = _stage(cache, "sasrec", train_sasrec, corpus, cache / "sasrec", plan["sasrec_epochs"])
+    corpus = _prepare(beauty.parent, root / "corpus", args.shard_engine)
+    sas = _stage(cache, "sasrec", train_sasrec, corpus, cache / "sasrec", plan["sasrec_epochs"], args.device)
     tr = _stage(cache, name, train_generative, cache / name, overrides, variant.recipe, config, args.nproc)
-    scoring = Scoring(args.actors, args.device)
+    scoring = Scoring(args.actors, args.device, args.eval_batch)
     cur = _stage(
         cache, f"curve-{v}", curve, cache / name, corpus, plan["valid_users"], scoring, variant.recipe
     )

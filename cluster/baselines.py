@@ -153,6 +153,7 @@ class SASRecTrainConfig:
     eval_every: int = 2  # epochs between validation checks (0 = never; keep the last state)
     patience: int = 3  # validation checks without NDCG@10 improvement before stopping
     threads: int = 0  # torch threads (0 = leave as is)
+    device: str = "cpu"  # where it trains ("cuda" on a GPU); the saved state is always on the CPU
 
     def __post_init__(self) -> None:
         if self.loss not in ("ce", "bce"):
@@ -160,6 +161,8 @@ class SASRecTrainConfig:
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"sasrec.device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.lr <= 0 or self.eval_every < 0 or self.threads < 0:
             raise ValueError(
                 f"sasrec: lr={self.lr}, eval_every={self.eval_every}, threads={self.threads} invalid"
@@ -173,11 +176,12 @@ class SASRecTrainConfig:
 
 def _sasrec_loss(model: SASRec, seqs: list[np.ndarray], loss: str, rng: np.random.Generator) -> torch.Tensor:
     batch = sequence_batch(seqs, model.cfg.max_len)
-    hidden, weights = model(batch["inp"])
+    device = model.item_emb.weight.device
+    hidden, weights = model(batch["inp"].to(device))
     neg = None
     if loss == "bce":
-        neg = torch.from_numpy(negatives(seqs, batch["lab"], model.cfg.num_items, rng))
-    return sasrec_loss(hidden, weights, batch["lab"], neg)
+        neg = torch.from_numpy(negatives(seqs, batch["lab"], model.cfg.num_items, rng)).to(device)
+    return sasrec_loss(hidden, weights, batch["lab"].to(device), neg)
 
 
 @torch.no_grad()
@@ -205,12 +209,13 @@ class SASRecScorer:
 
     @torch.no_grad()
     def rank(self, batch: UserBatch) -> np.ndarray:
-        scores = self.model.full_scores(left_pad(batch.histories, self.model.cfg.max_len))
+        device = self.model.item_emb.weight.device  # the model's device: the CPU, or a GPU while training
+        scores = self.model.full_scores(left_pad(batch.histories, self.model.cfg.max_len).to(device))
         if self.exclude_history:
             rows = np.repeat(np.arange(len(batch.histories)), [len(h) for h in batch.histories])
             cols = np.concatenate(batch.histories) if batch.histories else np.zeros(0, dtype=np.int64)
-            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -math.inf
-        return scores.topk(self.top_k, dim=1).indices.numpy()
+            scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -math.inf
+        return scores.topk(self.top_k, dim=1).indices.cpu().numpy()
 
 
 def train_sasrec(
@@ -233,7 +238,7 @@ def _fit_sasrec(
 ) -> tuple[SASRec, dict[str, Any]]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = SASRec(cfg.model_config(num_items))
+    model = SASRec(cfg.model_config(num_items)).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     users = np.asarray([u for u, s in enumerate(train) if len(s) >= 2], dtype=np.int64)
     if len(users) == 0:
@@ -242,15 +247,15 @@ def _fit_sasrec(
     best, best_state, stale, t0 = -1.0, None, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=cfg.device)  # on the device: no sync per step
         batches = length_sorted_batches(train, users, cfg.batch_size, rng)
         for b in batches:
             loss = _sasrec_loss(model, [train[u] for u in b], cfg.loss, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item()
-        rec = {"epoch": epoch, "loss": total / len(batches), "seconds": time.perf_counter() - t0}
+            total += loss.detach()
+        rec = {"epoch": epoch, "loss": float(total) / len(batches), "seconds": time.perf_counter() - t0}
         if valid is not None and cfg.eval_every and epoch % cfg.eval_every == 0:
             rec["valid"] = evaluate_in_process(SASRecScorer(model, 10), valid, (10,)).to_dict()
             score = rec["valid"]["NDCG@10"]
@@ -267,7 +272,7 @@ def _fit_sasrec(
         model.load_state_dict(best_state)
     history["best_valid_ndcg@10"] = best if best_state is not None else None
     history["seconds"] = time.perf_counter() - t0
-    return model.eval(), history
+    return model.cpu().eval(), history
 
 
 def save_sasrec(

@@ -32,7 +32,7 @@ RETRIEVER_DIR = Path("retriever") / "sasrec"
 POLL_S = 2.0
 
 
-def fast_sasrec_config(epochs: int, threads: int, seed: int = 0) -> Any:
+def fast_sasrec_config(epochs: int, threads: int, seed: int = 0, device: str = "cpu") -> Any:
     """SASRec-CE with the fast Beauty setting of bench/sasrec.py (cluster.baselines.SASRecTrainConfig)."""
     from fusionrec.cluster.baselines import SASRecTrainConfig
 
@@ -45,18 +45,22 @@ def fast_sasrec_config(epochs: int, threads: int, seed: int = 0) -> Any:
         patience=2,
         threads=threads,
         seed=seed,
+        device=device,
     )
 
 
-def train_and_save_sasrec(data_dir: str | Path, out: Path, epochs: int, threads: int) -> dict[str, Any]:
-    """Train SASRec on the training split of a processed dataset folder, save it to `out` (atomic)."""
+def train_and_save_sasrec(
+    data_dir: str | Path, out: Path, epochs: int, threads: int, device: str = "cpu"
+) -> dict[str, Any]:
+    """Train SASRec on the training split of a processed dataset folder (on `device`), save it to `out`
+    (atomic; the saved state is on the CPU)."""
     from fusionrec.cluster.baselines import load_corpus, save_sasrec, train_sasrec, train_sequences
     from fusionrec.cluster.evaluator import EvalSet
 
     seqs, items, name = load_corpus(data_dir)
     train = train_sequences(seqs, items)
     valid = EvalSet.from_sequences(seqs, "valid", name, items)
-    cfg = fast_sasrec_config(epochs, threads)
+    cfg = fast_sasrec_config(epochs, threads, device=device)
     before = torch.get_num_threads()
     try:
         model, history = train_sasrec(train, len(items), cfg, valid, log=lambda line: None)
@@ -66,8 +70,8 @@ def train_and_save_sasrec(data_dir: str | Path, out: Path, epochs: int, threads:
     curve = [{"epoch": e["epoch"], "seconds": e["seconds"], "HR@10": e["valid"]["HR@10"],
               "NDCG@10": e["valid"]["NDCG@10"]} for e in history["epochs"] if "valid" in e]  # fmt: skip
     summary = {"seconds": history["seconds"], "epochs": len(history["epochs"]), "threads": threads,
-               "best_valid_ndcg@10": history["best_valid_ndcg@10"], "users": len(train), "items": len(items),
-               "valid_users": len(valid), "valid_curve": curve}  # fmt: skip
+               "device": device, "best_valid_ndcg@10": history["best_valid_ndcg@10"], "users": len(train),
+               "items": len(items), "valid_users": len(valid), "valid_curve": curve}  # fmt: skip
     atomic_write_text(out.parent / f"{out.name}.train.json", json.dumps(summary, indent=2))
     return summary
 

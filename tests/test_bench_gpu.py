@@ -4,6 +4,8 @@ broken script is caught here and not in minutes of device time; each line reache
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,38 @@ def test_without_cuda_and_without_smoke_nothing_is_measured(tmp_path: Path) -> N
         {"bench": "gpu", "skipped": "no CUDA device (use --cpu-smoke to check the script on CPU)"}
     ]
     assert not record.exists()
+
+
+@pytest.mark.slow
+def test_quality_suite_cpu_smoke_runs_bench_quality_without_ray(
+    shared_dir: Path, t5_tokenizer_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The GPU image has no Ray: with `import ray` failing in this process and in every child it starts, the
+    quality suite still prepares the corpus, trains SASRec and the recipe (1 rank), draws the validation
+    curve and scores the test users in process; every model of the test stage is scored on the same users."""
+    from fusionrec.bench import gpu
+
+    blocked = tmp_path / "no-ray"
+    (blocked / "ray").mkdir(parents=True)
+    (blocked / "ray" / "__init__.py").write_text(
+        'raise ImportError("ray is blocked: the GPU image has none")\n'
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{blocked}:{os.environ.get('PYTHONPATH', '')}")
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")] + ["ray"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setenv("FUSIONREC_SHARED_DIR", str(shared_dir))
+    record, cache = tmp_path / "quality.jsonl", tmp_path / "cache"
+    lines = gpu.run(
+        argv=["--suite", "quality", "--cpu-smoke", "--cache", str(cache), "--record", str(record)]
+    )
+    assert [json.loads(x) for x in record.read_text().splitlines()] == lines
+    test = {ln["model"]: ln for ln in lines if ln["bench"] == "quality_test"}
+    assert set(test) == {"idgenrec", "sasrec", "most_popular", "random (exact)", "transitions"}
+    assert {ln["users"] for ln in test.values()} == {40}
+    curve = [ln for ln in lines if ln["bench"] == "quality_curve" and ln["model"] == "idgenrec"]
+    assert curve and sum(ln["selected"] for ln in curve) == 1 and {ln["users"] for ln in curve} == {20}
+    stages = cache / "idgenrec_beauty_gpu-quick"
+    sasrec = json.loads((stages / "sasrec.json").read_text())
+    assert sasrec["setting"].endswith("device cpu") and sasrec["epochs"] == 2
+    assert "train.optim.total_steps=90" in lines[-1]["setting"]  # the variant's GPU schedule for 0.1 minutes
+    assert json.loads((cache / "corpus" / "manifest.json").read_text())  # prepared without Ray Data
