@@ -120,6 +120,21 @@ VARIANTS = {
             'idgenrec.initial_ids="collab"',
         ),
     ),
+    # Capacity at one budget (not in the papers): collab's IDs and prompt with the lr constant after warmup
+    # (a decay set in steps would end at another point of the budget for models of other speeds), at collab's
+    # shape (d128, ff256) and at d256/ff1024 (2.3x the step time at 20-item prompts: bench rec_width). The
+    # same lr, dropout 0 and 2+2 layers: the width alone differs.
+    "collab_const": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"')),
+    "collab_d256": Variant(
+        "idgenrec",
+        CONFIG,
+        (
+            *_SHORT_PROMPT,
+            'idgenrec.initial_ids="collab"',
+            "idgenrec.recommender.d_model=256",
+            "idgenrec.recommender.d_ff=1024",
+        ),
+    ),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
