@@ -87,3 +87,31 @@ def test_quality_suite_cpu_smoke_runs_bench_quality_without_ray(
     assert sasrec["setting"].endswith("device cpu") and sasrec["epochs"] == 2
     assert "train.optim.total_steps=90" in lines[-1]["setting"]  # the variant's GPU schedule for 0.1 minutes
     assert json.loads((cache / "corpus" / "manifest.json").read_text())  # prepared without Ray Data
+
+
+@pytest.mark.slow
+def test_train_suite_cpu_smoke_compares_deepspeed_with_the_plain_loop(
+    shared_dir: Path, t5_tokenizer_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Three loops from the same weights on the same fixed batch: the first loss agrees (bf16 rounding apart:
+    autocast in the plain loop, bf16 weights in DeepSpeed), every loop learns on the repeated batch, and the
+    overhead lines are computed from the loops' own rates."""
+    from fusionrec.bench import gpu
+
+    monkeypatch.setenv("FUSIONREC_SHARED_DIR", str(shared_dir))
+    record = tmp_path / "train.jsonl"
+    lines = gpu.run(argv=["--suite", "train", "--cpu-smoke", "--record", str(record)])
+    assert [json.loads(x) for x in record.read_text().splitlines()] == lines
+    loops = {ln["model"]: ln for ln in lines if ln["bench"] == "gpu_train"}
+    assert list(loops) == ["plain", "zero1", "zero2"]
+    firsts = [ln["first_loss"] for ln in loops.values()]
+    assert max(firsts) - min(firsts) < 0.05 * firsts[0]
+    assert all(ln["last_loss"] < ln["first_loss"] for ln in loops.values())
+    assert all(
+        ln["step_gflop"] > 0 and ln["mfu"] > 0 and ln["host_syncs_per_step"] is None for ln in loops.values()
+    )
+    over = {ln["model"]: ln["ours"] for ln in lines if ln["bench"] == "gpu_train_overhead"}
+    for stage in ("zero1", "zero2"):
+        assert over[f"{stage} vs plain"] == pytest.approx(
+            1 - loops[stage]["ours"] / loops["plain"]["ours"], abs=0.01
+        )

@@ -333,3 +333,33 @@ def _base_lr_run() -> list[float]:
 def test_set_base_lr_rescales_the_schedule_from_the_current_step() -> None:
     (lrs,) = run_distributed_test(_base_lr_run, world_size=1)
     assert lrs == pytest.approx([1e-2 * 1 / 4, 1e-2 * 2 / 4, 1e-3 * 3 / 4, 1e-3 * 4 / 4])
+
+
+class _Accel:
+    def __init__(self, name: str, bf16: bool) -> None:
+        self.name, self.bf16 = name, bf16
+
+    def device_name(self) -> str:
+        return self.name
+
+    def is_bf16_supported(self) -> bool:
+        return self.bf16
+
+
+@pytest.mark.unit
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch) -> None:
+    from fusionrec.trainer import strategy as st
+
+    assert st.resolve_precision("auto", _Accel("cuda", bf16=True)) == "bf16"
+    assert st.resolve_precision("auto", _Accel("cuda", bf16=False)) == "fp32"
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(st, "cpu_has_native_bf16", lambda native=native: native)
+        # DeepSpeed's CPU accelerator says bf16 is supported everywhere (emulated): the CPU's kernels decide
+        assert st.resolve_precision("auto", _Accel("cpu", bf16=True)) == want
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert st.resolve_precision(explicit, _Accel("cpu", bf16=False)) == explicit
+    resolved = DeepspeedStrategy(DeepSpeedConfig(precision="auto")).cfg.precision
+    assert resolved == ("bf16" if st.cpu_has_native_bf16() else "fp32")
+    assert DeepspeedStrategy(DeepSpeedConfig(precision="auto")).ds_config(None)["bf16"]["enabled"] == (
+        resolved == "bf16"
+    )

@@ -15,8 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Precision = Literal["fp32", "bf16", "fp16"]
-_PRECISIONS = ("fp32", "bf16", "fp16")
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -92,6 +92,9 @@ class DeepSpeedConfig:
     ``global_batch_size`` is optional; when set it must equal micro x accum x world (checked in
     :meth:`resolve_batch`, before any step). ``user_json`` is a path to a DeepSpeed JSON whose keys override
     the generated ones (deep-merged); its batch keys are checked against the same arithmetic.
+    ``precision = "auto"``: bf16 where the hardware computes it natively (a GPU with bf16; a CPU whose oneDNN has
+    bf16 kernels, i.e. AVX512-BF16 or AMX), else fp32; the strategy resolves it once (`resolve_precision`) and
+    the run's ``run.json`` and summary record what it chose.
     ``torch_adam=None`` means "auto": torch's AdamW (on a GPU its fused kernel, no JIT-built FusedAdam; on
     CPU no 2-minute C++ op build), except DeepSpeed's CPU Adam for an offloaded optimizer on a GPU machine.
     """

@@ -65,7 +65,11 @@ def run_recipe(run: RecipeRun, cfg: Any) -> dict[str, Any]:
     if strategy.is_rank0:
         if run.write_config is not None:
             run.write_config(cfg, run_dir)
-        meta = {"recipe": run.recipe, "world_size": strategy.world_size}
+        meta = {
+            "recipe": run.recipe,
+            "world_size": strategy.world_size,
+            "precision": strategy.cfg.precision,
+        }  # resolved: "auto" says what it chose here
         atomic_write_text(run_dir / RUN_META, json.dumps(meta))
     built: Built = run.builder(cfg, strategy)
     history = HistoryCallback()
@@ -79,6 +83,7 @@ def run_recipe(run: RecipeRun, cfg: Any) -> dict[str, Any]:
     summary = {
         "recipe": run.recipe,
         "run_dir": str(run_dir),
+        "precision": strategy.cfg.precision,
         "logs": history.logs,  # train/* losses per log interval, val/* metrics per validation
         **state.to_dict(),
     }
