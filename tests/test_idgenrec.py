@@ -82,7 +82,9 @@ def tiny_config(corpus: str, **kw) -> IDGenRecConfig:
     return IDGenRecConfig(**{**base, **kw})
 
 
-def fit_idgenrec(cfg: IDGenRecConfig, run_dir: str, max_steps: int, resume: str | None):
+def fit_idgenrec(
+    cfg: IDGenRecConfig, run_dir: str, max_steps: int, resume: str | None, precision: str = "fp32"
+):
     """(module, {step: loss}) of a real ZeRO-2 run of ``cfg`` (micro-batch 4, lr 3e-3, a checkpoint at the
     end); called inside a ``run_distributed_test`` worker by the 2-process recipe tests."""
     from fusionrec.trainer.callbacks import CheckpointCallback, HistoryCallback
@@ -91,7 +93,7 @@ def fit_idgenrec(cfg: IDGenRecConfig, run_dir: str, max_steps: int, resume: str 
     from fusionrec.trainer.recipes.idgenrec.module import build_idgenrec_module
     from fusionrec.trainer.strategy import DeepspeedStrategy
 
-    ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4)
+    ds = DeepSpeedConfig(zero_stage=2, micro_batch_size=4, precision=precision)
     tc = TrainConfig(run_dir=run_dir, max_steps=max_steps, log_every=1, tensorboard=False, progress=False,
                      deepspeed=ds, optim=OptimConfig(lr=3e-3), checkpoint=CheckpointConfig(resume=resume))  # fmt: skip
     module = build_idgenrec_module(cfg, tc.run_dir)

@@ -17,13 +17,12 @@ from fusionrec.trainer.testing import run_distributed_test
 PINNED = [5.21084, 4.95667, 4.83369, 4.67688]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
+def make_sasrec_corpus(base: Path) -> Path:
+    """A synthetic Beauty category (300 users, 150 items) prepared by the local shard writer."""
     from fusionrec.data_pipeline.config import DataConfig, DatasetSpec, ShardConfig
     from fusionrec.data_pipeline.prepare import prepare
     from fusionrec.data_pipeline.synth import synth
 
-    base = tmp_path_factory.mktemp("sasrec")
     synth(base / "raw", categories=("Beauty",), users_per_category=300, items_per_category=150, yelp=False)
     cfg = DataConfig(datasets=[DatasetSpec("beauty", "amazon2014", str(base / "raw"), "Beauty")],
                      shards=ShardConfig(engine="local", samples_per_shard=2000))  # fmt: skip
@@ -31,13 +30,20 @@ def corpus(tmp_path_factory) -> Path:
     return base / "corpus"
 
 
-def _fit(corpus: str, run_dir: str, steps: int, resume: str | None = None, **sasrec) -> dict:
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_sasrec_corpus(tmp_path_factory.mktemp("sasrec"))
+
+
+def _fit(
+    corpus: str, run_dir: str, steps: int, resume: str | None = None, extra: tuple[str, ...] = (), **sasrec
+) -> dict:
     from fusionrec.launch.config import load_config
     from fusionrec.launch.train import run_worker
 
     overrides = [f"corpus={corpus}", f"train.run_dir={run_dir}", f"train.max_steps={steps}", "train.log_every=1",
                  "train.progress=false", "train.tensorboard=false", "train.deepspeed.micro_batch_size=32",
-                 "train.checkpoint.every_steps=2", *(f"sasrec.{k}={v}" for k, v in sasrec.items())]  # fmt: skip
+                 "train.checkpoint.every_steps=2", *(f"sasrec.{k}={v}" for k, v in sasrec.items()), *extra]  # fmt: skip
     if resume:
         overrides.append(f"train.checkpoint.resume={resume}")
     summary = run_worker("sasrec", load_config("sasrec_tiny", overrides))
