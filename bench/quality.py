@@ -14,8 +14,9 @@ left of its wall-clock budget, `train.max_minutes`):
    budget) and ``genrec`` (GenRec, genrec_beauty_cpu: BART with user/item ID tokens, one cloze epoch, then
    next-item fine-tuning), ``collab`` (not in the papers: the recommender on collaborative IDs,
    trainer/idgen/collab_ids.py, with 3-item prompts and a decaying lr), ``titles3`` (collab's control: the
-   same prompt and schedule on the title IDs) and ``collab_hour`` (collab with the lr decayed towards zero
-   over the steps an hour holds). Stages live under the config's folder, so a variant of another config
+   same prompt and schedule on the title IDs), ``collab_hour`` (collab with the lr decayed towards zero
+   over the steps an hour holds), ``collab_const`` and ``collab_d256`` (collab's IDs and prompt at a constant
+   lr, at d128 and at d256: capacity at one budget). Stages live under the config's folder, so a variant of another config
    trains its own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
