@@ -9,7 +9,7 @@ Suite ``core`` (built):
 
 1. ``gpu_env``: the device, torch / CUDA / transformers versions.
 2. ``gpu_tests``: ``pytest -m gpu`` over the test files that hold CUDA tests (passed / failed / skipped); the
-   scorer's needs deepspeed (launch/gpu_wheels.sh) to train its tiny run.
+   scorer's and the recipes' (bf16 on CUDA vs the CPU's fp32) train, so they need deepspeed (gpu_wheels).
 3. ``gpu_decode``: trie-constrained beam search at t5-small shape (d512, ff2048, 6+6 layers, 8 heads, the
    real T5 vocabulary, random weights), beam 20, top 20, over all 12,101 Amazon-Beauty title IDs: ours
    batched vs HF ``generate`` + ``prefix_allowed_tokens_fn`` (IDGenRec/OpenP5's protocol) at batch 1 and at
@@ -84,8 +84,8 @@ QUALITY_ARGS = {  # bench quality's arguments on the GPU, and in the CPU smoke r
               "--set=train.deepspeed.micro_batch_size=16", "--set=idgenrec.data.num_workers=0"],
 }  # fmt: skip
 GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py", "tests/test_baselines.py")
-# the generative scorer on CUDA: its fixture trains a tiny run, so only where deepspeed is installed
-GPU_TRAINING_TEST_FILES = ("tests/test_generative_eval.py",)
+# the generative scorer on CUDA and the recipes in bf16 on CUDA: they train, so only where deepspeed is
+GPU_TRAINING_TEST_FILES = ("tests/test_generative_eval.py", "tests/test_recipe_precision.py")
 REPO = Path(__file__).resolve().parents[1]
 
 

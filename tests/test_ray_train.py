@@ -246,7 +246,8 @@ def test_toy_trains_on_two_ray_train_workers(tmp_path, local_ray):
     # Rank 0's summary came back through Ray and is exactly what rank 0 wrote to the run dir.
     assert summary == json.loads((run_dir / SUMMARY_FILE).read_text())
     assert summary["recipe"] == "toy" and summary["run_dir"] == str(run_dir)
-    assert json.loads((run_dir / "run.json").read_text()) == {"recipe": "toy", "world_size": WORKERS}
+    run_meta = json.loads((run_dir / "run.json").read_text())
+    assert run_meta == {"recipe": "toy", "world_size": WORKERS, "precision": "fp32"}  # the resolved precision
     assert summary["step"] == MAX_STEPS
     assert summary["samples_seen"] == MAX_STEPS * MICRO * WORKERS  # both ranks fed every step
     losses = [e["train/loss"] for e in summary["logs"] if "train/loss" in e]
