@@ -20,12 +20,12 @@ equal across loops up to bf16 rounding). The overhead line is 1 - zero-k samples
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from fusionrec.bench.gpu import SMOKE_SHAPE, T5_SMALL, _timed  # gpu imports this module lazily
 
 PLANS = {
     "gpu": {
@@ -74,14 +74,14 @@ def matmul_tflops(device: torch.device, n: int) -> float:
     """bf16 n x n x n products per second, as TFLOP/s (3 warm-ups, the mean of 10)."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
+    _products(a, b, 3)
+    _, seconds = _timed(device, _products, a, b, 10)
+    return 2 * n**3 * 10 / seconds / 1e12
+
+
+def _products(a: torch.Tensor, b: torch.Tensor, times: int) -> None:
+    for _ in range(times):
         a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * 10 / (time.perf_counter() - t0) / 1e12
 
 
 def step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> int:
@@ -133,14 +133,16 @@ def measure(step, batch: dict[str, torch.Tensor], plan: dict, device: torch.devi
     for _ in range(plan["warmup"] - 1):
         step(batch)
     syncs = count_host_syncs(step, batch) if device.type == "cuda" else None
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(plan["steps"]):
-        loss = step(batch)
-    _sync(device)
-    seconds = time.perf_counter() - t0
+    loss, seconds = _timed(device, _steps, step, batch, plan["steps"])
     return {"first_loss": first, "last_loss": float(loss), "steps_per_s": plan["steps"] / seconds,
             "host_syncs_per_step": syncs}  # fmt: skip
+
+
+def _steps(step, batch: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """`n` steps on `batch`; the last one's loss."""
+    for _ in range(n):
+        loss = step(batch)
+    return loss
 
 
 def count_host_syncs(step, batch: dict[str, torch.Tensor]) -> int:
@@ -157,7 +159,6 @@ def count_host_syncs(step, batch: dict[str, torch.Tensor]) -> int:
 
 def run_train_suite(lines: Any, beauty: Path, tok_dir: Path, plan: dict, device: torch.device) -> None:
     """One line per loop (plain, zero1, zero2), then one overhead line per DeepSpeed stage."""
-    from fusionrec.bench.gpu import SMOKE_SHAPE, T5_SMALL
     from fusionrec.trainer.models import ModelConfig, build_seq2seq, load_tokenizer
 
     shape = SMOKE_SHAPE if device.type == "cpu" else T5_SMALL
@@ -193,9 +194,3 @@ def run_train_suite(lines: Any, beauty: Path, tok_dir: Path, plan: dict, device:
 
 def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def _sync(device: torch.device) -> None:
-    from fusionrec.bench.gpu import _sync as sync
-
-    sync(device)

@@ -63,15 +63,18 @@ PLANS = {
 # own): nothing has been measured on a GPU yet, so the decay length is an estimate (t5-small from scratch at
 # 512 samples per step, ~15 steps/s on the short 3-item prompts of collab, ~8 on titles' 20 items) that the
 # first run's steps/minute replaces; the checkpoint selection on validation users covers a wrong guess.
-QUALITY_STEPS_PER_MINUTE = {"titles": 480, "collab": 900}
-QUALITY_SET = {"titles": [], "collab": ["train.optim.lr=2e-3"]}
+QUALITY_SCHEDULES = {  # variant -> (estimated steps per minute, its other overrides)
+    "titles": (480, ()),
+    "collab": (900, ("train.optim.lr=2e-3",)),
+}
 
 
 def quality_schedule(variant: str, minutes: float) -> list[str]:
     """The lr decays linearly (to the recipe's floor) over the steps `minutes` are estimated to hold."""
-    steps = max(1, int(QUALITY_STEPS_PER_MINUTE[variant] * minutes))
+    per_minute, others = QUALITY_SCHEDULES[variant]
+    steps = max(1, int(per_minute * minutes))
     warmup = min(200, steps // 5)
-    return [f"train.optim.total_steps={steps}", f"train.optim.warmup_steps={warmup}", *QUALITY_SET[variant]]
+    return [f"train.optim.total_steps={steps}", f"train.optim.warmup_steps={warmup}", *others]
 
 
 QUALITY_ARGS = {  # bench quality's arguments on the GPU, and in the CPU smoke run (a tiny model, few users)
@@ -195,8 +198,8 @@ def quality_suite(lines: Lines, args: argparse.Namespace) -> None:
     """One bench quality run (the variant's GPU schedule for --minutes); its lines recorded as it returns."""
     from fusionrec.bench import quality
 
-    if args.variant not in QUALITY_STEPS_PER_MINUTE:
-        raise ValueError(f"--variant {args.variant!r}: no GPU schedule; one of {sorted(QUALITY_SET)}")
+    if args.variant not in QUALITY_SCHEDULES:
+        raise ValueError(f"--variant {args.variant!r}: no GPU schedule; one of {sorted(QUALITY_SCHEDULES)}")
     argv = [*QUALITY_ARGS["smoke" if args.cpu_smoke else "gpu"], "--variant", args.variant]
     minutes = args.minutes or (0.1 if args.cpu_smoke else 3.0)
     argv += ["--minutes", str(minutes), "--every", str(args.every or (10 if args.cpu_smoke else 500))]

@@ -25,11 +25,14 @@ from fusionrec.bench.rec_width import FULL, MISSING, QUICK, beauty_corpus, secon
 def cpu_capability() -> dict[str, object]:
     """What decides "auto" on this CPU, and torch's name for its vector ISA."""
     import torch
-    from fusionrec.trainer.strategy import cpu_has_native_bf16
+    from fusionrec.trainer.config import DeepSpeedConfig
+    from fusionrec.trainer.strategy import DeepspeedStrategy, cpu_has_native_bf16
 
-    native = cpu_has_native_bf16()
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
-            "auto_resolves_to": "bf16" if native else "fp32"}  # fmt: skip
+    resolved = DeepspeedStrategy(
+        DeepSpeedConfig(precision="auto")
+    ).cfg.precision  # the recipe's own resolution
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
+            "auto_resolves_to": resolved}  # fmt: skip
 
 
 def run(quick: bool = False) -> list[dict]:
