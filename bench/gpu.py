@@ -30,12 +30,15 @@ t5-small shape on one fixed batch of real Beauty prompts, DeepSpeed ZeRO-1 and Z
 vs a plain torch loop: samples/s, tokens/s, model FLOPs utilisation against a bf16 matmul measured in the same
 run, host syncs per step, first/last loss; the overhead of each stage over the plain loop (goal <= 10%).
 
-Suite ``llm`` (a 7B-shape LoRA ZeRO-3 step beside trainer/llm/memory.py's prediction) is not built.
+Suite ``llm`` (built; needs deepspeed, carried as a wheel; bench/_gpu_llm.py): a randomly initialised
+Llama-2-7B-shape decoder in bf16, LoRA r16 on all linears, ZeRO-3 on one GPU, at palr_7b's micro batch and
+length (2 x 2048): SFT and DMPO k=3 (reference precomputed) on a fixed batch, tokens/s and the peak memory
+beside trainer/llm/memory.py's prediction. Needs no ../shared data.
 
 ``--cpu-smoke`` runs the same code at tiny sizes on the CPU (the normal test suite does), so a broken script
 is caught before device time is spent; its lines say ``smoke: true`` and measure nothing.
 
-    python -m fusionrec.bench.gpu [--suite core|quality] [--variant collab] [--minutes 3] [--cache D]
+    python -m fusionrec.bench.gpu [--suite core|train|llm|quality] [--variant collab] [--minutes 3] [--cache D]
         [--cpu-smoke] [--record F]
 """
 
@@ -225,12 +228,20 @@ def run(quick: bool = False, argv: list[str] | None = None, echo: bool = False) 
     smoke = args.cpu_smoke
     if not smoke and not torch.cuda.is_available():
         return [{"bench": "gpu", "skipped": "no CUDA device (use --cpu-smoke to check the script on CPU)"}]
-    if find_shared("assets/t5-tokenizer/tokenizer.json") is None or find_shared("data/amazon_beauty") is None:
+    needs_shared = args.suite != "llm"
+    if needs_shared and (find_shared("assets/t5-tokenizer/tokenizer.json") is None
+                         or find_shared("data/amazon_beauty") is None):  # fmt: skip
         return [{"bench": "gpu", "skipped": "../shared data/amazon_beauty or assets/t5-tokenizer missing"}]
     device = torch.device("cpu" if smoke else "cuda")
     lines = Lines(args.record, {"suite": args.suite, "smoke": smoke, **provenance()}, echo)
     plan = PLANS["smoke" if smoke else "gpu"]
     env_line(lines, device)
+    if args.suite == "llm":
+        from fusionrec.bench._gpu_llm import PLANS as LLM_PLANS
+        from fusionrec.bench._gpu_llm import run_llm_suite
+
+        run_llm_suite(lines, LLM_PLANS["smoke" if smoke else "gpu"], device)
+        return lines.all
     if args.suite == "quality":
         quality_suite(lines, args)
         return lines.all
@@ -251,7 +262,7 @@ def run(quick: bool = False, argv: list[str] | None = None, echo: bool = False) 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["core", "train", "quality"], default="core")
+    p.add_argument("--suite", choices=["core", "train", "llm", "quality"], default="core")
     p.add_argument("--variant", default="collab", help="quality: the generative recipe's variant")
     p.add_argument("--minutes", type=float, default=0.0, help="quality: training minutes (3; smoke: 0.1)")
     p.add_argument("--every", type=int, default=0, help="quality: steps between checkpoints (500; smoke: 10)")

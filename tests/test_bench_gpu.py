@@ -115,3 +115,30 @@ def test_train_suite_cpu_smoke_compares_deepspeed_with_the_plain_loop(
         assert over[f"{stage} vs plain"] == pytest.approx(
             1 - loops[stage]["ours"] / loops["plain"]["ours"], abs=0.01
         )
+
+
+@pytest.mark.integration
+def test_llm_suite_cpu_smoke_runs_dmpo_then_sft_on_one_zero3_engine(tmp_path: Path, monkeypatch) -> None:
+    """The 7B suite's script at a tiny shape: needs no ../shared, the precomputed reference makes DMPO's first
+    loss ln 2 (the ZeRO-3 training forward equals the precompute's), both losses fall on the fixed batch, and
+    the memory prediction is computed for each loop's own rows (peak memory is CUDA-only: None here)."""
+    import math
+
+    from fusionrec.bench import _gpu_llm, gpu
+
+    monkeypatch.setenv("FUSIONREC_SHARED_DIR", str(tmp_path / "absent"))
+    record = tmp_path / "llm.jsonl"
+    lines = gpu.run(argv=["--suite", "llm", "--cpu-smoke", "--record", str(record)])
+    assert [json.loads(x) for x in record.read_text().splitlines()] == lines
+    assert [ln.get("model") for ln in lines] == [None, "dmpo reference precompute", "dmpo k=3", "sft"]
+    loops = {ln["model"]: ln for ln in lines[2:]}
+    plan = _gpu_llm.PLANS["smoke"]
+    assert loops["dmpo k=3"]["first_loss"] == pytest.approx(math.log(2), abs=2e-3)
+    assert all(ln["last_loss"] < ln["first_loss"] for ln in loops.values())
+    assert loops["dmpo k=3"]["rows"] == plan["micro_batch"] * (1 + plan["k"]) and loops["sft"]["rows"] == 2
+    for ln in loops.values():
+        assert ln["ours"] == pytest.approx(ln["rows"] * plan["seq_len"] / ln["step_s"], rel=0.01)
+        assert ln["peak_gib"] is None and ln["predicted_gib"] >= 0 and ln["zero_stage"] == 3
+    # the memory model's adapter count is what peft really trains
+    assert lines[1]["trained_params"] == lines[1]["lora_params"]
+    assert lines[1]["lora_params"] == _gpu_llm.TINY.lora_params(plan["rank"], _gpu_llm.ALL_LINEAR)

@@ -51,8 +51,11 @@ from fusionrec.safe_pickle import ALLOWED_GLOBALS, check_pickles  # noqa: E402
 from fusionrec.trainer.config import BatchPlan, DeepSpeedConfig, OptimConfig  # noqa: E402
 from torch import nn  # noqa: E402
 
-# ZeRO calls torch's deprecated all_gather_into_tensor alias: one FutureWarning per rank, nothing to act on.
-warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor. is deprecated", category=FutureWarning)
+# ZeRO calls torch's deprecated all_gather_into_tensor / reduce_scatter_tensor aliases: a FutureWarning per
+# rank (per step for the latter), nothing to act on.
+warnings.filterwarnings(
+    "ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor). is deprecated", category=FutureWarning
+)
 
 
 def _allow_deepspeed_types() -> None:
