@@ -101,6 +101,10 @@ def vocab(corpus) -> GenRecVocab:
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> Path:
+    return make_genrec_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer")
+
+
+def make_genrec_tokenizer(out: Path) -> Path:
     """A fixed Unigram tokenizer (T5 layout) that splits every ID into a prefix piece and single digits:
     ``item_12`` -> ``▁item_``, ``1``, ``2``. Built from a given vocabulary, so it is the same on every run
     (training one with `tokenizers` is not deterministic)."""
@@ -117,7 +121,6 @@ def tok_dir(tmp_path_factory) -> Path:
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
     tok.save_pretrained(str(out))
     return out
 
