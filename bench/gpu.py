@@ -8,8 +8,10 @@ everything it measured.
 Suite ``core`` (built):
 
 1. ``gpu_env``: the device, torch / CUDA / transformers versions.
-2. ``gpu_tests``: ``pytest -m gpu`` over the test files that hold CUDA tests (passed / failed / skipped); the
-   scorer's and the recipes' (bf16 on CUDA vs the CPU's fp32) train, so they need deepspeed (gpu_wheels).
+2. ``gpu_tests`` (run last, within FUSIONREC_GPU_TESTS_LIMIT_S, default 300 s, each finished test reported):
+   ``pytest -m gpu`` over the test files that hold CUDA tests (passed / failed / skipped); the
+   scorer's, the recipes' (bf16 on CUDA vs the CPU's fp32) and the CUDA <-> CPU checkpoint round trip train,
+   so they need deepspeed (gpu_wheels).
 3. ``gpu_decode``: trie-constrained beam search at t5-small shape (d512, ff2048, 6+6 layers, 8 heads, the
    real T5 vocabulary, random weights), beam 20, top 20, over all 12,101 Amazon-Beauty title IDs: ours
    batched vs HF ``generate`` + ``prefix_allowed_tokens_fn`` (IDGenRec/OpenP5's protocol) at batch 1 and at
@@ -91,7 +93,8 @@ QUALITY_ARGS = {  # bench quality's arguments on the GPU, and in the CPU smoke r
 }  # fmt: skip
 GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py", "tests/test_baselines.py")
 # the generative scorer on CUDA and the recipes in bf16 on CUDA: they train, so only where deepspeed is
-GPU_TRAINING_TEST_FILES = ("tests/test_generative_eval.py", "tests/test_recipe_precision.py")
+GPU_TRAINING_TEST_FILES = ("tests/test_generative_eval.py", "tests/test_recipe_precision.py",
+                           "tests/test_device_checkpoint.py")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -134,19 +137,33 @@ def env_line(lines: Lines, device) -> None:
               transformers=transformers.__version__, python=sys.version.split()[0])  # fmt: skip
 
 
-def gpu_tests(lines: Lines) -> None:
-    """The `gpu`-marked tests, run where CUDA is (skipped under --cpu-smoke: they would only skip)."""
+def gpu_tests(lines: Lines, limit_s: float) -> None:
+    """The `gpu`-marked tests, run where CUDA is (skipped under --cpu-smoke: they would only skip), last in the
+    suite and within `limit_s`: a run cut off there still reports each test that finished (pytest -v)."""
     files = GPU_TEST_FILES + (GPU_TRAINING_TEST_FILES if importlib.util.find_spec("deepspeed") else ())
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider", *files]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    tail = proc.stdout.strip().splitlines()[-1:] or [proc.stderr.strip()[-300:]]
-    lines.add(
-        bench="gpu_tests",
-        returncode=proc.returncode,
-        summary=tail[0],
-        seconds=round(time.perf_counter() - t0, 1),
-    )
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    outcomes = pytest_outcomes(out)
+    lines.add(bench="gpu_tests", returncode=proc.returncode, timed_out=proc.returncode == -9,
+              counts={k: sum(v == k for v in outcomes.values()) for k in ("PASSED", "FAILED", "ERROR", "SKIPPED")},
+              not_passed={t: v for t, v in outcomes.items() if v != "PASSED"},
+              summary=(out.strip().splitlines() or [""])[-1][-300:], seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+
+
+def pytest_outcomes(verbose_output: str) -> dict[str, str]:
+    """{test id: PASSED | FAILED | ERROR | SKIPPED} from `pytest -v` lines ("path::name PASSED [ 10%]")."""
+    found = {}
+    for line in verbose_output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
+            found[parts[0]] = parts[1]
+    return found
 
 
 def gpu_decode(lines: Lines, plan: dict, device) -> None:
@@ -253,10 +270,10 @@ def run(quick: bool = False, argv: list[str] | None = None, echo: bool = False) 
         run_train_suite(lines, beauty, tok_dir, TRAIN_PLANS["smoke" if smoke else "gpu"], device)
         return lines.all
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact-math comparisons
-    if not smoke:
-        gpu_tests(lines)
     gpu_decode(lines, plan, device)
     gpu_idgen(lines, plan, device)
+    if not smoke:  # last: they train (minutes); the measurements above are already recorded
+        gpu_tests(lines, float(os.environ.get("FUSIONREC_GPU_TESTS_LIMIT_S", 300)))
     return lines.all
 
 

@@ -142,3 +142,22 @@ def test_llm_suite_cpu_smoke_runs_dmpo_then_sft_on_one_zero3_engine(tmp_path: Pa
     # the memory model's adapter count is what peft really trains
     assert lines[1]["trained_params"] == lines[1]["lora_params"]
     assert lines[1]["lora_params"] == _gpu_llm.TINY.lora_params(plan["rank"], _gpu_llm.ALL_LINEAR)
+
+
+@pytest.mark.unit
+def test_gpu_tests_outcomes_are_read_from_pytest_verbose_lines() -> None:
+    """A cut-off `pytest -v` still says which tests finished and how; other lines are not mistaken for them."""
+    from fusionrec.bench.gpu import pytest_outcomes
+
+    out = (
+        "collected 3 items\n"
+        "tests/test_trie.py::test_a PASSED                          [ 33%]\n"
+        "tests/test_trie.py::test_b[cuda-x] SKIPPED (needs a CUDA device) [ 66%]\n"
+        "tests/test_x.py::test_c FAILED                              [100%]\n"
+        "FAILED tests/test_x.py::test_c - assert 1 == 2\n"
+    )
+    assert pytest_outcomes(out) == {
+        "tests/test_trie.py::test_a": "PASSED",
+        "tests/test_trie.py::test_b[cuda-x]": "SKIPPED",
+        "tests/test_x.py::test_c": "FAILED",
+    }
