@@ -91,7 +91,8 @@ QUALITY_ARGS = {  # bench quality's arguments on the GPU, and in the CPU smoke r
                 for k, v in SMOKE_SHAPE.items()),
               "--set=train.deepspeed.micro_batch_size=16", "--set=idgenrec.data.num_workers=0"],
 }  # fmt: skip
-GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py", "tests/test_baselines.py")
+GPU_TEST_FILES = ("tests/test_beam_search.py", "tests/test_trie.py", "tests/test_baselines.py",
+                  "tests/test_palr_scoring.py")
 # the generative scorer on CUDA and the recipes in bf16 on CUDA: they train, so only where deepspeed is
 GPU_TRAINING_TEST_FILES = ("tests/test_generative_eval.py", "tests/test_recipe_precision.py",
                            "tests/test_device_checkpoint.py")

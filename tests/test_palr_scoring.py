@@ -111,3 +111,25 @@ def test_an_attention_that_ignores_4d_masks_is_refused(tiny, monkeypatch):
     monkeypatch.setattr(model.config, "_attn_implementation_internal", "flash_attention_2")
     with pytest.raises(ValueError, match="flash_attention_2 ignores"):
         score_candidates(model, tok("x")["input_ids"], [[40]], tok.pad_token_id)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scoring_a_model_on_cuda_from_host_batches_equals_the_cpu(tiny):
+    """score_pairs / score_candidates are called outside the Trainer (DMPO's reference precompute, PALR's
+    re-ranking, AUC) with host tensors: on a CUDA model they run there and return the CPU's numbers."""
+    import copy
+
+    model, tok = tiny
+    titles = _titles(20)
+    prompt = palr_prompt(titles[:5], titles, PALRTaskConfig(n_targets=1))
+    answers = [palr_answer([t]) for t in titles]
+    pairs, cpu_pairs = _uncached(model, tok, prompt, answers)
+    cpu_cand = score_candidates(model, pairs[0].prompt_ids, [p.answer_ids for p in pairs], tok.pad_token_id)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu_model = copy.deepcopy(model).cuda()
+    _, gpu_pairs = _uncached(gpu_model, tok, prompt, answers)
+    gpu_cand = score_candidates(gpu_model, pairs[0].prompt_ids, [p.answer_ids for p in pairs], tok.pad_token_id)
+    for cpu, gpu in ((cpu_pairs, gpu_pairs), (cpu_cand, gpu_cand)):
+        assert gpu.token_logp.device.type == "cpu" and gpu.mask.tolist() == cpu.mask.tolist()
+        torch.testing.assert_close(gpu.token_logp, cpu.token_logp, rtol=1e-4, atol=1e-4)

@@ -106,8 +106,17 @@ class AnswerLogProbs:
         return (self.token_logp.exp() * self.mask).sum(-1) / self.count
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a plain, PEFT- or engine-wrapped model computes (ZeRO-3's partitioned parameters included)."""
+    return next(getattr(model, "module", model).parameters()).device
+
+
 def answer_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> AnswerLogProbs:
-    """Forward `batch` (from `collate_pairs`) and gather log p(answer token | prefix) for answer tokens only."""
+    """Forward `batch` (from `collate_pairs`) and gather log p(answer token | prefix) for answer tokens only.
+    The result lives on the model's device; a batch still on the host is moved there (scoring outside the
+    Trainer, which moves its batches itself)."""
+    device = model_device(model)
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     answer_mask = batch["answer_mask"]
     span = int(answer_mask.sum(-1).max())  # A: all answers end at the last column
     out = model(
@@ -149,8 +158,8 @@ def score_pairs(
             rows = order[start : start + batch_size]
             lp = answer_logprobs(model, collate_pairs([pairs[i] for i in rows], pad_id))
             width = lp.mask.shape[1]
-            token_logp[rows, span - width :] = lp.token_logp.float()
-            mask[rows, span - width :] = lp.mask
+            token_logp[rows, span - width :] = lp.token_logp.float().cpu()
+            mask[rows, span - width :] = lp.mask.cpu()
     finally:
         model.train(was_training)
     return AnswerLogProbs(token_logp=token_logp, mask=mask)
@@ -198,9 +207,11 @@ def score_candidates(
         )
     was_training = _is_training(model)
     model.eval()
+    device = model_device(model)
     try:
-        first = model(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
-        ids, positions, mask = _packed_candidates(candidate_ids, len(prompt_ids), first.logits.dtype)
+        first = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)
+        packed = _packed_candidates(candidate_ids, len(prompt_ids), first.logits.dtype)
+        ids, positions, mask = (t.to(device) for t in packed)
         starts = torch.tensor([0] + [len(c) for c in candidate_ids]).cumsum(0)[:-1].tolist()
         # Token j > 0 of a candidate is predicted by the packed position before it; token 0 by the prompt's
         # last logit. A candidate's last token predicts nothing: its LM-head row is never computed.
@@ -213,7 +224,7 @@ def score_candidates(
             position_ids=positions,
             past_key_values=first.past_key_values,
             use_cache=True,
-            logits_to_keep=keep,
+            logits_to_keep=keep.to(device),
         )
         return _gather_candidates(first.logits[0, -1], out.logits[0], candidate_ids, pad_id)
     finally:
@@ -239,8 +250,9 @@ def _gather_candidates(
     first = mask.clone()
     first[:, 1:] = False
     flat = torch.empty(int(mask.sum()))  # row-major over `mask` = packed order
-    flat[first[mask]] = token_logprobs(prompt_logit.expand(n_cand, -1), cand[:, 0])
-    flat[~first[mask]] = token_logprobs(packed_logits, cand[mask & ~first])
+    device = packed_logits.device  # the log-softmax runs where the logits are; only [N] values come back
+    flat[first[mask]] = token_logprobs(prompt_logit.expand(n_cand, -1), cand[:, 0].to(device)).cpu()
+    flat[~first[mask]] = token_logprobs(packed_logits, cand[mask & ~first].to(device)).cpu()
     token_logp = torch.zeros((n_cand, width))
     token_logp[mask] = flat
     return AnswerLogProbs(token_logp=token_logp, mask=mask)
@@ -255,7 +267,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     Whole-tensor `logsumexp` on 600 x 49k logits allocates two more fresh 118 MB temporaries; on this VM
     their page faults cost as much as the LM head itself (0.5 s). Chunks keep the temporaries small and reused.
     """
-    out = [torch.zeros(0)]
+    out = [torch.zeros(0, device=logits.device)]
     for rows, tgt in zip(logits.split(_ROWS_PER_CHUNK), targets.split(_ROWS_PER_CHUNK), strict=True):
         rows = rows.float()
         out.append(rows.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, dim=-1))
