@@ -84,8 +84,9 @@ def greedy_exact(model, pairs) -> int:
     return exact
 
 
-def memorise(epochs: int, work: Path) -> dict:
-    """Fine-tune on the 32 examples for `epochs` epochs; per-epoch mean losses, exact answers after and before."""
+def memorise(epochs: int, work: Path, threads: int | None = None) -> dict:
+    """Fine-tune on the 32 examples for `epochs` epochs; per-epoch mean losses, exact answers after and before.
+    `threads`: torch threads of the one rank (None: the strategy's default, OMP_NUM_THREADS)."""
     from fusionrec.bench.palr import logged_losses
     from fusionrec.trainer.callbacks import HistoryCallback
     from fusionrec.trainer.loop import Trainer
@@ -96,7 +97,7 @@ def memorise(epochs: int, work: Path) -> dict:
     rec, cfg = recipe(work / "data", epochs, work / "run")
     module, history = PALRModule(rec), HistoryCallback()
     t0 = time.perf_counter()
-    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[history]).fit()
+    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed, threads_per_rank=threads), module, [], callbacks=[history]).fit()
     seconds = time.perf_counter() - t0
     if len(module.examples) != N_EXAMPLES:
         raise RuntimeError(f"expected {N_EXAMPLES} examples, got {len(module.examples)}")
