@@ -151,12 +151,21 @@ def sasrec_corpus(tmp_path_factory) -> str:
 
 
 def _arms(fn, tmp_path: Path, bf16_device: str, **kw) -> tuple[list[float], list[float]]:
+    """(fp32 on the CPU, bf16 on `bf16_device`) losses. With CUDA each arm is its own process (DeepSpeed
+    picks its accelerator at import); both on the CPU share one process, one after the other."""
+    if bf16_device == "cpu":
+        (both,) = run_distributed_test(_both_on_the_cpu, world_size=1, arm=fn, root=str(tmp_path), kw=kw)
+        return both
     (fp32,) = run_distributed_test(
         fn, world_size=1, run_dir=str(tmp_path / "fp32"), precision="fp32", device="cpu", **kw
     )
     (bf16,) = run_distributed_test(fn, world_size=1, run_dir=str(tmp_path / "bf16"), precision="bf16",
                                    device=bf16_device, **kw)  # fmt: skip
     return fp32, bf16
+
+
+def _both_on_the_cpu(arm, root: str, kw: dict) -> tuple[list[float], list[float]]:
+    return tuple(arm(run_dir=f"{root}/{p}", precision=p, device="cpu", **kw) for p in ("fp32", "bf16"))
 
 
 def _check(fp32: list[float], bf16: list[float]) -> None:

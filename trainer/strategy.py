@@ -645,7 +645,12 @@ class DeepspeedStrategy:
         if self.world_size > 1:
             timeout = min(_LEAVE_TIMEOUT_S, float(self.cfg.dist_timeout_s))
             leave_in_order(dist.distributed_c10d._get_default_store(), self.rank, self.world_size, timeout)
-        dist.destroy_process_group()
+        if deepspeed.comm.is_initialized():
+            # DeepSpeed's own teardown also drops the groups it cached (data / sequence parallel): torch's
+            # alone left them stale, and a second run in the same process failed in deepspeed.initialize.
+            deepspeed.comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 _LEAVE_TIMEOUT_S = 60.0
