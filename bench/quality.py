@@ -136,6 +136,19 @@ VARIANTS = {
             "idgenrec.recommender.d_ff=1024",
         ),
     ),
+    # collab_d256 at half the lr (2e-3): its curve at 4e-3 was behind d128's per step, a sign that 4e-3 was
+    # too high for twice the width. Capacity at a lower lr, the one other setting probed.
+    "collab_d256_lr2e3": Variant(
+        "idgenrec",
+        CONFIG,
+        (
+            *_SHORT_PROMPT,
+            'idgenrec.initial_ids="collab"',
+            "idgenrec.recommender.d_model=256",
+            "idgenrec.recommender.d_ff=1024",
+            "train.optim.lr=2e-3",
+        ),
+    ),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
