@@ -161,3 +161,30 @@ def test_gpu_tests_outcomes_are_read_from_pytest_verbose_lines() -> None:
         "tests/test_trie.py::test_b[cuda-x]": "SKIPPED",
         "tests/test_x.py::test_c": "FAILED",
     }
+
+
+@pytest.mark.unit
+def test_gpu_session_runs_suites_in_order_within_their_limits_and_skips_what_no_longer_fits(tmp_path) -> None:
+    """launch/gpu_session.sh with a stand-in gpu_bench.sh that records its suite and limits (core takes 1 s,
+    train 16 s and fails): each suite gets min(own limit, what is left), core's tests get its limit less the
+    measurements' share, a suite with under 60 s left is skipped and said so, a failing suite does not stop
+    the next one. The margins only grow under load: train starts ~74 s before the end, llm ~58 s at most."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "launch").mkdir()
+    shutil.copy(repo / "launch" / "gpu_session.sh", tmp_path / "launch")
+    (tmp_path / "launch" / "gpu_bench.sh").write_text(
+        'echo "$1 $FUSIONREC_GPU_LIMIT_S $FUSIONREC_GPU_TESTS_LIMIT_S" >> "$OUT/calls"\n'
+        'if [ "$1" = train ]; then sleep 16; exit 1; fi\nsleep 1\n'
+    )
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "FUSIONREC_GPU_SESSION_S": "75",
+           "FUSIONREC_GPU_LIMIT_CORE": "200"}  # fmt: skip
+    proc = subprocess.run(["bash", str(tmp_path / "launch" / "gpu_session.sh"), "core", "train", "llm"],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    calls = (tmp_path / "out" / "calls").read_text().split("\n")[:-1]
+    assert calls[0] == "core 75 30"  # the session's 75 s < core's 200; 75 <= 150: its tests get 30 s
+    assert calls[1].startswith("train 7") and len(calls) == 2  # 73-74 s left: train's 120 capped to it
+    log = (tmp_path / "out" / "gpu_session.log").read_text()
+    assert "train rc=1" in log and "llm skipped" in log and proc.returncode == 1
