@@ -197,18 +197,47 @@ def reference_batches(run, module, data):
         yield users, collate([by_user[u] for u in users])
 
 
+@dataclass
+class Reference:
+    """Each test user's top-20 item ids by `GenRecModule.recommend` (the recipe's own decoding) and their beam
+    scores."""
+
+    items: dict[str, list[str]]
+    scores: dict[str, list[float]]
+
+    def assert_same_top_k(self, got: list[str], user: str) -> None:
+        """`got` == the user's list, except that a run of items whose scores lie within NEAR_TIE of their
+        neighbours' may come in any order (another process' kernels round differently: a flipped near-tie was
+        seen once in ~800 runs). The run that ends the list (often its last item alone) is not checked: the item
+        after it, outside the top-k and unseen here, may tie with it."""
+        ref, scores = self.items[user], self.scores[user]
+        if got == ref:
+            return
+        start = 0
+        while start < len(ref):
+            end = start + 1
+            while end < len(ref) and scores[end - 1] - scores[end] < NEAR_TIE:
+                end += 1
+            if end < len(ref):
+                assert sorted(got[start:end]) == sorted(ref[start:end]), (user, start, got, ref, scores)
+            start = end
+
+
+NEAR_TIE = 1e-5  # beam scores closer than this may swap between processes (float rounding, not a bug)
+
+
 @pytest.fixture(scope="module")
-def reference(run, permuted) -> dict[str, list[str]]:
-    """Each test user's top-20 item ids by `GenRecModule.recommend`, the recipe's own decoding."""
+def reference(run, permuted) -> Reference:
     from fusionrec.cluster.generative import load_evalset
 
     module = reference_module(run)
     data = load_evalset(permuted, "test", "beauty")
-    out = {}
+    out = Reference({}, {})
     with one_thread():
         for users, batch in reference_batches(run, module, data):
-            for user, row in zip(users, module.recommend(batch).items.tolist(), strict=True):
-                out[user] = [module.vocab.items[j] for j in row]
+            result = module.recommend(batch)
+            for user, row, scores in zip(users, result.items.tolist(), result.scores.tolist(), strict=True):
+                out.items[user], out.scores[user] = [module.vocab.items[j] for j in row], scores
     return out
 
 
@@ -241,14 +270,15 @@ def test_ray_evaluator_top_k_equals_the_recipes_recommend(run, permuted, evaluat
     from fusionrec.trainer.metrics import target_ranks
 
     data, by_actors = evaluated
-    assert len({tuple(v) for v in reference.values()}) > N_USERS // 4, "users ranked alike: a weak comparison"
+    assert len({tuple(v) for v in reference.items.values()}) > N_USERS // 4, "users ranked alike: a weak comparison"
     assert data.item_ids != sorted(data.item_ids)  # EvalSet indices != vocabulary rows
     for res, topk in by_actors.values():
         assert set(topk) == set(data.user_ids) and res.users == N_USERS
         for user in data.user_ids:
-            assert topk[user] == reference[user], user
-        ref_items = torch.tensor([[data.item_ids.index(i) for i in reference[u]] for u in data.user_ids])
-        assert res.ranks.tolist() == target_ranks(ref_items, torch.tensor(data.targets)).tolist()
+            reference.assert_same_top_k(topk[user], user)
+        # the evaluator's ranks are those of the lists its actors produced
+        got = torch.tensor([[data.item_ids.index(i) for i in topk[u]] for u in data.user_ids])
+        assert res.ranks.tolist() == target_ranks(got, torch.tensor(data.targets)).tolist()
     # The scorer's inputs are the recipe's evaluation collate's, tensor for tensor; in this process too.
     with one_thread():
         scorer = GenRecScorerFactory(str(run["checkpoint"]), str(permuted), **GEN)()
@@ -258,7 +288,8 @@ def test_ray_evaluator_top_k_equals_the_recipes_recommend(run, permuted, evaluat
             for key in ("input_ids", "attention_mask", "user_index", "item_index"):
                 assert torch.equal(inputs[key], batch[key]), key
             top = scorer.rank(UserBatch(users, hists)).tolist()
-            assert [[data.item_ids[i] for i in row] for row in top] == [reference[u] for u in users]
+            for user, row in zip(users, top, strict=True):
+                reference.assert_same_top_k([data.item_ids[i] for i in row], user)
 
 
 @pytest.mark.integration
@@ -363,3 +394,13 @@ def test_the_run_config_picks_the_recipe(tmp_path):
         run_recipe(ckpt)
     (tmp_path / "run" / "run.json").write_text(json.dumps({"recipe": "genrec", "world_size": 1}))
     assert run_recipe(ckpt) == "genrec"
+
+
+@pytest.mark.unit
+def test_top_k_comparison_forgives_only_near_ties() -> None:
+    ref = Reference({"u": ["a", "b", "c", "d"]}, {"u": [-1.0, -1.000001, -2.0, -3.0]})
+    ref.assert_same_top_k(["b", "a", "c", "d"], "u")  # a and b are a near-tie
+    ref.assert_same_top_k(["a", "b", "c", "e"], "u")  # the last run is unchecked: the 5th item is unseen
+    for wrong in (["a", "c", "b", "d"], ["a", "b", "d", "c"], ["b", "c", "a", "d"]):
+        with pytest.raises(AssertionError):
+            ref.assert_same_top_k(wrong, "u")
