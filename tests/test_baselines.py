@@ -146,6 +146,7 @@ def test_sasrec_trains_on_cuda_as_on_the_cpu(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~3-4 minutes of training: `bash launch/test.sh -m long`; bench sasrec / quality record it too
 def test_sasrec_on_amazon_beauty_beats_paper_row(shared_data):
     """IDGenRec Table 4, SASRec on Beauty: HR@10 0.0605, NDCG@10 0.0318 (all 22,363 test users)."""
     seqs, items, name = load_corpus(shared_data / "amazon_beauty")

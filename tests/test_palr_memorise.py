@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# ~4-5 minutes here: outside the default suite (`bash launch/test.sh -m long`); bench palr_memorise records it too
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_palr_finetuning_memorises_32_examples(tmp_path):
