@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from fusionrec.bench.gpu import _timed  # gpu imports this module lazily
 from fusionrec.trainer.llm.memory import GIB, PRESETS, DecoderShape, lora_estimate
+from fusionrec.trainer.model_config import TARGET_PRESETS
 
 TINY = DecoderShape(vocab=512, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4)
 PLANS = {
@@ -35,7 +36,7 @@ PLANS = {
     "smoke": {"shape": "tiny", "micro_batch": 2, "seq_len": 48, "answer_len": 4, "k": 3,
               "warmup": 1, "steps": 2, "rank": 4, "lr": 1e-2},
 }  # fmt: skip
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = TARGET_PRESETS["all-linear"]  # palr_7b's adapters
 NEMO_ANCHOR = "NeMo Llama-2-7B LoRA: 25.2k tokens/s per H100, FP8 (published; not measured here)"
 
 
@@ -44,22 +45,20 @@ def shape_of_plan(plan: dict) -> DecoderShape:
 
 
 def random_decoder(shape: DecoderShape, device: torch.device, rank: int) -> torch.nn.Module:
-    """The shape's Llama with random weights, built on `device` in bf16, checkpointed, LoRA on all linears."""
-    from fusionrec.trainer.model_config import LoRAConfig
-    from fusionrec.trainer.models.causal_lm import apply_lora
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The shape's Llama with random weights by the recipes' own builder (a "tiny" config of this shape), built
+    on `device` in bf16, checkpointed, LoRA on all linears."""
+    from fusionrec.trainer.model_config import CausalLMConfig, LoRAConfig, TinyLlamaConfig
+    from fusionrec.trainer.models.causal_lm import apply_lora, build_causal_lm
 
-    config = LlamaConfig(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=4096, tie_word_embeddings=shape.tied, pad_token_id=0, eos_token_id=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
+    assert not shape.tied, "build_causal_lm builds untied embeddings (as Llama-2's)"
+    tiny = TinyLlamaConfig(hidden_size=shape.hidden, num_layers=shape.layers, num_heads=shape.heads,
+                           num_kv_heads=shape.kv_heads, intermediate_size=shape.intermediate,
+                           max_position_embeddings=4096)  # fmt: skip
+    cfg = CausalLMConfig(dtype="bfloat16", gradient_checkpointing=True, max_length=4096, tiny=tiny,
+                         lora=LoRAConfig(rank=rank, alpha=2 * rank, dropout=0.0, targets="all-linear"))  # fmt: skip
     with torch.device(device):  # on the GPU: a 7B model never passes through host memory
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    return apply_lora(model, LoRAConfig(rank=rank, alpha=2 * rank, dropout=0.0, targets="all-linear"))
+        model = build_causal_lm(cfg, vocab_size=shape.vocab)
+    return apply_lora(model, cfg.lora)
 
 
 def fixed_groups(plan: dict, vocab: int) -> list[Any]:

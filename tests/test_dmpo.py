@@ -226,7 +226,7 @@ def _write_dpo_file(path: Path, n: int, k: int) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("reference", ["precomputed", "model"])
 def test_dmpo_stage_starts_at_ln2_and_learns(tmp_path, reference):
-    from fusionrec.trainer.callbacks import Callback
+    from fusionrec.trainer.callbacks import HistoryCallback
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.recipes.dmpo.config import DMPORecipeConfig
@@ -252,14 +252,10 @@ def test_dmpo_stage_starts_at_ln2_and_learns(tmp_path, reference):
         optim=OptimConfig(lr=1e-2),
     )
     cfg.checkpoint.save_at_end = False
-    logs: list[dict] = []
-
-    class Keep(Callback):
-        def on_log(self, trainer, metrics) -> None:
-            logs.append(metrics)
-
+    history = HistoryCallback()
     module = DMPOModule(recipe)
-    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[Keep()]).fit()
+    Trainer(cfg, DeepspeedStrategy(cfg.deepspeed), module, [], callbacks=[history]).fit()
+    logs = history.logs  # no validation here: every entry is a training log
     assert (module.reference is not None) == (reference == "model")
     losses = [m["dmpo/loss"] for m in logs]
     assert len(losses) == 8

@@ -47,7 +47,7 @@ def _sasrec(corpus: str, run_dir: str, precision: str, device: str) -> list[floa
 
 def _trainer_losses(module, key: str, run_dir: str, precision: str, zero_stage: int, lr: float) -> list[float]:
     """`STEPS` steps of `module` under the Trainer and our strategy; the logged `key` of each step."""
-    from fusionrec.trainer.callbacks import Callback
+    from fusionrec.trainer.callbacks import HistoryCallback
     from fusionrec.trainer.config import DeepSpeedConfig, OptimConfig, TrainConfig
     from fusionrec.trainer.loop import Trainer
     from fusionrec.trainer.strategy import DeepspeedStrategy
@@ -56,16 +56,11 @@ def _trainer_losses(module, key: str, run_dir: str, precision: str, zero_stage: 
     cfg = TrainConfig(run_dir=run_dir, max_steps=STEPS, log_every=1, tensorboard=False, progress=False,
                       deepspeed=ds, optim=OptimConfig(lr=lr))  # fmt: skip
     cfg.checkpoint.save_at_end = False
-    logs: list[dict] = []
-
-    class Keep(Callback):
-        def on_log(self, trainer, metrics) -> None:
-            logs.append(metrics)
-
+    history = HistoryCallback()
     strategy = DeepspeedStrategy(ds)
     strategy.setup()
-    Trainer(cfg, strategy, module(), [], callbacks=[Keep()]).fit()
-    return [m[key] for m in logs if key in m]
+    Trainer(cfg, strategy, module(), [], callbacks=[history]).fit()
+    return [m[key] for m in history.logs if key in m]
 
 
 def _genrec(corpus: str, tok_dir: str, run_dir: str, precision: str, device: str) -> list[float]:
