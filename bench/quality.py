@@ -16,7 +16,8 @@ left of its wall-clock budget, `train.max_minutes`):
    trainer/idgen/collab_ids.py, with 3-item prompts and a decaying lr), ``titles3`` (collab's control: the
    same prompt and schedule on the title IDs), ``collab_hour`` (collab with the lr decayed towards zero
    over the steps an hour holds), ``collab_const`` and ``collab_d256`` (collab's IDs and prompt at a constant
-   lr, at d128 and at d256: capacity at one budget). Stages live under the config's folder, so a variant of another config
+   lr, at d128 and at d256: capacity at one budget; ``collab_d256_lr2e3`` the wide one at half the lr,
+   ``collab_ff1024`` d128 with 4x the feed-forward width, ``collab_b256`` 256 clusters per ID level). Stages live under the config's folder, so a variant of another config
    trains its own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
@@ -148,6 +149,21 @@ VARIANTS = {
             "idgenrec.recommender.d_ff=1024",
             "train.optim.lr=2e-3",
         ),
+    ),
+    # Memorisation capacity at d128 (session 14): the training loss of collab_const is flat from ~1,000 steps
+    # (1.62 -> 1.56 over 8,500), which reads as underfitting. TIGER's recommender is d128 with d_ff 1024; ours
+    # has d_ff 256. Widening only the feed-forward layers costs far less step time than d256 did.
+    "collab_ff1024": Variant(
+        "idgenrec",
+        CONFIG,
+        (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"', "idgenrec.recommender.d_ff=1024"),
+    ),
+    # ID design (session 14): 256 clusters per level instead of 32 (TIGER's codebooks hold 256 codes), so an
+    # ID is ~2-3 words, not 3-5: shorter targets and prompts, and 8x the ID-word embeddings to tell items apart.
+    "collab_b256": Variant(
+        "idgenrec",
+        CONFIG,
+        (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"', "idgenrec.collab_branching=256"),
     ),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
