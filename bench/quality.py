@@ -17,8 +17,9 @@ left of its wall-clock budget, `train.max_minutes`):
    same prompt and schedule on the title IDs), ``collab_hour`` (collab with the lr decayed towards zero
    over the steps an hour holds), ``collab_const`` and ``collab_d256`` (collab's IDs and prompt at a constant
    lr, at d128 and at d256: capacity at one budget; ``collab_d256_lr2e3`` the wide one at half the lr,
-   ``collab_ff1024`` d128 with 4x the feed-forward width, ``collab_b256`` / ``collab_b1024`` 256 / 1,024 clusters per ID level). Stages live under the config's folder, so a variant of another config
-   trains its own SASRec.
+   ``collab_ff1024`` d128 with 4x the feed-forward width, ``collab_b256`` / ``collab_b1024`` 256 / 1,024
+   clusters per ID level), ``collab256`` (collab on 256 clusters per level). Stages live under the config's
+   folder, so a variant of another config trains its own SASRec.
 4. ``curve-VARIANT``: every checkpoint scored on ``--valid-users`` seeded validation users (Ray actors, the
    same scorer as the test): valid HR@10 vs training minutes; the best one is selected (never a test user).
    For ``idgen``, the share of items whose ID changed in each ID phase.
@@ -171,6 +172,11 @@ VARIANTS = {
         "idgenrec",
         CONFIG,
         (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"', "idgenrec.collab_branching=1024"),
+    ),
+    # collab (its prompt and its lr decayed to 10% over 35k steps, ~an hour at ~0.1 s/step) on 256 clusters per
+    # level: the hour run of what collab_b256's probe found.
+    "collab256": Variant(
+        "idgenrec", CONFIG, (*_SHORT_PROMPT_DECAY, 'idgenrec.initial_ids="collab"', "idgenrec.collab_branching=256")
     ),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
