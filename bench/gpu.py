@@ -71,6 +71,7 @@ PLANS = {
 QUALITY_SCHEDULES = {  # variant -> (estimated steps per minute, its other overrides)
     "titles": (480, ()),
     "collab": (900, ("train.optim.lr=2e-3",)),
+    "collab256": (900, ("train.optim.lr=2e-3",)),  # collab on 256 clusters per ID level (the CPU's best ID)
 }
 
 

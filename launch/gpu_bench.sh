@@ -3,7 +3,7 @@
 # The repo travels as the working tree, the data slice as gpu_shared/ (launch/gpu_slice.sh), the wheels the
 # image lacks as gpu_wheels/ (launch/gpu_wheels.sh); `carry` both:
 #   device run: bash launch/gpu_bench.sh core                        (lines land in $OUT)
-#   device run: bash launch/gpu_bench.sh quality --variant collab   (bench quality on the GPU, ~7 minutes)
+#   device run: bash launch/gpu_bench.sh quality --variant collab256   (bench quality on the GPU, ~7 minutes)
 #   device run: bash launch/gpu_bench.sh llm                         (7B LoRA ZeRO-3 step; carry gpu_wheels)
 # Installs the wheels and this checkout editable without dependencies (the image's torch/transformers stay),
 # then runs the suite (extra arguments go to it) under a time limit (FUSIONREC_GPU_LIMIT_S, default 540 s:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fusionrec.bench import quality
+from fusionrec.bench import gpu, quality
 
 pytestmark = pytest.mark.unit
 
@@ -113,6 +113,21 @@ def test_every_variant_gives_a_valid_config_of_its_recipe(variant: str, tmp_path
     assert str(cfg.corpus_dir()) == str(tmp_path / "corpus") or cfg.idgenrec.data.corpus == str(
         tmp_path / "corpus"
     )
+
+
+@pytest.mark.parametrize("variant", sorted(gpu.QUALITY_SCHEDULES))
+def test_every_gpu_schedule_gives_a_valid_gpu_config(variant: str, tmp_path) -> None:
+    """bench gpu --suite quality: the variant's overrides, then its GPU schedule, on idgenrec_beauty_gpu."""
+    v = quality.VARIANTS[variant]
+    schedule = gpu.quality_schedule(variant, 3.0)
+    plan = dict(quality.QUICK)
+    overrides = quality.recipe_overrides(
+        v, tmp_path / "run", tmp_path / "corpus", tmp_path / "t5", plan, [*v.overrides, *schedule]
+    )
+    cfg = quality._check_config("idgenrec_beauty_gpu", overrides)
+    per_minute = gpu.QUALITY_SCHEDULES[variant][0]
+    assert cfg.train.optim.total_steps == 3 * per_minute and cfg.train.optim.warmup_steps == 200
+    assert cfg.idgenrec.recommender.d_model == 512  # the GPU recipe's t5-small shape, not the CPU's
 
 
 def test_a_finished_stage_asked_for_other_params_is_refused_not_served(tmp_path) -> None:
