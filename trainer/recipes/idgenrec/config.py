@@ -80,7 +80,10 @@ class IDGenRecConfig:
     rec_steps: int = 0
     id_lr: float = 1e-4
     initial_ids: str = "title"  # "title" | "generator" | "collab" (not in the paper: trainer/idgen/collab_ids.py)
-    collab_branching: int = 32  # collab IDs: clusters per level = leaf size
+    # collab IDs: clusters per level = leaf size. Each level needs this many distinct short title words, so a
+    # small catalogue needs a small value; on Beauty (12,101 items) 256 (2-word IDs) beat 32 (3-5 words) at 15
+    # CPU minutes (bench quality --variant collab_b256, docs/evaluation.md).
+    collab_branching: int = 32
     collab_dim: int = 32  # collab IDs: spectral embedding width
     title_words: int = 3
     user_title_words: int = 3  # words of a title user ID (prompt.use_user_id with initial_ids = "title")
