@@ -86,6 +86,7 @@ class Variant:
 # the recommender alone, the 3 most recent items in the prompt; then with the lr decayed linearly to 10% over 35k
 _SHORT_PROMPT = ("idgenrec.rec_epochs=1000", "idgenrec.prompt.max_history=3")
 _SHORT_PROMPT_DECAY = (*_SHORT_PROMPT, "train.optim.total_steps=35000", "train.optim.min_lr_ratio=0.1")
+_COLLAB = 'idgenrec.initial_ids="collab"'
 VARIANTS = {
     "titles": Variant("idgenrec", CONFIG, ("idgenrec.rec_epochs=1000",)),
     "idgen": Variant(
@@ -105,7 +106,7 @@ VARIANTS = {
     # co-occurrence clusters written as words) instead of title words, with the 3 most recent items in the
     # prompt (2.1x faster steps than 20) and the lr decayed linearly to 10% over the ~35k steps an hour holds.
     # Probes (valid HR@10, 1,000 users): 20 items .021-.023 at 4-13 min; 3 items .033-.034 at 4.4-5 min.
-    "collab": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT_DECAY, 'idgenrec.initial_ids="collab"')),
+    "collab": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT_DECAY, _COLLAB)),
     # The control of collab: its prompt and schedule on the title IDs, so a paired collab-vs-titles3
     # difference is what the IDs alone change (titles vs titles3: what the prompt and schedule change).
     "titles3": Variant("idgenrec", CONFIG, _SHORT_PROMPT_DECAY),
@@ -120,20 +121,20 @@ VARIANTS = {
             *_SHORT_PROMPT,
             "train.optim.total_steps=56000",
             "train.optim.min_lr_ratio=0.0",
-            'idgenrec.initial_ids="collab"',
+            _COLLAB,
         ),
     ),
     # Capacity at one budget (not in the papers): collab's IDs and prompt with the lr constant after warmup
     # (a decay set in steps would end at another point of the budget for models of other speeds), at collab's
     # shape (d128, ff256) and at d256/ff1024 (2.3x the step time at 20-item prompts: bench rec_width). The
     # same lr, dropout 0 and 2+2 layers: the width alone differs.
-    "collab_const": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"')),
+    "collab_const": Variant("idgenrec", CONFIG, (*_SHORT_PROMPT, _COLLAB)),
     "collab_d256": Variant(
         "idgenrec",
         CONFIG,
         (
             *_SHORT_PROMPT,
-            'idgenrec.initial_ids="collab"',
+            _COLLAB,
             "idgenrec.recommender.d_model=256",
             "idgenrec.recommender.d_ff=1024",
         ),
@@ -145,7 +146,7 @@ VARIANTS = {
         CONFIG,
         (
             *_SHORT_PROMPT,
-            'idgenrec.initial_ids="collab"',
+            _COLLAB,
             "idgenrec.recommender.d_model=256",
             "idgenrec.recommender.d_ff=1024",
             "train.optim.lr=2e-3",
@@ -157,26 +158,26 @@ VARIANTS = {
     "collab_ff1024": Variant(
         "idgenrec",
         CONFIG,
-        (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"', "idgenrec.recommender.d_ff=1024"),
+        (*_SHORT_PROMPT, _COLLAB, "idgenrec.recommender.d_ff=1024"),
     ),
     # ID design (session 14): 256 clusters per level instead of 32 (TIGER's codebooks hold 256 codes), so an
-    # ID is ~2-3 words, not 3-5: shorter targets and prompts, and 8x the ID-word embeddings to tell items apart.
+    # ID is 2 words on Beauty, not 3-5: shorter targets and prompts, and 8x the ID-word embeddings.
     "collab_b256": Variant(
         "idgenrec",
         CONFIG,
-        (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"', "idgenrec.collab_branching=256"),
+        (*_SHORT_PROMPT, _COLLAB, "idgenrec.collab_branching=256"),
     ),
     # collab_b256 won its probe (+.0094 test HR@10 over collab_const, paired interval above zero): is a finer
     # first level better still? 1,024 clusters of ~12 items, rarer (often multi-token) words.
     "collab_b1024": Variant(
         "idgenrec",
         CONFIG,
-        (*_SHORT_PROMPT, 'idgenrec.initial_ids="collab"', "idgenrec.collab_branching=1024"),
+        (*_SHORT_PROMPT, _COLLAB, "idgenrec.collab_branching=1024"),
     ),
     # collab (its prompt and its lr decayed to 10% over 35k steps, ~an hour at ~0.1 s/step) on 256 clusters per
     # level: the hour run of what collab_b256's probe found.
     "collab256": Variant(
-        "idgenrec", CONFIG, (*_SHORT_PROMPT_DECAY, 'idgenrec.initial_ids="collab"', "idgenrec.collab_branching=256")
+        "idgenrec", CONFIG, (*_SHORT_PROMPT_DECAY, _COLLAB, "idgenrec.collab_branching=256")
     ),
 }
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
